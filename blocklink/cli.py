@@ -1,0 +1,80 @@
+"""The example CLI: a thin layer over the public API with JSON output.
+
+Subcommands live in small modules that each offer ``register(subparsers)``; this file only wires
+them together, so a module can be added without touching the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import sys
+from typing import Any, List, Optional, Sequence
+
+# modules providing subcommands (absent ones are skipped so partial installs still work)
+SUBCOMMAND_MODULES = (
+    "blocklink.cli_host",
+    "blocklink.cli_export",
+    "blocklink.cli_hypervisor",
+    "blocklink.cli_attach",
+    "blocklink.demo",
+)
+
+
+def emit(obj: Any) -> None:
+    """Print ``obj`` as JSON on stdout (the CLI's only output format)."""
+    json.dump(obj, sys.stdout, indent=2, sort_keys=True, default=str)
+    sys.stdout.write("\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="blocklink", description="Attach block storage to hosts and VMs.")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="log to stderr (-vv: debug)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in SUBCOMMAND_MODULES:
+        try:
+            mod = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name == name:
+                continue
+            raise
+        mod.register(sub)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from blocklink.errors import BlocklinkError
+
+    parser = build_parser()
+    args = parser.parse_args(list(argv) if argv is not None else None)
+    if args.verbose:
+        logging.basicConfig(level=logging.DEBUG if args.verbose > 1 else logging.INFO, stream=sys.stderr,
+                            format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        rc = args.func(args)
+    except BlocklinkError as e:
+        emit({"error": type(e).__name__, "message": str(e)})
+        return 1
+    return int(rc or 0)
+
+
+def add_info_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("info", help="connection info: a JSON file, '-' for stdin, or inline JSON")
+
+
+def load_json_arg(value: str) -> Any:
+    if value == "-":
+        return json.load(sys.stdin)
+    if value.lstrip().startswith("{"):
+        return json.loads(value)
+    with open(value) as f:
+        return json.load(f)
+
+
+__all__: List[str] = ["main", "emit", "build_parser", "add_info_argument", "load_json_arg"]
+
+if __name__ == "__main__":
+    sys.exit(main())

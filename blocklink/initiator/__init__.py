@@ -1,0 +1,1 @@
+"""Initiator side: one connector per protocol, plus the Linux host layer they share."""

@@ -1,0 +1,364 @@
+"""RBD connector: a librbd file-like handle, or a local block device via kernel ``rbd map`` / rbd-nbd.
+
+Where the cephx key comes from, in order: the connection info's ``keyring`` (Cinder's
+``rbd_keyring_conf`` / cinderlib), then the host's Ceph configuration
+(``/etc/ceph/<cluster>.client.<user>.keyring`` and friends). In-process, the key is handed to
+librados in memory; for the ``rbd``/``rbd-nbd`` tools it goes through a 0600 file in a private
+directory that is removed right after the command.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import threading
+from typing import Any, List, Optional
+
+from blocklink.ceph_client import (CephFiles, ClusterSpec, connect, import_rados, iter_keyring_candidates,
+                                   key_from_keyring, open_image, open_ioctx)
+from blocklink.connection import AttachedDevice, RbdInfo
+from blocklink.errors import (CommandFailed, ConnectionFailed, DetachIncomplete, DeviceBusy, DeviceNotFound,
+                              InvalidConnectionInfo, VolumeNotFound)
+from blocklink.executor import Executor
+from blocklink.hostpaths import HostPaths
+from blocklink.initiator.base import Connector, DeviceLike, InfoLike
+from blocklink.locks import LockFactory
+from blocklink.masking import get_logger
+
+LOG = get_logger(__name__)
+
+
+class RbdHandle(io.RawIOBase):
+    """A seekable file-like object over an open librbd image (os-brick's RBDVolumeIOWrapper, typed).
+
+    Owns the image, its I/O context and the cluster connection: ``close()`` releases all three, so
+    no watcher remains on the image. ``truncate`` is not supported (resize the volume instead).
+    """
+
+    def __init__(self, cluster: Any, ioctx: Any, image: Any, name: str, read_only: bool = False) -> None:
+        super().__init__()
+        self._cluster, self._ioctx, self._image = cluster, ioctx, image
+        self.name = name
+        self._read_only = read_only
+        self._pos = 0
+        self._lock = threading.Lock()
+
+    # io.RawIOBase protocol ----------------------------------------------------------------
+    def readable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return not self._read_only
+
+    def seekable(self) -> bool:
+        return True
+
+    def size(self) -> int:
+        self._check_open()
+        return int(self._image.size())
+
+    def readinto(self, b: Any) -> int:
+        self._check_open()
+        view = memoryview(b).cast("B")
+        with self._lock:
+            remaining = self.size() - self._pos
+            n = max(0, min(len(view), remaining))
+            if n == 0:
+                return 0
+            data = self._image.read(self._pos, n)
+            view[:len(data)] = data
+            self._pos += len(data)
+            return len(data)
+
+    def read(self, size: Optional[int] = -1) -> bytes:
+        self._check_open()
+        if size is None or size < 0:
+            size = max(0, self.size() - self._pos)
+        with self._lock:
+            n = max(0, min(size, self.size() - self._pos))
+            if n == 0:
+                return b""
+            data: bytes = self._image.read(self._pos, n)
+            self._pos += len(data)
+            return data
+
+    def write(self, b: Any) -> int:
+        self._check_open()
+        if self._read_only:
+            raise io.UnsupportedOperation(f"{self.name} is attached read-only")
+        data = bytes(b)
+        with self._lock:
+            if self._pos + len(data) > self.size():
+                raise OSError(28, f"write beyond the end of {self.name} ({self.size()} bytes)")
+            n = int(self._image.write(data, self._pos))
+            self._pos += n
+            return n
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        self._check_open()
+        with self._lock:
+            if whence == io.SEEK_SET:
+                pos = offset
+            elif whence == io.SEEK_CUR:
+                pos = self._pos + offset
+            elif whence == io.SEEK_END:
+                pos = self.size() + offset
+            else:
+                raise ValueError(f"invalid whence {whence}")
+            if pos < 0:
+                raise ValueError("negative seek position")
+            self._pos = pos
+            return pos
+
+    def tell(self) -> int:
+        self._check_open()
+        return self._pos
+
+    def flush(self) -> None:
+        if not self.closed and self._image is not None:
+            self._image.flush()
+
+    def truncate(self, size: Optional[int] = None) -> int:
+        raise io.UnsupportedOperation("truncate is not supported on an RBD volume; extend the volume instead")
+
+    def fileno(self) -> int:
+        raise io.UnsupportedOperation("an RBD handle has no file descriptor")
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        try:
+            if self._image is not None:
+                try:
+                    if not self._read_only:
+                        self._image.flush()
+                finally:
+                    self._image.close()
+        finally:
+            self._image = None
+            try:
+                if self._ioctx is not None:
+                    self._ioctx.close()
+            finally:
+                self._ioctx = None
+                if self._cluster is not None:
+                    self._cluster.shutdown()
+                self._cluster = None
+                super().close()
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise ValueError(f"I/O operation on closed RBD handle {self.name}")
+
+    def __repr__(self) -> str:
+        return f"<RbdHandle {self.name} pos={self._pos if not self.closed else '-'}{' closed' if self.closed else ''}>"
+
+
+class RBDConnector(Connector):
+    """``connector_for("rbd", do_local_attach=False, device_type="krbd")``.
+
+    Options: ``do_local_attach`` (map to a /dev device instead of returning a handle; the info's own
+    ``do_local_attach`` key wins), ``device_type`` ``"krbd"`` or ``"nbd"``, ``conffile`` (host Ceph
+    config used when the info has no monitors), ``etc`` root for keyring lookup, ``timeout``,
+    ``lock_path`` for the per-image inter-process locks, ``run_dir`` for the transient key files.
+    """
+
+    protocol = "rbd"
+    info_type = RbdInfo
+
+    def __init__(self, *, do_local_attach: bool = False, device_type: str = "krbd",
+                 conffile: Optional[str] = None, timeout: float = 30.0, lock_path: Optional[str] = None,
+                 run_dir: str = "/run/blocklink", executor: Optional[Executor] = None,
+                 paths: Optional[HostPaths] = None) -> None:
+        super().__init__(executor=executor, paths=paths)
+        if device_type not in ("krbd", "nbd"):
+            raise InvalidConnectionInfo("device_type", f"expected 'krbd' or 'nbd', got {device_type!r}")
+        self.do_local_attach = do_local_attach
+        self.device_type = device_type
+        self.conffile = conffile
+        self.timeout = timeout
+        self.run_dir = run_dir
+        self.locks = LockFactory(lock_path or os.path.join(run_dir, "locks"))
+
+    def get_connector_properties(self, **kwargs: Any) -> dict:
+        return {"do_local_attach": kwargs.get("do_local_attach", self.do_local_attach)}
+
+    # ------------------------------------------------------------------ cluster access
+    def cluster_spec(self, info: RbdInfo) -> ClusterSpec:
+        user = info.auth_username or "admin"
+        cluster = info.cluster_name or "ceph"
+        key = None
+        if info.keyring is not None:
+            key = key_from_keyring(info.keyring.reveal(), user)
+            if key is None:  # os-brick also accepts a bare key string here
+                text = info.keyring.reveal().strip()
+                if text and "\n" not in text and "[" not in text:
+                    from blocklink.masking import Secret
+
+                    key = Secret(text)
+            if key is None:
+                raise InvalidConnectionInfo("data.keyring", f"holds no key for client.{user}")
+        keyring_file = None
+        if key is None and info.auth_enabled is not False:
+            for cand in iter_keyring_candidates(cluster, user, self.paths.etc):
+                text = self.paths.read(cand)
+                if text and key_from_keyring(text, user) is not None:
+                    keyring_file = cand
+                    break
+        conffile = self.conffile
+        if not info.monitors and conffile is None:
+            default = self.paths.etcpath("ceph", f"{cluster}.conf")
+            conffile = default if os.path.exists(default) else None
+            if conffile is None:
+                raise InvalidConnectionInfo("data.hosts", "no monitors in the connection info and no "
+                                            f"/etc/ceph/{cluster}.conf on this host")
+        return ClusterSpec(user=user, monitors=info.monitors, conffile=conffile if not info.monitors else None,
+                           key=key, keyring_file=keyring_file, cluster_name=cluster, timeout=self.timeout)
+
+    def _local(self, info: RbdInfo) -> bool:
+        v = info.extra.get("do_local_attach")
+        return bool(v) if isinstance(v, bool) else self.do_local_attach
+
+    # ------------------------------------------------------------------ connector API
+    def connect_volume(self, info: InfoLike) -> AttachedDevice:
+        rinfo: RbdInfo = self._info(info)
+        if self._local(rinfo):
+            return self._map(rinfo)
+        return AttachedDevice(protocol="rbd", handle=self.open_handle(rinfo), type="handle",
+                              extra={"name": rinfo.name})
+
+    def open_handle(self, info: InfoLike) -> RbdHandle:
+        rinfo: RbdInfo = self._info(info)
+        spec = self.cluster_spec(rinfo)
+        cluster = connect(spec)
+        ioctx = image = None
+        try:
+            ioctx = open_ioctx(cluster, spec, rinfo.pool, rinfo.namespace)
+            image = open_image(ioctx, spec, rinfo.pool, rinfo.image, read_only=rinfo.read_only)
+        except BaseException:
+            if ioctx is not None:
+                ioctx.close()
+            cluster.shutdown()
+            raise
+        LOG.info("opened rbd image %s as client.%s", rinfo.name, spec.user)
+        return RbdHandle(cluster, ioctx, image, rinfo.name, read_only=rinfo.read_only)
+
+    def disconnect_volume(self, info: InfoLike, device: DeviceLike = None, force: bool = False) -> None:
+        rinfo: RbdInfo = self._info(info)
+        dev = self._device(device)
+        if dev is not None and dev.handle is not None:
+            dev.handle.close()
+            return
+        if dev is None and not self._local(rinfo):
+            return  # a handle nobody gave back cannot be found; nothing is mapped for it
+        self._unmap(rinfo, dev.path if dev else None, force)
+
+    def extend_volume(self, info: InfoLike) -> int:
+        rinfo: RbdInfo = self._info(info)
+        with self.open_handle(rinfo) as h:
+            size = h.size()
+        dev = self._find_mapping(rinfo)
+        if dev is None:
+            return size
+        # krbd follows header changes by itself; wait for the block device to show the new size
+        from blocklink.initiator.host.wait import wait_for
+
+        sysfs = self.paths.sys("block", os.path.basename(dev), "size")
+
+        def current() -> Optional[int]:
+            v = self.paths.read(sysfs)
+            return int(v) * 512 if v and v.isdigit() and int(v) * 512 >= size else None
+
+        got = wait_for(current, timeout=self.timeout, watch=[os.path.dirname(sysfs)], what=f"{dev} size {size}")
+        return got
+
+    def get_volume_paths(self, info: InfoLike) -> List[str]:
+        rinfo: RbdInfo = self._info(info)
+        dev = self._find_mapping(rinfo)
+        return [dev] if dev else []
+
+    # ------------------------------------------------------------------ local mapping
+    def _find_mapping(self, info: RbdInfo) -> Optional[str]:
+        if self.device_type == "krbd":
+            base = self.paths.sys("bus", "rbd", "devices")
+            for dev_id in self.paths.listdir(base):
+                d = os.path.join(base, dev_id)
+                if (self.paths.read(os.path.join(d, "pool")) == info.pool
+                        and self.paths.read(os.path.join(d, "name")) == info.image
+                        and (self.paths.read(os.path.join(d, "pool_ns"), "") or "") == info.namespace
+                        and self.paths.read(os.path.join(d, "current_snap"), "-") in ("-", None)):
+                    return f"/dev/rbd{dev_id}"
+            return None
+        res = self.executor.run(["rbd-nbd", "list-mapped", "--format", "json"], check=False)
+        if res.exit_code != 0:
+            return None
+        try:
+            entries = json.loads(res.stdout or "[]")
+        except ValueError:
+            return None
+        for e in entries if isinstance(entries, list) else []:
+            if (e.get("pool") == info.pool and e.get("image") == info.image
+                    and (e.get("namespace") or "") == info.namespace and e.get("snap", "-") in ("-", "")):
+                return str(e.get("device"))
+        return None
+
+    def _map(self, info: RbdInfo) -> AttachedDevice:
+        with self.locks.lock(f"rbd-{info.pool}-{info.namespace}-{info.image}"):
+            existing = self._find_mapping(info)
+            if existing:
+                LOG.info("rbd image %s already mapped at %s", info.name, existing)
+                return AttachedDevice(protocol="rbd", path=existing, type="block", extra={"name": info.name})
+            spec = self.cluster_spec(info)
+            spec_name = f"{info.pool}/{info.namespace + '/' if info.namespace else ''}{info.image}"
+            with CephFiles(spec, base_dir=self.run_dir) as files:
+                if self.device_type == "krbd":
+                    argv = ["rbd", "device", "map", *files.args(spec.user)]
+                else:
+                    argv = ["rbd-nbd", "map", *files.args(spec.user)]
+                if info.read_only:
+                    argv.append("--read-only")
+                argv.append(spec_name)
+                try:
+                    res = self.executor.run(argv, timeout=self.timeout + 30)
+                except CommandFailed as e:
+                    raise _map_error(info.name, e) from None
+            path = res.stdout.strip().splitlines()[-1].strip() if res.stdout.strip() else ""
+            if not path.startswith("/dev/"):
+                path = self._find_mapping(info) or ""
+            if not path:
+                raise DeviceNotFound(f"rbd image {info.name}")
+            LOG.info("mapped rbd image %s at %s (%s)", info.name, path, self.device_type)
+            return AttachedDevice(protocol="rbd", path=path, type="block", extra={"name": info.name})
+
+    def _unmap(self, info: RbdInfo, path: Optional[str], force: bool) -> None:
+        with self.locks.lock(f"rbd-{info.pool}-{info.namespace}-{info.image}"):
+            found = self._find_mapping(info)
+            if path and found and path != found:
+                raise DeviceBusy(path, f"is not the mapping of {info.name} (that is {found})")
+            target = found or None
+            if target is None:
+                return  # already unmapped: disconnecting twice is harmless
+            tool = ["rbd", "device", "unmap"] if self.device_type == "krbd" else ["rbd-nbd", "unmap"]
+            argv = tool + (["-o", "force"] if force and self.device_type == "krbd" else []) + [target]
+            try:
+                self.executor.run(argv, timeout=self.timeout + 30)
+            except CommandFailed as e:
+                if force:
+                    raise DetachIncomplete(info.name, [f"unmap {target}: {e}"]) from None
+                raise DeviceBusy(target, e.stderr.strip().splitlines()[-1] if e.stderr.strip() else str(e)) from None
+            LOG.info("unmapped rbd image %s from %s", info.name, target)
+
+
+def _map_error(name: str, e: CommandFailed) -> Exception:
+    err = (e.stderr or "").lower()
+    if "permission denied" in err or "operation not permitted" in err and "auth" in err:
+        from blocklink.errors import AuthenticationFailed
+
+        return AuthenticationFailed(name, "cephx authentication refused")
+    if "no such file" in err or "image not found" in err or "(2)" in err:
+        return VolumeNotFound(name, "image does not exist")
+    return ConnectionFailed(name, (e.stderr or str(e)).strip().splitlines()[-1] if (e.stderr or "").strip() else str(e))
+
+
+__all__ = ["RBDConnector", "RbdHandle", "import_rados"]

@@ -1,0 +1,5 @@
+"""Target side: what a storage host does to export a volume and hand out connection info.
+
+- :class:`blocklink.target.rbd.RbdTarget`: RBD images and Cinder-format RBD connection info.
+- iSCSI helpers (LIO over rtslib-fb, tgtd over tgtadm) share :mod:`blocklink.target.base`.
+"""

@@ -1,0 +1,3 @@
+"""Functional tests run against real components; a component that cannot start fails the test."""
+
+pytest_plugins = ["blocklink.testing.fixtures"]
