@@ -100,6 +100,11 @@ def connect(spec: ClusterSpec) -> Any:
     except rados.PermissionDeniedError:
         cluster.shutdown()
         raise AuthenticationFailed(spec.describe(), "cephx authentication refused (wrong key or user)") from None
+    except rados.InvalidArgumentError:
+        cluster.shutdown()
+        if spec.key is not None or spec.keyring_file:  # librados' answer to an undecodable key
+            raise AuthenticationFailed(spec.describe(), "the cephx key is malformed") from None
+        raise ConnectionFailed(spec.describe(), "invalid client configuration") from None
     except (rados.TimedOut, rados.Error) as e:
         cluster.shutdown()
         reason = "timed out reaching the monitors" if isinstance(e, rados.TimedOut) else f"{type(e).__name__}: {e}"

@@ -1,0 +1,190 @@
+"""Executor, masking, host paths, registry and connector properties (fake trees, no services)."""
+
+import logging
+import os
+import subprocess
+import sys
+
+import pytest
+
+import blocklink
+from blocklink.errors import CommandFailed, CommandTimeout, UnknownProtocol
+from blocklink.executor import ProcessExecutor
+from blocklink.hostpaths import HostPaths
+from blocklink.initiator.properties import MultipathdNotRunning, get_connector_properties
+from blocklink.masking import Secret, get_logger, mask_argv, mask_text
+from blocklink.testing.fakes import FakeExecutor
+
+
+# ------------------------------------------------------------------ masking
+def test_secret_value_semantics():
+    s = Secret("s3cr3t-value")
+    assert str(s) == "***" and "s3cr3t" not in repr(s) and s.reveal() == "s3cr3t-value"
+    assert s == "s3cr3t-value" and s == Secret("s3cr3t-value") and s != "other"
+    assert f"{s}" == "***"
+
+
+def test_mask_text_patterns_and_known_values():
+    Secret("known-secret-42")  # revealing code anywhere remembers the value for masking
+    text = ("password=abc123 auth_password: 'hunter22' key = AQBxyz== "
+            "-n node.session.auth.password -v pw9999 and known-secret-42 again")
+    out = mask_text(text)
+    for s in ("abc123", "hunter22", "AQBxyz==", "pw9999", "known-secret-42"):
+        assert s not in out
+    assert mask_argv(["tgtadm", "--password", "zzzz1111"]) == ["tgtadm", "--password", "***"]
+
+
+def test_log_records_are_masked(caplog):
+    log = get_logger("blocklink.test")
+    secret = Secret("log-secret-7777")
+    with caplog.at_level(logging.DEBUG, logger="blocklink"):
+        log.info("chap is %s and raw %s", secret, secret.reveal())
+        try:
+            raise ValueError(f"failed with {secret.reveal()}")
+        except ValueError:
+            log.exception("boom")
+    assert "log-secret-7777" not in caplog.text
+    assert "log-secret-7777" not in "".join(r.getMessage() for r in caplog.records)
+
+
+# ------------------------------------------------------------------ executor
+def test_process_executor_exit_codes_and_input():
+    ex = ProcessExecutor()
+    r = ex.run(["sh", "-c", "cat; echo err >&2; exit 3"], input="in", check=False)
+    assert (r.exit_code, r.stdout, r.stderr) == (3, "in", "err\n")
+    assert ex.run(["sh", "-c", "exit 2"], ok_codes=(0, 2)).exit_code == 2
+    with pytest.raises(CommandFailed) as ei:
+        ex.run(["sh", "-c", "echo nope >&2; exit 1"])
+    assert ei.value.exit_code == 1 and "nope" in str(ei.value)
+
+
+def test_process_executor_timeout_kills_child():
+    ex = ProcessExecutor()
+    marker = "blocklink-timeout-probe-91"
+    with pytest.raises(CommandTimeout):
+        ex.run(["bash", "-c", f"exec -a {marker} sleep 30"], timeout=0.3)
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert marker not in ps
+
+
+def test_executor_refuses_secret_on_argv_and_masks_errors():
+    ex = ProcessExecutor()
+    with pytest.raises(TypeError):
+        ex.run(["echo", Secret("abcdefgh")])
+    with pytest.raises(CommandFailed) as ei:
+        ex.run(["sh", "-c", "echo password=visible99 >&2; exit 1", "x"])
+    assert "visible99" not in str(ei.value)
+
+
+def test_executor_root_helper_only_when_not_root(monkeypatch):
+    ex = ProcessExecutor(root_helper="env FOO=1")
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    r = ex.run(["sh", "-c", "echo $FOO"])
+    assert r.argv[:2] == ("env", "FOO=1") and r.stdout.strip() == "1"
+
+
+def test_fake_executor_rules():
+    fx = FakeExecutor().on(("iscsiadm", "-m", "session"), (21, "", "No active sessions")).on(r"^rbd ", "ok")
+    assert fx.run(["iscsiadm", "-m", "session"], check=False).exit_code == 21
+    assert fx.run(["rbd", "ls"]).stdout == "ok"
+    with pytest.raises(CommandFailed):
+        fx.run(["unknown"])
+    assert fx.argvs(("rbd",)) == [("rbd", "ls")]
+
+
+# ------------------------------------------------------------------ connector properties on a fake host
+def _fake_host(tmp_path, fc=True, multipathd=False):
+    paths = HostPaths.under(str(tmp_path))
+    os.makedirs(paths.etcpath("iscsi"))
+    with open(paths.etcpath("iscsi", "initiatorname.iscsi"), "w") as f:
+        f.write("## comment\nInitiatorName=iqn.1993-08.org.debian:01:abcdef\n")
+    os.makedirs(paths.etcpath("nvme"))
+    with open(paths.etcpath("nvme", "hostnqn"), "w") as f:
+        f.write("nqn.2014-08.org.nvmexpress:uuid:1111\n")
+    if fc:
+        for host, wwpn, state in (("host5", "0x21000024ff406cc3", "Online"), ("host6", "0x21000024FF406CC2", "Online"),
+                                  ("host7", "0x2100000000000007", "Linkdown")):
+            d = paths.sys("class", "fc_host", host)
+            os.makedirs(d)
+            for name, val in (("port_name", wwpn), ("node_name", wwpn.replace("0x21", "0x20")), ("port_state", state)):
+                with open(os.path.join(d, name), "w") as f:
+                    f.write(val + "\n")
+    os.makedirs(paths.procpath("net"))
+    with open(paths.procpath("net", "unix"), "w") as f:
+        f.write("Num       RefCount Protocol Flags    Type St Inode Path\n")
+        if multipathd:
+            f.write("0000000000000000: 00000002 00000000 00010000 0001 01 20519 @/org/kernel/linux/storage/multipathd\n")
+    return paths
+
+
+def test_connector_properties_from_files(tmp_path, monkeypatch):
+    paths = _fake_host(tmp_path, multipathd=True)
+    spawned = []
+    monkeypatch.setattr(subprocess.Popen, "__init__", lambda *a, **k: spawned.append(a) or (_ for _ in ()).throw(
+        AssertionError("no child process for the standard keys")))
+    props = get_connector_properties(ip="10.0.0.5", host="cmp1", multipath=True, paths=paths)
+    assert props["initiator"] == "iqn.1993-08.org.debian:01:abcdef"
+    assert props["wwpns"] == ["21000024ff406cc3", "21000024ff406cc2"]  # online ports only, normalised
+    assert props["wwnns"] == ["20000024ff406cc3", "20000024ff406cc2"]
+    assert props["nqn"] == "nqn.2014-08.org.nvmexpress:uuid:1111"
+    assert props["multipath"] is True and props["ip"] == "10.0.0.5" and props["host"] == "cmp1"
+    assert props["os_type"] == sys.platform and props["platform"]
+    assert not spawned
+    # the dict is a valid HostConnector
+    assert blocklink.HostConnector.from_dict(props).initiator == props["initiator"]
+
+
+def test_connector_properties_multipath_needs_daemon(tmp_path):
+    paths = _fake_host(tmp_path, fc=False, multipathd=False)
+    props = get_connector_properties(ip="1.2.3.4", multipath=True, paths=paths)
+    assert props["multipath"] is False and "wwpns" not in props
+    with pytest.raises(MultipathdNotRunning):
+        get_connector_properties(ip="1.2.3.4", multipath=True, enforce_multipath=True, paths=paths)
+
+
+def test_connector_properties_bare_host(tmp_path):
+    props = get_connector_properties(paths=HostPaths.under(str(tmp_path)))
+    assert "initiator" not in props and props["multipath"] is False and props["ip"]
+
+
+# ------------------------------------------------------------------ registry and import weight
+def test_connector_for_unknown_lists_known():
+    with pytest.raises(UnknownProtocol) as ei:
+        blocklink.connector_for("floppy")
+    assert "rbd" in ei.value.known and "floppy" in str(ei.value)
+
+
+def test_connector_for_registered_plugin():
+    from blocklink.registry import register_connector
+
+    class Dummy:
+        def __init__(self, **kw):
+            self.kw = kw
+
+    register_connector("dummy-proto", Dummy)
+    assert blocklink.connector_for("dummy-proto", a=1).kw == {"a": 1}
+
+
+def test_connector_for_rbd_with_options():
+    c = blocklink.connector_for("rbd", do_local_attach=True, device_type="nbd")
+    assert c.protocol == "rbd" and c.do_local_attach and c.device_type == "nbd"
+
+
+def test_import_blocklink_is_light():
+    code = ("import sys, blocklink; heavy = ('rados', 'rbd', 'libvirt', 'rtslib_fb', 'oslo_privsep', 'eventlet', "
+            "'oslo_concurrency'); print([m for m in sys.modules if m.split('.')[0] in heavy])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_privileged_runs_directly_as_root_without_privsep():
+    from blocklink import privileged
+
+    if os.geteuid() != 0:
+        pytest.skip("direct path is for root")  # unit tests also run as non-root developers
+    code = ("import sys, blocklink.privileged as p\n"
+            "f = p._Entrypoint(lambda: 42)\n"
+            "print(f(), 'oslo_privsep' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["42", "False"]
+    assert privileged.privsep_started() is None
