@@ -100,7 +100,7 @@ class ProcessExecutor:
             msg = mask_text(str(e.stderr or e.description or ""))
             if tmo and secs >= tmo * 0.9:
                 raise CommandTimeout(shown, None, "", msg, f"timed out after {secs:.1f}s") from None
-            raise CommandFailed(shown, e.exit_code, "", msg) from None
+            raise CommandFailed(shown, e.exit_code if isinstance(e.exit_code, int) else None, "", msg) from None
         except subprocess.TimeoutExpired:  # processutils re-raises this and leaves the child running
             for proc in procs:
                 proc.kill()

@@ -1,5 +1,4 @@
 import os
-import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 VECTORS = os.environ.get("BLOCKLINK_VECTORS", os.path.join(HERE, "vectors"))

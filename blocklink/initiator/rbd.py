@@ -24,7 +24,7 @@ from blocklink.executor import Executor
 from blocklink.hostpaths import HostPaths
 from blocklink.initiator.base import Connector, DeviceLike, InfoLike
 from blocklink.locks import LockFactory
-from blocklink.masking import get_logger
+from blocklink.masking import Secret, get_logger
 
 LOG = get_logger(__name__)
 
@@ -192,11 +192,9 @@ class RBDConnector(Connector):
         if info.keyring is not None:
             key = key_from_keyring(info.keyring.reveal(), user)
             if key is None:  # os-brick also accepts a bare key string here
-                text = info.keyring.reveal().strip()
-                if text and "\n" not in text and "[" not in text:
-                    from blocklink.masking import Secret
-
-                    key = Secret(text)
+                bare = info.keyring.reveal().strip()
+                if bare and "\n" not in bare and "[" not in bare:
+                    key = Secret(bare)
             if key is None:
                 raise InvalidConnectionInfo("data.keyring", f"holds no key for client.{user}")
         keyring_file = None
@@ -265,12 +263,13 @@ class RBDConnector(Connector):
         from blocklink.initiator.host.wait import wait_for
 
         sysfs = self.paths.sys("block", os.path.basename(dev), "size")
+        mapped: str = dev
 
         def current() -> Optional[int]:
             v = self.paths.read(sysfs)
             return int(v) * 512 if v and v.isdigit() and int(v) * 512 >= size else None
 
-        got = wait_for(current, timeout=self.timeout, watch=[os.path.dirname(sysfs)], what=f"{dev} size {size}")
+        got = wait_for(current, timeout=self.timeout, watch=[os.path.dirname(sysfs)], what=f"{mapped} size {size}")
         return got
 
     def get_volume_paths(self, info: InfoLike) -> List[str]:

@@ -1,5 +1,6 @@
 """RBD end to end on a real throwaway Ceph cluster (cephx, 127.0.0.1): handle I/O, extend, auth, errors."""
 
+import io
 import logging
 import os
 import subprocess
@@ -123,7 +124,7 @@ def test_read_only_attach(ceph_cluster, rbd_volume):
     dev = conn.connect_volume(info)
     try:
         assert not dev.handle.writable()
-        with pytest.raises(Exception):
+        with pytest.raises(io.UnsupportedOperation):
             dev.handle.write(b"nope")
         assert dev.handle.read(16) == bytes(16)
     finally:
