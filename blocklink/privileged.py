@@ -20,7 +20,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 _lock = threading.Lock()
 _context: Any = None
-_ENTRYPOINT_ATTR = "_privsep_entrypoint"  # oslo.privsep's marker attribute
+_ENTRYPOINT_ATTR = "privsep_entrypoint"  # oslo.privsep's marker attribute
 # Forcing the privsep path even as root (tests), or disabling it: BLOCKLINK_PRIVSEP=force|off
 _MODE = os.environ.get("BLOCKLINK_PRIVSEP", "auto")
 
@@ -93,3 +93,9 @@ def write_sysfs(path: str, data: str) -> None:
     from blocklink.hostpaths import _write
 
     _write(path, data)
+
+
+@entrypoint
+def probe() -> tuple:
+    """(pid, euid) of whoever runs privileged calls: this process as root, else the privsep daemon."""
+    return os.getpid(), os.geteuid()

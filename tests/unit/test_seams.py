@@ -188,3 +188,16 @@ def test_privileged_runs_directly_as_root_without_privsep():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["42", "False"]
     assert privileged.privsep_started() is None
+
+
+def test_privsep_channel_when_forced():
+    """Not root (simulated by BLOCKLINK_PRIVSEP=force): calls go to a privsep daemon, not in-process."""
+    code = ("import os, blocklink.privileged as p\n"
+            "from oslo_privsep import priv_context\n"
+            "p.context.start(priv_context.Method.FORK)\n"
+            "pid, euid = p.probe()\n"
+            "print(pid != os.getpid(), p.privsep_started())\n"
+            "p.context.stop()\n")
+    env = dict(os.environ, BLOCKLINK_PRIVSEP="force")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert out.stdout.split() == ["True", "True"], out.stderr[-2000:]
