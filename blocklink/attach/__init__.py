@@ -1,0 +1,1 @@
+"""The seed's attach flow as a library call, with rollback and attachment records."""

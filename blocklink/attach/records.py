@@ -1,0 +1,258 @@
+"""Attachment records: Nova's block_device_mapping + Cinder's volume_attachment, in one small store.
+
+SQLite by default (one file, no server); any SQLAlchemy URL (``postgresql+psycopg://...``) lets a
+fleet of hosts share one store. Every status change is a conditional update
+(``UPDATE ... WHERE status = <expected>``), and a partial unique index admits at most one active
+attachment of a non-multiattach volume, so two concurrent attaches cannot both win — in SQLite and
+PostgreSQL alike.
+
+Connection info is stored with its secrets masked (CHAP passwords, cephx keyrings): detaching
+needs none of them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
+
+from blocklink.errors import BlocklinkError
+
+ACTIVE = ("attaching", "attached", "detaching")
+STATUSES = ("attaching", "attached", "detaching", "detached", "error")
+_SECRET_KEYS = ("auth_password", "auth_password_in", "discovery_auth_password", "keyring", "key")
+
+
+class VolumeBusy(BlocklinkError):
+    def __init__(self, volume_id: str, holder: str) -> None:
+        self.volume_id = volume_id
+        self.holder = holder
+        super().__init__(f"volume {volume_id} is already attached or being attached ({holder}) and is not multiattach")
+
+
+class StaleRecord(BlocklinkError):
+    def __init__(self, attachment_id: str, expected: Sequence[str], found: str) -> None:
+        super().__init__(f"attachment {attachment_id} is {found!r}, expected {'/'.join(expected)}")
+
+
+def mask_connection_info(info: Mapping[str, Any]) -> Dict[str, Any]:
+    def walk(v: Any, key: str = "") -> Any:
+        if key in _SECRET_KEYS and v is not None:
+            return "***"
+        if isinstance(v, Mapping):
+            return {k: walk(x, k) for k, x in v.items()}
+        if isinstance(v, list):
+            return [walk(x) for x in v]
+        return v
+
+    return walk(dict(info))  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True)
+class Attachment:
+    id: str
+    volume_id: str
+    instance: str
+    status: str
+    attach_mode: str = "rw"
+    multiattach: bool = False
+    protocol: Optional[str] = None
+    device_name: Optional[str] = None
+    host_device: Optional[str] = None
+    connection_info: Optional[Dict[str, Any]] = None
+    steps: Sequence[str] = ()
+    error: Optional[str] = None
+    host: str = ""
+    owner_pid: int = 0
+    owner_boot: str = ""
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    attached_at: Optional[float] = None
+    detached_at: Optional[float] = None
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = dict(self.__dict__)
+        d["steps"] = list(self.steps)
+        return d
+
+
+def _boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+class AttachmentStore:
+    """``AttachmentStore("sqlite:////var/lib/blocklink/attachments.db")`` or a plain path, or any URL."""
+
+    def __init__(self, url: str = "sqlite:///blocklink-attachments.db", **engine_options: Any) -> None:
+        import sqlalchemy as sa  # lazy: only the attach flow needs it
+
+        if "://" not in url:
+            url = "sqlite:///" + os.path.abspath(url)
+        self.url = url
+        if url.startswith("sqlite"):
+            engine_options.setdefault("connect_args", {"timeout": 30})
+        self.engine = sa.create_engine(url, future=True, **engine_options)
+        if url.startswith("sqlite"):
+            @sa.event.listens_for(self.engine, "connect")
+            def _pragmas(dbapi_conn: Any, _rec: Any) -> None:
+                cur = dbapi_conn.cursor()
+                cur.execute("PRAGMA journal_mode=WAL")
+                cur.execute("PRAGMA busy_timeout=30000")
+                cur.close()
+        md = sa.MetaData()
+        self.table = sa.Table(
+            "blocklink_attachments", md,
+            sa.Column("id", sa.String(36), primary_key=True),
+            sa.Column("volume_id", sa.String(255), nullable=False, index=True),
+            sa.Column("instance", sa.String(255), nullable=False),
+            sa.Column("status", sa.String(16), nullable=False),
+            sa.Column("attach_mode", sa.String(2), nullable=False),
+            sa.Column("multiattach", sa.Boolean, nullable=False),
+            sa.Column("exclusive_active", sa.Boolean, nullable=True),  # True while active & not multiattach
+            sa.Column("protocol", sa.String(32)),
+            sa.Column("device_name", sa.String(32)),
+            sa.Column("host_device", sa.String(255)),
+            sa.Column("connection_info", sa.Text),
+            sa.Column("steps", sa.Text, nullable=False),
+            sa.Column("error", sa.Text),
+            sa.Column("host", sa.String(255), nullable=False),
+            sa.Column("owner_pid", sa.Integer, nullable=False),
+            sa.Column("owner_boot", sa.String(64), nullable=False),
+            sa.Column("created_at", sa.Float, nullable=False),
+            sa.Column("updated_at", sa.Float, nullable=False),
+            sa.Column("attached_at", sa.Float),
+            sa.Column("detached_at", sa.Float),
+            sa.Column("extra", sa.Text, nullable=False),
+        )
+        # the race guard: one exclusive active attachment per volume (NULLs don't collide)
+        sa.Index("blocklink_one_exclusive_attach", self.table.c.volume_id, self.table.c.exclusive_active,
+                 unique=True)
+        md.create_all(self.engine)
+        self._sa = sa
+
+    # ------------------------------------------------------------------ rows
+    def _row(self, r: Any) -> Attachment:
+        return Attachment(
+            id=r.id, volume_id=r.volume_id, instance=r.instance, status=r.status, attach_mode=r.attach_mode,
+            multiattach=bool(r.multiattach), protocol=r.protocol, device_name=r.device_name,
+            host_device=r.host_device, connection_info=json.loads(r.connection_info) if r.connection_info else None,
+            steps=tuple(json.loads(r.steps)), error=r.error, host=r.host, owner_pid=r.owner_pid,
+            owner_boot=r.owner_boot, created_at=r.created_at, updated_at=r.updated_at, attached_at=r.attached_at,
+            detached_at=r.detached_at, extra=json.loads(r.extra))
+
+    def get(self, attachment_id: str) -> Attachment:
+        with self.engine.connect() as c:
+            r = c.execute(self.table.select().where(self.table.c.id == attachment_id)).first()
+        if r is None:
+            raise KeyError(attachment_id)
+        return self._row(r)
+
+    def list(self, volume_id: Optional[str] = None, instance: Optional[str] = None,
+             statuses: Optional[Sequence[str]] = None) -> List[Attachment]:
+        t = self.table
+        q = t.select().order_by(t.c.created_at)
+        if volume_id is not None:
+            q = q.where(t.c.volume_id == volume_id)
+        if instance is not None:
+            q = q.where(t.c.instance == instance)
+        if statuses is not None:
+            q = q.where(t.c.status.in_(list(statuses)))
+        with self.engine.connect() as c:
+            return [self._row(r) for r in c.execute(q)]
+
+    # ------------------------------------------------------------------ transitions
+    def reserve(self, volume_id: str, instance: str, attach_mode: str = "rw", multiattach: bool = False,
+                extra: Optional[Mapping[str, Any]] = None) -> Attachment:
+        """Create an ``attaching`` record; raises VolumeBusy if an exclusive attachment is active."""
+        sa = self._sa
+        now = time.time()
+        row = dict(id=str(uuid.uuid4()), volume_id=volume_id, instance=instance, status="attaching",
+                   attach_mode=attach_mode, multiattach=multiattach, exclusive_active=None if multiattach else True,
+                   steps="[]", host=socket.gethostname(), owner_pid=os.getpid(), owner_boot=_boot_id(),
+                   created_at=now, updated_at=now, extra=json.dumps(dict(extra or {})))
+        t = self.table
+        try:
+            with self.engine.begin() as c:
+                if multiattach:  # a multiattach attach must not join an exclusive one either
+                    busy = c.execute(t.select().where(t.c.volume_id == volume_id, t.c.exclusive_active.is_(True))
+                                     ).first()
+                    if busy is not None:
+                        raise VolumeBusy(volume_id, f"attachment {busy.id} on {busy.instance}")
+                else:
+                    shared = c.execute(t.select().where(t.c.volume_id == volume_id, t.c.status.in_(ACTIVE))).first()
+                    if shared is not None:
+                        raise VolumeBusy(volume_id, f"attachment {shared.id} on {shared.instance}")
+                c.execute(t.insert().values(**row))
+        except sa.exc.IntegrityError:
+            holder = self.list(volume_id=volume_id, statuses=ACTIVE)
+            raise VolumeBusy(volume_id, f"attachment {holder[0].id} on {holder[0].instance}" if holder
+                             else "a concurrent attach") from None
+        return self.get(row["id"])
+
+    def record_step(self, attachment_id: str, step: str, **fields: Any) -> Attachment:
+        """Append a completed step (and set fields) while the record is attaching/detaching."""
+        cur = self.get(attachment_id)
+        steps = list(cur.steps) + [step]
+        return self._update(attachment_id, ("attaching", "detaching"), steps=json.dumps(steps), **fields)
+
+    def transition(self, attachment_id: str, expected: Sequence[str], status: str, **fields: Any) -> Attachment:
+        if status not in STATUSES:
+            raise ValueError(f"unknown status {status!r}")
+        if status in ("detached", "error"):
+            fields["exclusive_active"] = None
+        return self._update(attachment_id, expected, status=status, **fields)
+
+    def _update(self, attachment_id: str, expected: Sequence[str], **fields: Any) -> Attachment:
+        t = self.table
+        if "connection_info" in fields and fields["connection_info"] is not None:
+            fields["connection_info"] = json.dumps(mask_connection_info(fields["connection_info"]))
+        if "extra" in fields:
+            fields["extra"] = json.dumps(fields["extra"])
+        fields["updated_at"] = time.time()
+        with self.engine.begin() as c:
+            res = c.execute(t.update().where(t.c.id == attachment_id, t.c.status.in_(list(expected))).values(**fields))
+            if res.rowcount != 1:
+                r = c.execute(t.select().where(t.c.id == attachment_id)).first()
+                raise StaleRecord(attachment_id, expected, r.status if r is not None else "missing")
+        return self.get(attachment_id)
+
+    def claim(self, attachment_id: str, expected: Sequence[str], status: str) -> Attachment:
+        """Take over a record (reconcile): conditional on status, records this process as its owner."""
+        return self._update(attachment_id, expected, status=status, owner_pid=os.getpid(), owner_boot=_boot_id(),
+                            host=socket.gethostname())
+
+    def stuck(self) -> Iterator[Attachment]:
+        """Records in attaching/detaching whose owner process is gone (this host) or rebooted away."""
+        me, boot = socket.gethostname(), _boot_id()
+        for a in self.list(statuses=("attaching", "detaching")):
+            if a.host != me:
+                continue
+            if a.owner_boot != boot or not _pid_alive(a.owner_pid):
+                yield a
+
+    def delete(self, attachment_id: str) -> None:
+        with self.engine.begin() as c:
+            c.execute(self.table.delete().where(self.table.c.id == attachment_id))
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+        return state not in (b"Z", b"X")
+    except (OSError, IndexError):
+        return False
