@@ -34,7 +34,7 @@ from typing import Any, List, Optional
 from blocklink.connection import Portal
 from blocklink.errors import DeviceNotFound, TargetError
 from blocklink.initiator.host.wait import wait_for
-from blocklink.target.tgtadm import SOCKET_DIR, TgtAdmin
+from blocklink.target.tgtadm import MODE_PORTAL, OP_SHOW, SOCKET_DIR, TgtAdmin
 
 _PORT_RANGE = (20000, 32000)  # tgtd's control port is a C short
 _START_TRIES = 8
@@ -88,27 +88,29 @@ class TgtDaemon:
         ``portal`` defaults to ``127.0.0.1:<free port>`` (``<ip>:3260`` is the usual choice inside a
         namespace); ``control_port`` to a free one in 20000-32000.
         """
-        if portal is None:
-            if netns is not None:
-                raise TgtStartError("tgtd", "give the portal address to use inside the namespace")
-            portal = f"127.0.0.1:{free_tcp_port()}"
-        p = Portal.parse(portal, "portal", TgtStartError)  # type: ignore[arg-type]
+        if portal is None and netns is not None:
+            raise TgtStartError("tgtd", "give the portal address to use inside the namespace")
+        auto_portal = portal is None
+        if portal is not None:
+            Portal.parse(portal, "portal", TgtStartError)  # type: ignore[arg-type]
         own = directory is None
         d = directory or tempfile.mkdtemp(prefix="blocklink-tgtd.")
         os.makedirs(d, mode=0o700, exist_ok=True)
         os.makedirs(SOCKET_DIR, mode=0o755, exist_ok=True)
         last = ""
-        for _ in range(_START_TRIES if control_port is None else 1):
+        for _ in range(_START_TRIES):
             port = control_port
             if port is None:
                 port = _PORT_RANGE[0] + secrets.randbelow(_PORT_RANGE[1] - _PORT_RANGE[0])
                 if not _control_port_free(port, SOCKET_DIR):
                     continue
+            address = f"127.0.0.1:{free_tcp_port()}" if auto_portal else Portal.parse(portal).address
             try:
-                return cls._spawn(p.address, port, netns, d, own, timeout)
+                return cls._spawn(address, port, netns, d, own, timeout)
             except TgtStartError as e:
-                last = str(e)
-                if control_port is not None or "another tgtd" not in last:
+                last = e.reason
+                retry = ("another tgtd" in last and control_port is None) or ("unable to bind" in last and auto_portal)
+                if not retry:
                     break
         if own:
             shutil.rmtree(d, ignore_errors=True)
@@ -130,7 +132,12 @@ class TgtDaemon:
         def ready() -> Optional[bool]:
             if proc.poll() is not None:
                 raise TgtStartError("tgtd", f"exited with {proc.returncode}: {daemon.log_tail()}")
-            return True if admin.ready() else None
+            if not admin.ready():
+                return None
+            listening = admin.request(MODE_PORTAL, OP_SHOW)  # tgtd falls back to 0.0.0.0:3260 on bind errors
+            if f"Portal: {portal}," not in listening:
+                raise TgtStartError("tgtd", f"unable to bind portal {portal}: {daemon.log_tail()}")
+            return True
 
         try:
             wait_for(ready, timeout=timeout, watch=[SOCKET_DIR], uevents=False, what="tgtd", recheck=0.05)
@@ -162,11 +169,8 @@ class TgtDaemon:
                 self._proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 self._kill()
-        for suffix in ("", ".lock"):
-            try:
-                os.unlink(os.path.join(self.socket_dir, f"socket.{self.control_port}{suffix}"))
-            except FileNotFoundError:
-                pass
+        if self._proc is not None:
+            self._remove_socket()
         if remove_directory and self._own_dir:
             shutil.rmtree(self.directory, ignore_errors=True)
 
@@ -174,6 +178,14 @@ class TgtDaemon:
         if self._proc is not None and self._proc.poll() is None:
             os.kill(self._proc.pid, signal.SIGKILL)
             self._proc.wait(timeout=10)
+            self._remove_socket()  # it was running, so the socket was its own
+
+    def _remove_socket(self) -> None:
+        for suffix in ("", ".lock"):
+            try:
+                os.unlink(os.path.join(self.socket_dir, f"socket.{self.control_port}{suffix}"))
+            except FileNotFoundError:
+                pass
 
     def alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
