@@ -1,0 +1,1 @@
+"""blocklink vs os-brick benchmarks (not part of the blocklink package; see README.md)."""

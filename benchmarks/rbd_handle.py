@@ -1,0 +1,128 @@
+"""RBD non-local handle: throughput and IOPS through blocklink's handle, os-brick's, and raw librbd.
+
+One throwaway Ceph cluster (blocklink.testing.ceph: mon + memstore osd on 127.0.0.1), one image,
+three long-lived workers (blocklink and raw librbd in the project venv, os-brick in its own venv),
+each holding its own open handle on that same image. Every repetition runs each pattern on each
+worker in turn, the order rotating, so load from the shared machine falls on all three alike.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from typing import Any, Dict, List, Tuple
+
+from benchmarks.context import REPO, Context, interleave
+from benchmarks.model import BLOCKLINK, FLOOR, OSBRICK, Outcome
+from benchmarks.worker import Worker
+
+TITLE = "RBD handle I/O"
+MiB = 1 << 20
+OPS = "benchmarks.rbd_ops"
+
+# (label, pattern, block size)
+PATTERNS: List[Tuple[str, str, int]] = [
+    ("sequential write, 1 MiB blocks", "seqwrite", MiB),
+    ("sequential read, 1 MiB blocks", "seqread", MiB),
+    ("sequential write, 4 MiB blocks", "seqwrite", 4 * MiB),
+    ("sequential read, 4 MiB blocks", "seqread", 4 * MiB),
+    ("random write, 4 KiB", "randwrite", 4096),
+    ("random read, 4 KiB", "randread", 4096),
+]
+
+
+def _missing() -> str:
+    for tool in ("ceph-mon", "ceph-osd", "ceph", "rbd", "ceph-authtool", "monmaptool"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed (Debian ceph-mon/ceph-osd/ceph-common)"
+    try:
+        import rados  # noqa: F401
+        import rbd  # noqa: F401
+    except ImportError as e:
+        return f"Ceph's Python bindings do not import ({e}); install python3-rados python3-rbd"
+    return ""
+
+
+def run(ctx: Context) -> Outcome:
+    out = Outcome("rbd_handle", TITLE)
+    why = _missing()
+    if why:
+        out.skip(why)
+        return out
+    from blocklink.testing.ceph import CephCluster
+
+    size = (16 if ctx.quick else 64) * MiB
+    count = ctx.reps(2000, 300)
+    reps = ctx.reps(7, 2)
+    cycles = ctx.reps(15, 3)
+    logs = ctx.scratch("rbd")
+    ctx.log(f"starting a throwaway Ceph cluster; image {size // MiB} MiB, {reps} repetitions")
+    cluster = CephCluster.start()
+    workers: Dict[str, Worker] = {}
+    target: Any = None
+    vid = f"bench{uuid.uuid4().hex[:8]}"
+    try:
+        target = cluster.rbd_target(include_keyring=True)
+        target.create_volume(vid, size)
+        info = target.initialize_connection(vid).to_dict()
+        pythons = {BLOCKLINK: ctx.blocklink_python, OSBRICK: ctx.osbrick_python, FLOOR: ctx.blocklink_python}
+        for impl, py in pythons.items():
+            workers[impl] = Worker(py, impl, os.path.join(logs, f"worker-{impl}.log"), REPO)
+        for impl, w in workers.items():
+            w.call(f"{OPS}:connect", impl=impl, info=info)
+        # prefill the whole image (reads then hit real objects), then one warm-up pass per path
+        workers[FLOOR].call(f"{OPS}:io", pattern="seqwrite", bs=4 * MiB, size=size, seed=7)
+        for w in workers.values():
+            w.call(f"{OPS}:io", pattern="seqwrite", bs=4 * MiB, size=size, seed=7)
+            w.call(f"{OPS}:io", pattern="randread", bs=4096, size=size, count=min(count, 200), seed=3)
+        rows = {}
+        for label, pattern, _ in PATTERNS:
+            seq = pattern.startswith("seq")
+            rows[label] = out.row(label, "MiB/s" if seq else "IOPS", higher_is_better=True)
+        for r in range(reps):
+            for label, pattern, bs in PATTERNS:
+                for impl in _rotate(list(workers), r):
+                    res = workers[impl].call(f"{OPS}:io", pattern=pattern, bs=bs, size=size, count=count,
+                                             seed=100 + r)
+                    if pattern.startswith("seq"):
+                        rows[label].add(impl, res["bytes"] / MiB / res["seconds"])
+                    else:
+                        rows[label].add(impl, res["ops"] / res["seconds"])
+            ctx.log(f"rbd repetition {r + 1}/{reps} done")
+        sums = {impl: w.call(f"{OPS}:checksum", size=size) for impl, w in workers.items()}
+        if len(set(sums.values())) != 1:
+            raise RuntimeError(f"the three access paths read different data from one image: {sums}")
+        for w in workers.values():
+            w.call(f"{OPS}:disconnect")
+        conn = out.row("connect_volume (new cluster connection + open image)", "ms")
+        disc = out.row("disconnect_volume (close image + shut down connection)", "ms")
+        for _, impl in interleave(cycles, list(workers)):
+            c, d = workers[impl].call(f"{OPS}:connect_cycle", impl=impl, info=info)
+            conn.add(impl, c * 1000)
+            disc.add(impl, d * 1000)
+    finally:
+        for w in workers.values():
+            w.close()
+        if target is not None:
+            try:
+                target.delete_volume(vid)
+            finally:
+                target.close()
+        cluster.stop()
+    out.notes.append(
+        f"Image of {size // MiB} MiB (layering only, default librbd cache settings for every path), memstore "
+        f"OSD on 127.0.0.1. Sequential passes cover the whole image; random passes are {count} ops at "
+        f"4 KiB-aligned offsets from the same seed for every path. Writes end with a flush, inside the timing. "
+        f"{reps} repetitions, each pattern run on the three paths in rotating order. Before timing, the image "
+        f"was prefilled and each path made one warm-up pass. After timing, all three paths read the whole "
+        f"image and got the same sha256. connect/disconnect: {cycles} cycles each, interleaved, each a new "
+        f"cluster connection. floor = raw librbd (`rbd.Image.read/write` at explicit offsets). Connection info "
+        f"from blocklink's RbdTarget with the keyring included (cinderlib style), used as is by both "
+        f"connectors.")
+    return out
+
+
+def _rotate(items: List[str], k: int) -> List[str]:
+    k %= len(items)
+    return items[k:] + items[:k]
