@@ -324,6 +324,18 @@ class DaemonLayout:
         return os.path.join(self.dir, "secret")
 
     @property
+    def bridge_pidfile(self) -> str:
+        return os.path.join(self.dir, "nbdfuse.pid")
+
+    @property
+    def bridge_ready(self) -> str:
+        return os.path.join(self.dir, "nbdfuse.ready")
+
+    @property
+    def bridge_log(self) -> str:
+        return os.path.join(self.dir, "nbdfuse.log")
+
+    @property
     def state(self) -> str:
         return os.path.join(self.dir, "state.json")
 
@@ -385,18 +397,19 @@ def signal_pid(pid: int, sig: int, executor: Executor) -> None:
         executor.run(["kill", "-s", signal.Signals(sig).name[3:], str(pid)], check=False)
 
 
-def stop_daemon(pid: int, layout: DaemonLayout, executor: Executor, paths: HostPaths, timeout: float) -> bool:
-    """SIGTERM (SIGKILL after ``timeout``) the daemon, if ``pid`` is still this layout's daemon."""
-    if not pid_alive(pid, paths) or layout.qmp not in pid_cmdline(pid, paths):
+def stop_pid(pid: int, marker: str, executor: Executor, paths: HostPaths, timeout: float) -> bool:
+    """SIGTERM (SIGKILL after ``timeout``) ``pid`` if its command line still names ``marker``
+    (a path unique to this attachment). True once it is gone."""
+    if not pid_alive(pid, paths) or marker not in pid_cmdline(pid, paths):
         return True  # gone, or the PID now belongs to someone else: never signal that
     signal_pid(pid, signal.SIGTERM, executor)
     if wait_pid_exit(pid, timeout, paths):
         return True
-    LOG.warning("qemu-storage-daemon %d ignored SIGTERM for %.0fs; killing it", pid, timeout)
+    LOG.warning("pid %d (%s) ignored SIGTERM for %.0fs; killing it", pid, marker, timeout)
     signal_pid(pid, signal.SIGKILL, executor)
     return wait_pid_exit(pid, 5.0, paths)
 
 
 __all__ = ["QmpClient", "QmpError", "QmpEvent", "BlockExportInfo", "BlockNodeInfo", "DaemonDied", "DaemonLayout",
-           "DaemonSpec", "build_argv", "pid_alive", "wait_pid_exit", "mount_fstype", "open_by", "stop_daemon",
+           "DaemonSpec", "build_argv", "pid_alive", "wait_pid_exit", "mount_fstype", "open_by", "stop_pid",
            "write_private", "NODE", "EXPORT", "SECRET_ID", "UNIX_PATH_MAX"]

@@ -43,13 +43,15 @@ from blocklink.hostpaths import HostPaths
 from blocklink.initiator.base import Connector, DeviceLike, InfoLike
 from blocklink.initiator.qsd import (EXPORT, NODE, SECRET_ID, UNIX_PATH_MAX, DaemonDied, DaemonLayout, DaemonSpec,
                                      QmpClient, QmpError, build_argv, mount_fstype, open_by, pid_alive, pid_cmdline,
-                                     stop_daemon, wait_pid_exit, write_private)
+                                     stop_pid, wait_pid_exit, write_private)
+from blocklink.initiator.nbdfuse import NbdFuseBridge, nbd_uri
 from blocklink.locks import LockFactory
 from blocklink.masking import Secret, get_logger, mask_text
 
 LOG = get_logger(__name__)
 
 EXPORTS = ("fuse", "nbd", "vhost-user-blk")
+FILE_BRIDGES = ("nbdfuse", "qsd")
 _RUN_DIR_RE = re.compile(r"^/[A-Za-z0-9._/\-]+$")  # ends up in a QemuOpts string: no commas or '='
 
 # registry targets for connector_for(protocol, attach="userspace")
@@ -69,6 +71,7 @@ class DaemonStatus:
     size: int
     read_only: bool
     driver: str
+    bridge_pid: Optional[int] = None  # nbdfuse serving the file, if any
 
 
 def _daemon_message(stderr: str) -> str:
@@ -94,14 +97,18 @@ class UserspaceConnector(Connector):
     to come up, QMP answers and stopping), ``binary``, ``netns`` (a named network namespace to reach
     the storage from: the daemon runs there through ``nsenter --net`` so its FUSE mount stays
     visible to the host), ``cache_direct`` (bypass the daemon's page cache; RBD: no librbd cache).
+    ``file_bridge`` says what serves the ``"fuse"`` file: ``"nbdfuse"`` (default: nbdfuse in front
+    of the daemon's NBD socket, safe for every I/O pattern) or ``"qsd"`` (the daemon's own FUSE
+    export: one process fewer, but qemu up to 10.0 corrupts O_DIRECT writes over 1 MiB, async
+    direct writes and mmap writeback; see :mod:`blocklink.initiator.nbdfuse`).
     """
 
     info_type: ClassVar[type]
 
     def __init__(self, *, export: str = "fuse", run_dir: str = "/run/blocklink/qsd", lock_path: Optional[str] = None,
                  timeout: float = 30.0, binary: str = "qemu-storage-daemon", netns: Optional[str] = None,
-                 cache_direct: bool = True, executor: Optional[Executor] = None,
-                 paths: Optional[HostPaths] = None) -> None:
+                 cache_direct: bool = True, file_bridge: str = "nbdfuse", nbdfuse: str = "nbdfuse",
+                 executor: Optional[Executor] = None, paths: Optional[HostPaths] = None) -> None:
         super().__init__(executor=executor, paths=paths)
         if export not in EXPORTS:
             raise InvalidConnectionInfo("export", f"expected one of {', '.join(EXPORTS)}, got {export!r}")
@@ -110,6 +117,8 @@ class UserspaceConnector(Connector):
             raise InvalidConnectionInfo("run_dir", "may contain only letters, digits and . _ - /")
         if len(run_dir) + len("/rbd-0123456789abcdef/vhost.sock") > UNIX_PATH_MAX:
             raise InvalidConnectionInfo("run_dir", "too long for the daemon's unix sockets")
+        if file_bridge not in FILE_BRIDGES:
+            raise InvalidConnectionInfo("file_bridge", f"expected one of {', '.join(FILE_BRIDGES)}, got {file_bridge!r}")
         if netns is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._\-]*", netns):
             raise InvalidConnectionInfo("netns", f"{netns[:40]!r} is not a network namespace name")
         self.export = export
@@ -118,6 +127,8 @@ class UserspaceConnector(Connector):
         self.binary = binary
         self.netns = netns
         self.cache_direct = cache_direct
+        self.file_bridge = file_bridge
+        self.nbdfuse = nbdfuse
         self.locks = LockFactory(lock_path or os.path.join(run_dir, "locks"))
 
     # ------------------------------------------------------------------ protocol hooks
@@ -135,6 +146,14 @@ class UserspaceConnector(Connector):
     def _remote_size(self, info: Any) -> Optional[int]:
         """The volume's size as the storage sees it now, when the protocol can ask cheaply."""
         return None
+
+    @property
+    def daemon_export(self) -> str:
+        """The daemon's own export type (a bridged file is served from its NBD socket)."""
+        return "nbd" if self.export == "fuse" and self.file_bridge == "nbdfuse" else self.export
+
+    def _bridge(self, layout: DaemonLayout) -> NbdFuseBridge:
+        return NbdFuseBridge(layout, self.executor, self.paths, binary=self.nbdfuse, timeout=self.timeout)
 
     # ------------------------------------------------------------------ layout
     def layout(self, info: InfoLike) -> DaemonLayout:
@@ -226,8 +245,9 @@ class UserspaceConnector(Connector):
         os.mkdir(layout.dir, 0o700)
         t0 = time.monotonic()
         try:
-            if spec.export == "fuse":
-                write_private(layout.disk, "")  # a FUSE export mounts over an existing regular file
+            bridged = self.export == "fuse" and spec.export == "nbd"
+            if self.export == "fuse":
+                write_private(layout.disk, "")  # FUSE mounts over an existing regular file
             for fname, text in spec.extra_files.items():
                 write_private(os.path.join(layout.dir, fname), text)
             if spec.secret is not None:
@@ -243,18 +263,22 @@ class UserspaceConnector(Connector):
             status = self._verify(name, layout, spec)
             if spec.secret is not None:
                 os.unlink(layout.secret)  # the daemon holds the secret object now
-            state = {"protocol": self.protocol, "volume": name, "where": where, "export": spec.export,
-                     "path": status.path, "read_only": spec.read_only, "pid": status.pid}
+            if bridged:
+                self._bridge(layout).start(name, spec.read_only)
+                status = self._health(name, layout, self.export, "nbdfuse")
+            state = {"protocol": self.protocol, "volume": name, "where": where, "export": self.export,
+                     "bridge": "nbdfuse" if bridged else None, "path": status.path,
+                     "read_only": spec.read_only, "pid": status.pid}
             write_private(layout.state, json.dumps(state))
         except BaseException:
             self._teardown(layout, name, hard=True)
             raise
-        LOG.info("attached %s via %s as %s %s (pid %d) in %.0f ms", name, where, spec.export, status.path,
+        LOG.info("attached %s via %s as %s %s (pid %d) in %.0f ms", name, where, self.export, status.path,
                  status.pid, (time.monotonic() - t0) * 1000)
         return self._device_for(status, layout, name)
 
     def _verify(self, name: str, layout: DaemonLayout, spec: DaemonSpec) -> DaemonStatus:
-        status = self._health(name, layout, export=spec.export)
+        status = self._health(name, layout, spec.export, None)
         if status.read_only != spec.read_only:
             raise ConnectionFailed(name, f"daemon opened the volume {'read-only' if status.read_only else 'read-write'}")
         return status
@@ -263,7 +287,9 @@ class UserspaceConnector(Connector):
         extra: Dict[str, Any] = {"export": status.export, "pid": status.pid, "run_dir": layout.dir,
                                  "size": status.size, "read_only": status.read_only, "name": name}
         if status.export == "nbd":
-            extra.update(nbd_export=NODE, uri=f"nbd+unix:///{NODE}?socket={layout.nbd}")
+            extra.update(nbd_export=NODE, uri=nbd_uri(layout))
+        if status.export == "fuse":
+            extra["bridge"] = self._state(layout).get("bridge") or ("nbdfuse" if status.bridge_pid else "qsd")
         return AttachedDevice(protocol=self.protocol, path=status.path, type="file", extra=extra)
 
     # ------------------------------------------------------------------ health and state
@@ -286,10 +312,14 @@ class UserspaceConnector(Connector):
         except (OSError, ValueError):
             return {}
 
-    def _health(self, name: str, layout: DaemonLayout, export: Optional[str] = None) -> DaemonStatus:
+    def _health(self, name: str, layout: DaemonLayout, export: Optional[str] = None,
+                bridge: Optional[str] = "state") -> DaemonStatus:
         if not os.path.isdir(layout.dir):
             raise DeviceNotFound(f"userspace attachment of {name}")
-        export = export or self._state(layout).get("export") or self.export
+        state = self._state(layout)
+        export = export or state.get("export") or self.export
+        if bridge == "state":
+            bridge = state.get("bridge")
         pid = self._pid(layout)
         if pid is None or not pid_alive(pid, self.paths):
             raise DaemonDied(name, "qemu-storage-daemon " + (f"(pid {pid}) exited" if pid else "is not running"), pid)
@@ -302,11 +332,12 @@ class UserspaceConnector(Connector):
         if not exports or not nodes:
             raise DaemonDied(name, f"qemu-storage-daemon (pid {pid}) no longer exports the volume", pid)
         path = layout.export_path(export)
+        bridge_pid = self._bridge(layout).check(name) if bridge == "nbdfuse" else None
         if export == "fuse" and mount_fstype(path, self.paths) not in ("fuse", "fuseblk"):
             raise DaemonDied(name, f"FUSE export {path} is not mounted", pid)
         node = nodes[0]
         return DaemonStatus(pid=pid, export=export, path=path, size=node.virtual_size, read_only=node.read_only,
-                            driver=node.driver)
+                            driver=node.driver, bridge_pid=bridge_pid)
 
     def _existing(self, info: Any, name: str, layout: DaemonLayout) -> Optional[AttachedDevice]:
         if not os.path.isdir(layout.dir):
@@ -331,6 +362,8 @@ class UserspaceConnector(Connector):
     def _teardown(self, layout: DaemonLayout, name: str, hard: bool) -> List[str]:
         """Stop the export and the daemon, unmount, remove the directory. Returns what failed."""
         failures: List[str] = []
+        if os.path.exists(layout.bridge_pidfile):  # unmount first: the NBD client goes with it
+            failures += self._bridge(layout).stop(hard)
         pid = self._pid(layout)
         if pid is not None and pid_alive(pid, self.paths):
             try:
@@ -349,7 +382,7 @@ class UserspaceConnector(Connector):
             except QmpError as e:
                 LOG.warning("QMP stop of %s failed (%s); signalling pid %d", name, e, pid)
             if not wait_pid_exit(pid, self.timeout, self.paths) and \
-                    not stop_daemon(pid, layout, self.executor, self.paths, self.timeout):
+                    not stop_pid(pid, layout.qmp, self.executor, self.paths, self.timeout):
                 failures.append(f"qemu-storage-daemon pid {pid} did not exit")
         if mount_fstype(layout.disk, self.paths) is not None:  # a daemon that died leaves its FUSE mount
             self.executor.run(["umount", "-l", layout.disk], check=False)
@@ -466,7 +499,8 @@ class UserspaceISCSIConnector(UserspaceConnector):
                                     "cache": {"direct": self.cache_direct}}
             if user is not None:
                 node.update({"user": user, "password-secret": SECRET_ID})
-            yield where, DaemonSpec(blockdev=node, export=self.export, read_only=info.read_only, secret=password)
+            yield where, DaemonSpec(blockdev=node, export=self.daemon_export, read_only=info.read_only,
+                                    secret=password)
         if not reachable:
             raise _NoPortal(", ".join(t.portal.address for t in tried))
 
@@ -548,7 +582,7 @@ class UserspaceRBDConnector(UserspaceConnector):
             node["auth-client-required"] = ["none"]
         if info.discard:
             node["discard"] = "unmap"
-        yield info.name, DaemonSpec(blockdev=node, export=self.export, read_only=info.read_only, secret=key,
+        yield info.name, DaemonSpec(blockdev=node, export=self.daemon_export, read_only=info.read_only, secret=key,
                                     secret_format="base64", extra_files=files)
 
     def _classify(self, where: str, stderr: str) -> _Attempt:
