@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from blocklink.errors import TargetError
+from blocklink.errors import InvalidConnectionInfo, TargetError
 from blocklink.masking import Secret
 from blocklink.target.chap import ChapCredentials
 from blocklink.target.persistence import NO_PEER_ADDRESS, RecordStore, TgtRecord, parse, render
@@ -80,7 +80,7 @@ def test_memory_store_and_bad_names(tmp_path) -> None:  # type: ignore[no-untype
     mem.delete("v1")
     assert mem.load("v1") is None
     store = RecordStore(str(tmp_path / "c"))
-    with pytest.raises(Exception):
+    with pytest.raises(InvalidConnectionInfo):
         store.path("../../etc/passwd")
     with pytest.raises(TargetError):
         RecordStore("relative/dir")

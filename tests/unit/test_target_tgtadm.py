@@ -43,7 +43,7 @@ SHOW = """Target 1: iqn.2010-10.org.openstack:volume-abc
             Thin-provisioning: No
             Backing store type: null
             Backing store path: None
-            Backing store flags: 
+            Backing store flags:
         LUN: 1
             Type: disk
             SCSI ID: abc
@@ -57,7 +57,7 @@ SHOW = """Target 1: iqn.2010-10.org.openstack:volume-abc
             Thin-provisioning: No
             Backing store type: rdwr
             Backing store path: /tmp/tgtexp/lun.img
-            Backing store flags: 
+            Backing store flags:
     Account information:
         u1
         m1 (outgoing)
