@@ -199,6 +199,9 @@ class QmpClient:
     def block_export_del(self, export_id: str, mode: str = "safe") -> None:
         self.execute("block-export-del", {"id": export_id, "mode": mode})
 
+    def block_export_add(self, args: Mapping[str, Any]) -> None:
+        self.execute("block-export-add", args)
+
     def block_resize(self, node_name: str, size: int) -> None:
         self.execute("block_resize", {"node-name": node_name, "size": size})
 
@@ -355,6 +358,20 @@ class DaemonSpec:
     extra_files: Dict[str, str] = field(default_factory=dict)  # name -> text, non-secret (ceph.conf)
 
 
+def export_args(export: str, layout: DaemonLayout, read_only: bool) -> Dict[str, Any]:
+    """``--export`` / ``block-export-add`` arguments of the daemon's one export."""
+    args: Dict[str, Any] = {"type": export, "id": EXPORT, "node-name": NODE, "writable": not read_only}
+    if export == "fuse":
+        args["mountpoint"] = layout.disk
+    elif export == "nbd":
+        args["name"] = NODE
+    elif export == "vhost-user-blk":
+        args["addr"] = {"type": "unix", "path": layout.vhost}
+    else:
+        raise ValueError(f"unknown export type {export!r}")
+    return args
+
+
 def build_argv(spec: DaemonSpec, layout: DaemonLayout, binary: str = "qemu-storage-daemon") -> List[str]:
     """The daemon's command line: JSON for objects, nodes and exports; no secret value in it."""
     argv = [binary]
@@ -365,17 +382,9 @@ def build_argv(spec: DaemonSpec, layout: DaemonLayout, binary: str = "qemu-stora
     if spec.read_only:
         node["read-only"] = True
     argv += ["--blockdev", json.dumps(node)]
-    export: Dict[str, Any] = {"type": spec.export, "id": EXPORT, "node-name": NODE, "writable": not spec.read_only}
-    if spec.export == "fuse":
-        export["mountpoint"] = layout.disk
-    elif spec.export == "nbd":
+    if spec.export == "nbd":
         argv += ["--nbd-server", f"addr.type=unix,addr.path={layout.nbd}"]
-        export["name"] = NODE
-    elif spec.export == "vhost-user-blk":
-        export["addr"] = {"type": "unix", "path": layout.vhost}
-    else:
-        raise ValueError(f"unknown export type {spec.export!r}")
-    argv += ["--export", json.dumps(export),
+    argv += ["--export", json.dumps(export_args(spec.export, layout, spec.read_only)),
              "--chardev", f"socket,id=qmp0,path={layout.qmp},server=on,wait=off", "--monitor", "chardev=qmp0",
              "--pidfile", layout.pidfile, "--daemonize"]
     return argv
@@ -411,5 +420,5 @@ def stop_pid(pid: int, marker: str, executor: Executor, paths: HostPaths, timeou
 
 
 __all__ = ["QmpClient", "QmpError", "QmpEvent", "BlockExportInfo", "BlockNodeInfo", "DaemonDied", "DaemonLayout",
-           "DaemonSpec", "build_argv", "pid_alive", "wait_pid_exit", "mount_fstype", "open_by", "stop_pid",
+           "DaemonSpec", "build_argv", "export_args", "pid_alive", "wait_pid_exit", "mount_fstype", "open_by", "stop_pid",
            "write_private", "NODE", "EXPORT", "SECRET_ID", "UNIX_PATH_MAX"]

@@ -22,6 +22,7 @@ the target). Root is expected (FUSE mounts, /proc scans of other processes' open
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import json
@@ -42,7 +43,7 @@ from blocklink.executor import Executor
 from blocklink.hostpaths import HostPaths
 from blocklink.initiator.base import Connector, DeviceLike, InfoLike
 from blocklink.initiator.qsd import (EXPORT, NODE, SECRET_ID, UNIX_PATH_MAX, DaemonDied, DaemonLayout, DaemonSpec,
-                                     QmpClient, QmpError, build_argv, mount_fstype, open_by, pid_alive, pid_cmdline,
+                                     QmpClient, QmpError, build_argv, export_args, mount_fstype, open_by, pid_alive, pid_cmdline,
                                      stop_pid, wait_pid_exit, write_private)
 from blocklink.initiator.nbdfuse import NbdFuseBridge, nbd_uri
 from blocklink.locks import LockFactory
@@ -224,20 +225,51 @@ class UserspaceConnector(Connector):
             return []
 
     def extend_volume(self, info: InfoLike) -> int:
-        """Make the export show the volume's new size (qemu re-reads it on a non-shrinking resize)."""
+        """Make the export show the volume's new size; returns it.
+
+        qemu re-reads the size on a non-shrinking ``block_resize``. An NBD export forbids resizing
+        under its clients (NBD has no size-change message), so for an NBD socket or the nbdfuse
+        file the export is briefly re-created: refused with :class:`DeviceBusy` while in use.
+        """
         vinfo = self._info(info)
         _, name = self._volume(vinfo)
         layout = self.layout(vinfo)
-        status = self._health(name, layout)
-        remote = self._remote_size(vinfo)
-        with QmpClient(layout.qmp, self.timeout) as qmp:
-            try:
-                qmp.block_resize(NODE, remote if remote is not None else status.size)
-            except QmpError as e:
-                raise ConnectionFailed(name, f"resize failed: {e.desc}") from None
-            size = next(n.virtual_size for n in qmp.query_named_block_nodes() if n.node_name == NODE)
+        with self.locks.lock(f"qsd-{os.path.basename(layout.dir)}"):
+            status = self._health(name, layout)
+            remote = self._remote_size(vinfo)
+            bridged = status.bridge_pid is not None
+            via_nbd = bridged or status.export == "nbd"
+            if bridged and open_by(layout.disk, self.paths):
+                raise DeviceBusy(layout.disk, "is open; close it (or detach and attach) to see the new size")
+            with QmpClient(layout.qmp, self.timeout) as qmp:
+                try:
+                    if via_nbd:
+                        failures = self._bridge(layout).stop(hard=False) if bridged else []
+                        if failures:
+                            raise DetachIncomplete(name, failures)
+                        self._del_export(qmp, layout, status.export)
+                    qmp.block_resize(NODE, remote if remote is not None else status.size)
+                    if via_nbd:
+                        qmp.block_export_add(export_args("nbd", layout, status.read_only))
+                except QmpError as e:
+                    raise ConnectionFailed(name, f"resize failed: {e.desc}") from None
+                finally:
+                    if bridged and mount_fstype(layout.disk, self.paths) is None:
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(layout.bridge_ready)  # the new nbdfuse signals readiness afresh
+                        self._bridge(layout).start(name, status.read_only)
+                size = next(n.virtual_size for n in qmp.query_named_block_nodes() if n.node_name == NODE)
         LOG.info("userspace attachment of %s now %d bytes (was %d)", name, size, status.size)
         return size
+
+    def _del_export(self, qmp: QmpClient, layout: DaemonLayout, export: str) -> None:
+        try:
+            qmp.block_export_del(EXPORT, "safe")
+        except QmpError as e:
+            if "in use" in e.desc:
+                raise DeviceBusy(layout.export_path(export), f"NBD clients are connected ({e.desc})") from None
+            raise
+        qmp.wait_event("BLOCK_EXPORT_DELETED", {"id": EXPORT}, self.timeout)
 
     # ------------------------------------------------------------------ start
     def _start(self, info: Any, name: str, where: str, spec: DaemonSpec, layout: DaemonLayout) -> AttachedDevice:
