@@ -11,34 +11,43 @@ import textwrap
 from typing import List, Optional, Tuple
 
 from benchmarks.model import BLOCKLINK, FLOOR, OSBRICK, Outcome
-from benchmarks.report import load
-from benchmarks.stats import advantage, summarize
+from benchmarks.report import load, versus, versus_summary
+from benchmarks.stats import Summary
 
 
-def advantage_bars(outcomes: List[Outcome]) -> List[Tuple[str, float]]:
+Bar = Tuple[str, float, float, float]  # label, median, p10, p90
+_TICKS = [0.1, 0.2, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 20]
+_TICKS_WIDE = [0.01, 0.1, 0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000]
+
+
+def _bar(label: str, s: Optional[Summary]) -> Optional[Bar]:
+    if s is None or s.median <= 0:
+        return None
+    return (label, s.median, s.p10, s.p90)
+
+
+def advantage_bars(outcomes: List[Outcome]) -> List[Bar]:
+    """blocklink's advantage over os-brick per chartable row (per-round ratios: median, p10, p90)."""
     bars = []
     for o in outcomes:
         for r in o.rows:
-            if not r.chart or not r.samples.get(BLOCKLINK) or not r.samples.get(OSBRICK):
-                continue
-            adv = advantage(summarize(r.samples[BLOCKLINK]), summarize(r.samples[OSBRICK]), r.higher_is_better)
-            if adv:
-                bars.append((f"{o.title}: {r.metric}", adv))
+            if r.chart:
+                b = _bar(f"{o.title}: {r.metric}", versus_summary(r, OSBRICK))
+                if b:
+                    bars.append(b)
     return bars
 
 
 def floor_bars(outcomes: List[Outcome]) -> List[Tuple[str, float, Optional[float]]]:
-    """(label, blocklink share of the floor's performance, os-brick share or None); 1.0 = the floor."""
+    """(label, blocklink's share of the floor's performance, os-brick's or None); 1.0 = the floor."""
     bars = []
     for o in outcomes:
         for r in o.rows:
-            if not r.chart or not r.samples.get(FLOOR) or not r.samples.get(BLOCKLINK):
+            if not r.chart:
                 continue
-            fl = summarize(r.samples[FLOOR])
-            bl = advantage(summarize(r.samples[BLOCKLINK]), fl, r.higher_is_better)
-            ob = advantage(summarize(r.samples[OSBRICK]), fl, r.higher_is_better) if r.samples.get(OSBRICK) else None
+            bl = versus(r, FLOOR, BLOCKLINK)
             if bl:
-                bars.append((f"{o.title}: {r.metric}", bl, ob))
+                bars.append((f"{o.title}: {r.metric}", bl, versus(r, FLOOR, OSBRICK)))
     return bars
 
 
@@ -47,6 +56,7 @@ def draw(outcomes: List[Outcome], path: str, subtitle: str = "") -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, NullFormatter
 
     adv = advantage_bars(outcomes)
     flo = floor_bars(outcomes)
@@ -61,22 +71,31 @@ def draw(outcomes: List[Outcome], path: str, subtitle: str = "") -> None:
     if adv:
         ax = axes[row][0]
         row += 1
-        labels = [textwrap.fill(lb, wrap) for lb, _ in adv]
-        vals = [v for _, v in adv]
+        labels = [textwrap.fill(b[0], wrap) for b in adv]
+        vals = [b[1] for b in adv]
+        err = [[max(0.0, b[1] - b[2]) for b in adv], [max(0.0, b[3] - b[1]) for b in adv]]
         colors = ["#2a7ab9" if v >= 1 else "#d9772b" for v in vals]
         ys = list(range(len(vals)))
-        ax.barh(ys, vals, color=colors)
         ax.set_xscale("log")
+        ax.set_xlim(min(min(b[2] for b in adv) / 1.6, 0.5), max(max(b[3] for b in adv) * 2.5, 2.0))
+        # bars grow from 1× (parity) towards the median: right = blocklink better, left = worse
+        ax.barh(ys, [v - 1.0 for v in vals], left=1.0, color=colors, xerr=err,
+                error_kw={"elinewidth": 0.8, "capsize": 2, "ecolor": "#444"})
         ax.axvline(1.0, color="black", linewidth=0.8)
         ax.set_yticks(ys)
         ax.set_yticklabels(labels, fontsize=8)
         ax.invert_yaxis()
-        for i, v in enumerate(vals):
-            ax.text(v, i, f" {v:.2f}×", va="center", fontsize=8)
-        ax.set_xlabel("blocklink advantage over os-brick (× better, log scale; > 1 = blocklink better)")
+        for i, b in enumerate(adv):
+            ax.text(max(b[1], b[3]) * 1.04, i, f"{b[1]:.2f}×", va="center", fontsize=8)
+        lo, hi = ax.get_xlim()
+        ticks = [t for t in (_TICKS if hi / lo < 30 else _TICKS_WIDE) if lo <= t <= hi]
+        ax.set_xticks(ticks)
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}×"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel("blocklink advantage over os-brick: × better (log scale; > 1 = blocklink better)\n"
+                      "bar: median of the per-round ratios; whiskers: their p10–p90", fontsize=9)
         ax.set_title("blocklink vs os-brick 7.1.1, same machine, same run" + (f"\n{subtitle}" if subtitle else ""),
                      fontsize=10)
-        ax.set_xlim(min(min(vals) / 1.6, 0.5), max(vals) * 2.5)
     if flo:
         ax = axes[row][0]
         labels = [textwrap.fill(lb, wrap) for lb, _, _ in flo]

@@ -53,8 +53,9 @@ def run(ctx: Context) -> Outcome:
     from blocklink.testing.ceph import CephCluster
 
     size = (16 if ctx.quick else 64) * MiB
-    count = ctx.reps(2000, 300)
-    reps = ctx.reps(7, 2)
+    count = ctx.reps(5000, 300)
+    passes = ctx.reps(4, 1)
+    reps = ctx.reps(15, 2)
     cycles = ctx.reps(15, 3)
     logs = ctx.scratch("rbd")
     ctx.log(f"starting a throwaway Ceph cluster; image {size // MiB} MiB, {reps} repetitions")
@@ -84,7 +85,7 @@ def run(ctx: Context) -> Outcome:
             for label, pattern, bs in PATTERNS:
                 for impl in _rotate(list(workers), r):
                     res = workers[impl].call(f"{OPS}:io", pattern=pattern, bs=bs, size=size, count=count,
-                                             seed=100 + r)
+                                             seed=100 + r, passes=passes)
                     if pattern.startswith("seq"):
                         rows[label].add(impl, res["bytes"] / MiB / res["seconds"])
                     else:
@@ -112,8 +113,8 @@ def run(ctx: Context) -> Outcome:
         cluster.stop()
     out.notes.append(
         f"Image of {size // MiB} MiB (layering only, default librbd cache settings for every path), memstore "
-        f"OSD on 127.0.0.1. Sequential passes cover the whole image; random passes are {count} ops at "
-        f"4 KiB-aligned offsets from the same seed for every path. Writes end with a flush, inside the timing. "
+        f"OSD on 127.0.0.1. A sequential sample is {passes} pass(es) over the whole image; a random sample is "
+        f"{count} ops at 4 KiB-aligned offsets, from the same seed for every path. Writes end with a flush, inside the timing. "
         f"{reps} repetitions, each pattern run on the three paths in rotating order. Before timing, the image "
         f"was prefilled and each path made one warm-up pass. After timing, all three paths read the whole "
         f"image and got the same sha256. connect/disconnect: {cycles} cycles each, interleaved, each a new "

@@ -91,10 +91,10 @@ def offsets(size: int, bs: int, count: int, seed: int) -> List[int]:
     return [rnd.randrange(0, size // bs) * bs for _ in range(count)]
 
 
-def io(pattern: str, bs: int, size: int, count: int = 0, seed: int = 1) -> Dict[str, float]:
-    """Run one pass; returns {"seconds": ..., "bytes": ..., "ops": ...}.
+def io(pattern: str, bs: int, size: int, count: int = 0, seed: int = 1, passes: int = 1) -> Dict[str, float]:
+    """Run one sample; returns {"seconds": ..., "bytes": ..., "ops": ...}.
 
-    ``seqwrite``/``seqread``: ``size`` bytes from offset 0 in ``bs`` blocks; ``randwrite``/
+    ``seqwrite``/``seqread``: ``passes`` times ``size`` bytes from offset 0 in ``bs`` blocks; ``randwrite``/
     ``randread``: ``count`` ops of ``bs`` at random ``bs``-aligned offsets (same seed = same offsets
     for every implementation). Writes end with a flush (included in the time).
     """
@@ -102,7 +102,7 @@ def io(pattern: str, bs: int, size: int, count: int = 0, seed: int = 1) -> Dict[
     buf = bytes(random.Random(seed).getrandbits(8) for _ in range(min(bs, 4096))) * max(1, bs // 4096)
     buf = buf[:bs]
     if pattern.startswith("seq"):
-        offs = list(range(0, size - size % bs, bs))
+        offs = list(range(0, size - size % bs, bs)) * passes
     else:
         offs = offsets(size, bs, count, seed)
     write = pattern.endswith("write")
@@ -122,14 +122,15 @@ def io(pattern: str, bs: int, size: int, count: int = 0, seed: int = 1) -> Dict[
         h = s["h"]
         t0 = time.perf_counter()
         if pattern.startswith("seq"):
-            h.seek(0)
-            if write:
-                for _ in offs:
+            for off in offs:
+                if off == 0:
+                    h.seek(0)  # each pass starts over at the beginning
+                if write:
                     h.write(buf)
-                h.flush()
-            else:
-                for _ in offs:
+                else:
                     got += len(h.read(bs))
+            if write:
+                h.flush()
         else:
             if write:
                 for off in offs:

@@ -7,7 +7,7 @@ import os
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from benchmarks.model import BLOCKLINK, FLOOR, OSBRICK, Outcome, Row
-from benchmarks.stats import Summary, advantage, ratio, summarize
+from benchmarks.stats import Summary, advantage, paired_advantage, paired_ratios, ratio, summarize
 
 HEADER = ["benchmark", "metric", "unit", "blocklink median [p10–p90]", "os-brick median [p10–p90]",
           "floor median [p10–p90]", "n", "blocklink / os-brick", "blocklink vs os-brick", "blocklink vs floor"]
@@ -36,17 +36,40 @@ def cell(s: Optional[Summary], unit: str) -> str:
     return f"{fmt(s.median, unit)} [{fmt(s.p10, unit)}–{fmt(s.p90, unit)}]"
 
 
-def compare(bl: Optional[Summary], other: Optional[Summary], row: Row) -> str:
+def versus_summary(row: Row, other: str, base: str = BLOCKLINK) -> Optional[Summary]:
+    """How many times better ``base`` is than ``other`` on this row (> 1: better), as a Summary.
+
+    Per-round ratios when the samples are paired (interleaved rounds); else a one-value Summary of
+    the ratio of the medians. None for counts or missing data.
+    """
+    b, o = row.samples.get(base), row.samples.get(other)
+    if not b or not o or row.unit == "count":
+        return None
+    paired = paired_advantage(b, o, row.higher_is_better)
+    if paired is not None:
+        return paired
+    adv = advantage(summarize(b), summarize(o), row.higher_is_better)
+    return summarize([adv]) if adv is not None else None
+
+
+def versus(row: Row, other: str, base: str = BLOCKLINK) -> Optional[float]:
+    s = versus_summary(row, other, base)
+    return s.median if s is not None else None
+
+
+def compare(row: Row, other: str) -> str:
     """'12.3× faster', '1.08× slower', '5 fewer', 'same'..."""
-    if bl is None or other is None:
+    s = summaries(row)
+    bl, ot = s.get(BLOCKLINK), s.get(other)
+    if bl is None or ot is None:
         return "–"
     if row.unit == "count":
-        d = other.median - bl.median
+        d = ot.median - bl.median
         if d == 0:
             return "same"
         return f"{fmt(abs(d), 'count')} {'fewer' if d > 0 else 'more'}"
-    adv = advantage(bl, other, row.higher_is_better)
-    if adv is None:
+    adv = versus(row, other)
+    if adv is None or adv == 0:
         return "–"
     if row.higher_is_better:
         word = "higher" if adv >= 1 else "lower"
@@ -54,6 +77,20 @@ def compare(bl: Optional[Summary], other: Optional[Summary], row: Row) -> str:
         word = "faster" if adv >= 1 else "slower"
     x = adv if adv >= 1 else 1 / adv
     return f"**{x:.2f}× {word}**" if adv >= 1 else f"{x:.2f}× {word}"
+
+
+def ratio_cell(row: Row) -> str:
+    """blocklink / os-brick: per-round ratios' median [p10–p90] when paired, else ratio of medians."""
+    bl, ob = row.samples.get(BLOCKLINK), row.samples.get(OSBRICK)
+    if not bl or not ob or row.unit == "count":
+        return "–"
+    paired = paired_ratios(bl, ob)
+    if paired is not None:
+        if paired.n == 1 or paired.p10 == paired.p90:
+            return f"{paired.median:.3f}"
+        return f"{paired.median:.3f} [{paired.p10:.3f}–{paired.p90:.3f}]"
+    r = ratio(summarize(bl), summarize(ob))
+    return f"{r:.3f}" if r is not None else "–"
 
 
 def summaries(row: Row) -> Dict[str, Summary]:
@@ -65,12 +102,10 @@ def table_rows(outcomes: Sequence[Outcome]) -> List[List[str]]:
     for o in outcomes:
         for row in o.rows:
             s = summaries(row)
-            bl, ob, fl = s.get(BLOCKLINK), s.get(OSBRICK), s.get(FLOOR)
             ns = sorted({x.n for x in s.values()})
-            r = ratio(bl, ob) if bl and ob and row.unit != "count" else None
-            out.append([row.benchmark, row.metric, row.unit, cell(bl, row.unit), cell(ob, row.unit),
-                        cell(fl, row.unit), "/".join(str(n) for n in ns), f"{r:.3f}" if r is not None else "–",
-                        compare(bl, ob, row), compare(bl, fl, row)])
+            out.append([row.benchmark, row.metric, row.unit, cell(s.get(BLOCKLINK), row.unit),
+                        cell(s.get(OSBRICK), row.unit), cell(s.get(FLOOR), row.unit), "/".join(str(n) for n in ns),
+                        ratio_cell(row), compare(row, OSBRICK), compare(row, FLOOR)])
     return out
 
 
@@ -106,9 +141,11 @@ def render(meta: Mapping[str, Any], outcomes: Sequence[Outcome], chart: Optional
               "rotates every repetition; the first round of fresh-process benchmarks is a discarded warm-up.")
     md.append("- Each cell is the **median** of the repetitions with the **10th–90th percentile** range in "
               "brackets; **n** is the number of repetitions per implementation. *blocklink / os-brick* is "
-              "the ratio of the medians; *vs os-brick* and *vs floor* say how many times better (bold) or "
-              "worse blocklink is, for the metric's direction (time: lower is better; MiB/s and IOPS: higher "
-              "is better; counts: fewer is better).")
+              "the median [p10–p90] of the per-round ratios (each round measures both back to back, so the "
+              "ratio cancels slow drift in the machine's load; a single-sample row shows the plain ratio); "
+              "*vs os-brick* and *vs floor* say, from the same per-round ratios, how many times better (bold) "
+              "or worse blocklink is, for the metric's direction (time: lower is better; MiB/s and IOPS: "
+              "higher is better; counts: fewer is better).")
     md.append("- **floor** is the bare minimum that does the same job without a library (raw librbd calls, "
               "raw iscsiadm, raw tgtadm/rtslib): the limit neither library can beat.")
     md.append("- os-brick runs from its own virtualenv (benchmarks/.venv-osbrick, `pip install os-brick==7.1.1`),"

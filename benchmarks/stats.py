@@ -62,3 +62,23 @@ def advantage(blocklink: Summary, other: Summary, higher_is_better: bool) -> Opt
     if den.median == 0:
         return None
     return num.median / den.median
+
+
+def paired_ratios(numerator: Sequence[float], denominator: Sequence[float]) -> Optional[Summary]:
+    """Summary of the per-round ratios numerator[i] / denominator[i].
+
+    Interleaved benchmarks record one sample of each implementation per round, close together in
+    time; the ratio within a round cancels slow drift in the machine's load, so its median is a
+    steadier estimate than the ratio of two medians. None when the series are not paired (different
+    lengths) or a denominator is zero.
+    """
+    if not numerator or len(numerator) != len(denominator) or any(d == 0 for d in denominator):
+        return None
+    return summarize([n / d for n, d in zip(numerator, denominator)])
+
+
+def paired_advantage(blocklink: Sequence[float], other: Sequence[float],
+                     higher_is_better: bool) -> Optional[Summary]:
+    """Per-round 'times better' of blocklink (see :func:`advantage`), summarized; None if not paired."""
+    num, den = (blocklink, other) if higher_is_better else (other, blocklink)
+    return paired_ratios(num, den)
