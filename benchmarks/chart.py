@@ -100,8 +100,8 @@ def draw(outcomes: List[Outcome], path: str, subtitle: str = "") -> None:
         ax = axes[row][0]
         labels = [textwrap.fill(lb, wrap) for lb, _, _ in flo]
         y = list(range(len(flo)))
-        bl = [b for _, b, _ in flo]
-        ob = [o if o is not None else 0.0 for _, _, o in flo]
+        bl = [f[1] for f in flo]
+        ob = [f[2] if f[2] is not None else 0.0 for f in flo]
         ax.barh([i - 0.2 for i in y], bl, height=0.4, color="#2a7ab9", label="blocklink")
         if any(ob):
             ax.barh([i + 0.2 for i in y], ob, height=0.4, color="#9a9a9a", label="os-brick")
@@ -109,10 +109,10 @@ def draw(outcomes: List[Outcome], path: str, subtitle: str = "") -> None:
         ax.set_yticks(y)
         ax.set_yticklabels(labels, fontsize=8)
         ax.invert_yaxis()
-        for i, (b, o) in enumerate(zip(bl, ob)):
-            ax.text(b, i - 0.2, f" {b:.2f}", va="center", fontsize=7)
-            if o:
-                ax.text(o, i + 0.2, f" {o:.2f}", va="center", fontsize=7)
+        for i, (bv, ov) in enumerate(zip(bl, ob)):
+            ax.text(bv, i - 0.2, f" {bv:.2f}", va="center", fontsize=7)
+            if ov:
+                ax.text(ov, i + 0.2, f" {ov:.2f}", va="center", fontsize=7)
         ax.set_xlabel("share of the floor's performance (1.0 = as good as the bare tool/librbd calls)")
         ax.set_xlim(0, max(bl + ob + [1.0]) * 1.2)
         ax.legend(fontsize=8, loc="lower right")
