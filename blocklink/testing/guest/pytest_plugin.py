@@ -1,0 +1,322 @@
+"""Run ``@pytest.mark.kernel`` tests inside one real-kernel guest per pytest session.
+
+Host side (:class:`GuestTestRun`, used by a ``conftest.py``): at the first kernel item, one guest
+boots and runs ``python -m pytest <all selected kernel node ids>`` from the same rootdir with
+the same interpreter (the host's venv, seen read-only over 9p). Each host item then waits for its
+own reports and logs them as if it had run locally: outcome, guest-side traceback, captured
+output, duration. Failures of the guest itself (no boot, crash, timeout) fail the items with the
+guest console's tail.
+
+Guest side (this module given to the guest's pytest with ``-p``): each report is serialized with
+pytest's own ``pytest_report_to_serializable`` and appended as one JSON line to the file named by
+``BLOCKLINK_GUEST_REPORTS`` (in a host folder shared read-write), so the host sees it at once.
+
+Environment knobs (host): ``BLOCKLINK_GUEST_KEEP=1`` keeps the run dir (console.log, qemu.log,
+results/pytest.log, results/junit.xml, results/reports.jsonl); ``BLOCKLINK_GUEST_DEBUG=1`` full
+kernel log; ``BLOCKLINK_GUEST_TIMEOUT`` seconds for the whole guest run (default 1800);
+``BLOCKLINK_GUEST_MEM_MB`` (2048), ``BLOCKLINK_GUEST_TB_MB`` (256).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from typing import Any, Dict, List, Optional, Sequence
+
+import pytest
+
+from blocklink.testing.guest.machine import Guest, GuestError, GuestResult
+
+REPORTS_ENV = "BLOCKLINK_GUEST_REPORTS"
+_STASH_KEY = pytest.StashKey["GuestTestRun"]()
+_FORWARD_SKIP = ("BLOCKLINK_GUEST_", "BLOCKLINK_IN_GUEST")
+
+
+# ---------------------------------------------------------------------------- guest side
+class ReportWriter:
+    """Appends every test and collection report, serialized, to one JSON-lines file."""
+
+    def __init__(self, config: pytest.Config, path: str) -> None:
+        self.config = config
+        self.path = path
+
+    def _write(self, report: Any) -> None:
+        data = self.config.hook.pytest_report_to_serializable(config=self.config, report=report)
+        if data is None:
+            return
+        line = json.dumps(data, default=repr) + "\n"
+        with open(self.path, "a") as f:
+            f.write(line)
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        self._write(report)
+
+    def pytest_collectreport(self, report: pytest.CollectReport) -> None:
+        if report.failed:
+            self._write(report)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    path = os.environ.get(REPORTS_ENV)
+    if path:
+        config.pluginmanager.register(ReportWriter(config, path), "blocklink-guest-report-writer")
+
+
+# ---------------------------------------------------------------------------- host side
+def guest_pytest_argv(config: pytest.Config, nodeids: Sequence[str], results_dir: str) -> List[str]:
+    # no cache (read-only root); no hypothesis plugin: importing it costs ~5 s under TCG
+    argv = [sys.executable, "-m", "pytest", "-p", __name__, "-p", "no:cacheprovider", "-p", "no:hypothesispytest",
+            "--rootdir", str(config.rootpath), f"--junitxml={os.path.join(results_dir, 'junit.xml')}",
+            "-o", "junit_family=xunit2", "-q"]
+    if config.inipath:
+        argv += ["-c", str(config.inipath)]
+    maxfail = getattr(config.option, "maxfail", 0)
+    if maxfail:
+        argv.append(f"--maxfail={maxfail}")
+    return argv + ["--", *nodeids]
+
+
+def forwarded_env(environ: Optional[Dict[str, str]] = None) -> Dict[str, str]:
+    """Host variables the guest's pytest gets too: blocklink's own test knobs (not the guest's)."""
+    env = os.environ if environ is None else environ
+    return {k: v for k, v in env.items() if k.startswith("BLOCKLINK_") and not k.startswith(_FORWARD_SKIP)}
+
+
+class GuestTestRun:
+    """The guest of one host session and the reports it produced."""
+
+    def __init__(self, config: pytest.Config, nodeids: Sequence[str], nics: int = 0) -> None:
+        env = os.environ
+        self.config = config
+        self.nodeids = list(nodeids)
+        self.nics = nics
+        self.keep = env.get("BLOCKLINK_GUEST_KEEP") == "1"
+        self.timeout = float(env.get("BLOCKLINK_GUEST_TIMEOUT", "1800"))
+        self.results_dir = ""
+        self.reports_path = ""
+        self.guest: Optional[Guest] = None
+        self.error: Optional[str] = None       # why there can be no results at all
+        self.result: Optional[GuestResult] = None
+        self._thread: Optional[threading.Thread] = None
+        self._done = threading.Event()
+        self._offset = 0
+        self._partial = b""
+        self._reports: Dict[str, List[Dict[str, Any]]] = {}
+        self._finished: set = set()
+        self._collect_errors: List[Dict[str, Any]] = []
+        self.t_start = time.monotonic()
+        self.t_first_report: Optional[float] = None
+        self.t_end: Optional[float] = None
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        env = os.environ
+        self.results_dir = tempfile.mkdtemp(prefix="blguest-results-")
+        self.reports_path = os.path.join(self.results_dir, "reports.jsonl")
+        open(self.reports_path, "w").close()
+        try:
+            self.guest = Guest.boot(rw_dirs=[self.results_dir], nics=self.nics, keep=self.keep,
+                                    debug=env.get("BLOCKLINK_GUEST_DEBUG") == "1",
+                                    mem_mb=int(env.get("BLOCKLINK_GUEST_MEM_MB", "2048")),
+                                    tb_mb=int(env.get("BLOCKLINK_GUEST_TB_MB", "256")))
+        except Exception as e:  # reported on every kernel item
+            self.error = f"the kernel test guest did not boot: {e}"
+            self._done.set()
+            return
+        self._thread = threading.Thread(target=self._run, name="blocklink-guest-pytest", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        assert self.guest is not None
+        argv = guest_pytest_argv(self.config, self.nodeids, self.results_dir)
+        env = forwarded_env()
+        env.update({"PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1", REPORTS_ENV: self.reports_path})
+        try:
+            self.result = self.guest.run(argv, env=env, cwd=str(self.config.rootpath), timeout=self.timeout)
+            with open(os.path.join(self.results_dir, "pytest.log"), "wb") as f:
+                f.write(self.result.stdout_bytes + self.result.stderr_bytes)
+            if self.result.timed_out:
+                self.error = f"the guest's pytest run exceeded BLOCKLINK_GUEST_TIMEOUT={self.timeout:.0f}s"
+        except GuestError as e:
+            self.error = f"the kernel test guest failed: {e}"
+        except Exception as e:  # socket closed by a shutdown from the main thread, ...
+            self.error = f"the kernel test guest run was interrupted: {e!r}"
+        finally:
+            self.t_end = time.monotonic()
+            self._done.set()
+
+    def stop(self) -> None:
+        if self.guest is not None:
+            self.guest.shutdown(graceful=self._done.is_set())
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        if self.results_dir and not self.keep:
+            shutil.rmtree(self.results_dir, ignore_errors=True)
+
+    # ------------------------------------------------------------------ results
+    def _read_new(self) -> None:
+        try:
+            with open(self.reports_path, "rb") as f:
+                f.seek(self._offset)
+                chunk = f.read()
+        except OSError:
+            return
+        self._offset += len(chunk)
+        data = self._partial + chunk
+        *lines, self._partial = data.split(b"\n")
+        for line in lines:
+            if not line.strip():
+                continue
+            rep = json.loads(line)
+            if self.t_first_report is None:
+                self.t_first_report = time.monotonic()
+            if rep.get("$report_type") == "CollectReport":
+                self._collect_errors.append(rep)
+                continue
+            nodeid = rep.get("nodeid", "")
+            self._reports.setdefault(nodeid, []).append(rep)
+            if rep.get("when") == "teardown":
+                self._finished.add(nodeid)
+
+    def wait_for(self, nodeid: str) -> Optional[List[Dict[str, Any]]]:
+        """The serialized reports of ``nodeid`` once its teardown is reported; None if the run ended without."""
+        from blocklink.initiator.host.wait import wait_for
+
+        def check() -> Optional[bool]:
+            done = self._done.is_set()  # read before the file: a report written before the end is seen
+            self._read_new()
+            if nodeid in self._finished:
+                return True
+            return False if done else None
+
+        if self.error is None or not self._done.is_set():
+            wait_for(check, timeout=self.timeout + 600, watch=[self.results_dir] if self.results_dir else [],
+                     uevents=False, what=f"guest result of {nodeid}", recheck=1.0)
+        self._read_new()
+        if nodeid in self._finished:
+            return self._reports[nodeid]
+        return None
+
+    def missing_text(self, nodeid: str) -> str:
+        """Why ``nodeid`` has no result, with everything that helps: guest pytest output, console tail."""
+        parts = [self.error or "the guest's pytest run ended without a result for this test"]
+        partial = self._reports.get(nodeid)
+        if partial:
+            parts.append(f"(reports received: {[r.get('when') for r in partial]})")
+        for rep in self._collect_errors:
+            parts.append(f"--- guest collection error in {rep.get('nodeid')} ---\n{_longrepr_text(rep)}")
+        if self.result is not None:
+            out = (self.result.stdout + self.result.stderr).strip().splitlines()
+            parts.append(f"--- guest pytest exit {self.result.exit_code}, last output lines ---\n"
+                         + "\n".join(out[-40:]))
+            parts.append(f"--- guest pytest argv ---\n{shlex.join(self.result.argv)}")
+        if self.guest is not None and self.error is None:
+            parts.append("--- guest console (last lines) ---\n" + self.guest.console_tail())
+        return "\n".join(parts)
+
+    def summary_lines(self) -> List[str]:
+        g = self.guest
+        if g is None:
+            return [f"kernel guest: {self.error}"] if self.error else []
+        st = g.stats
+        first = (self.t_first_report - self.t_start) if self.t_first_report else float("nan")
+        wall = (self.t_end or time.monotonic()) - self.t_start
+        in_tests = sum(float(r.get("duration") or 0) for reps in self._reports.values() for r in reps)
+        overhead = wall - in_tests + st.get("shutdown_seconds", 0)
+        lines = [f"kernel guest {g.kernel_release}: {len(self.nodeids)} test(s); boot {st.get('boot_seconds', 0):.1f}s, "
+                 f"first result after {first:.1f}s, run {wall:.1f}s of which tests {in_tests:.1f}s, shutdown "
+                 f"{st.get('shutdown_seconds', 0):.2f}s; harness overhead {overhead:.1f}s; "
+                 f"qemu peak RSS {st.get('max_rss_kib', 0) / 1024:.0f} MiB"]
+        if self.keep:
+            lines.append(f"kernel guest run dir kept: {g.run_dir} (results in {self.results_dir})")
+        return lines
+
+
+def _longrepr_text(rep: Dict[str, Any]) -> str:
+    lr = rep.get("longrepr")
+    if isinstance(lr, str):
+        return lr
+    if isinstance(lr, dict):
+        crash = (lr.get("reprcrash") or {}).get("message")
+        tb = lr.get("reprtraceback") or {}
+        lines = []
+        for entry in tb.get("reprentries", []):
+            lines += (entry.get("data") or {}).get("lines", [])
+        return "\n".join(lines + ([crash] if crash else []))
+    return repr(lr)
+
+
+# ---------------------------------------------------------------------------- host hooks (called by conftest)
+def is_kernel_item(item: pytest.Item) -> bool:
+    return item.get_closest_marker("kernel") is not None
+
+
+def guest_nics(items: Sequence[pytest.Item]) -> int:
+    """NICs the session's guest needs: the largest ``@pytest.mark.kernel(nics=N)`` among ``items``."""
+    n = 0
+    for it in items:
+        for m in it.iter_markers("kernel"):
+            n = max(n, int(m.kwargs.get("nics", 0)))
+    return n
+
+
+def _session_run(item: pytest.Item) -> GuestTestRun:
+    config = item.config
+    run = config.stash.get(_STASH_KEY, None)
+    if run is None:
+        items = [i for i in item.session.items if is_kernel_item(i) and _delegated(i)]
+        run = GuestTestRun(config, [i.nodeid for i in items], nics=guest_nics(items))
+        config.stash[_STASH_KEY] = run
+        run.start()
+    return run
+
+
+def _delegated(item: pytest.Item) -> bool:
+    return bool(getattr(item, "_blocklink_in_guest", False))
+
+
+def mark_delegated(items: Sequence[pytest.Item]) -> None:
+    for it in items:
+        it._blocklink_in_guest = True  # type: ignore[attr-defined]
+
+
+def run_item_in_guest(item: pytest.Item) -> bool:
+    """``pytest_runtest_protocol`` for a delegated item: log the guest's reports for it."""
+    run = _session_run(item)
+    ihook = item.ihook
+    ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
+    reports = run.wait_for(item.nodeid)
+    if reports is not None:
+        for data in reports:
+            rep = item.config.hook.pytest_report_from_serializable(config=item.config, data=data)
+            if isinstance(rep.location, list):
+                rep.location = tuple(rep.location)
+            ihook.pytest_runtest_logreport(report=rep)
+    else:
+        keywords = {k: 1 for k in item.keywords}
+        for rep in (pytest.TestReport(item.nodeid, item.location, keywords, "passed", None, "setup"),
+                    pytest.TestReport(item.nodeid, item.location, keywords, "failed", run.missing_text(item.nodeid),
+                                      "call"),
+                    pytest.TestReport(item.nodeid, item.location, keywords, "passed", None, "teardown")):
+            ihook.pytest_runtest_logreport(report=rep)
+    ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+    return True
+
+
+def finish(config: pytest.Config) -> None:
+    run = config.stash.get(_STASH_KEY, None)
+    if run is not None:
+        run.stop()
+
+
+def summary(terminalreporter: Any, config: pytest.Config) -> None:
+    run = config.stash.get(_STASH_KEY, None)
+    if run is not None:
+        for line in run.summary_lines():
+            terminalreporter.write_line(line)

@@ -1,0 +1,112 @@
+"""Choosing the guest kernel and building the qemu command line (pure functions, unit-tested)."""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+from dataclasses import dataclass, field
+from typing import List, Optional, Sequence, Tuple
+
+from blocklink.testing.guest.agent import PORT_NAME
+
+
+class KernelNotFound(RuntimeError):
+    pass
+
+
+def _version_key(kver: str) -> List[Tuple[int, str]]:
+    return [(int(p), "") if p.isdigit() else (-1, p) for p in re.split(r"[.\-+~]", kver)]
+
+
+def find_kernel(kernel: Optional[str] = None, boot: str = "/boot", modules: str = "/lib/modules") -> Tuple[str, str]:
+    """``(vmlinuz path, kernel release)``: ``kernel`` if given, else the newest /boot/vmlinuz-* whose
+    modules are installed (Debian's linux-image-amd64)."""
+    if kernel:
+        kver = os.path.basename(kernel).split("vmlinuz-", 1)[-1]
+        if not os.path.isfile(kernel):
+            raise KernelNotFound(f"{kernel}: no such kernel image")
+        if not os.path.isfile(os.path.join(modules, kver, "modules.dep")):
+            raise KernelNotFound(f"{kernel}: no modules in {modules}/{kver}")
+        return kernel, kver
+    found = []
+    for path in glob.glob(os.path.join(boot, "vmlinuz-*")):
+        kver = os.path.basename(path)[len("vmlinuz-"):]
+        if os.path.isfile(os.path.join(modules, kver, "modules.dep")):
+            found.append((kver, path))
+    if not found:
+        raise KernelNotFound(f"no {boot}/vmlinuz-* with modules in {modules} (install linux-image-amd64)")
+    kver, path = max(found, key=lambda kv: _version_key(kv[0]))
+    return path, kver
+
+
+def qemu_value(path: str) -> str:
+    """A path as a qemu option value (commas are doubled)."""
+    return path.replace(",", ",,")
+
+
+@dataclass(frozen=True)
+class QemuSpec:
+    """Everything that varies in the qemu command line of one guest."""
+
+    kernel: str
+    initrd: str
+    console_log: str
+    agent_socket: str
+    xfer_dir: str
+    rw_dirs: Sequence[str] = ()
+    mem_mb: int = 2048
+    smp: int = 2
+    tb_mb: int = 256
+    machine: str = "q35"
+    nics: int = 0
+    debug: bool = False
+    append: str = ""
+    qemu: str = "qemu-system-x86_64"
+    extra_args: Sequence[str] = field(default_factory=tuple)
+
+
+def nic_mac(i: int) -> str:
+    """Fixed MACs (so FCoE WWNs derived from them are fixed too): 02:00:00:00:0f:01, ..."""
+    return f"02:00:00:00:0f:{i + 1:02x}"
+
+
+def kernel_cmdline(spec: QemuSpec) -> str:
+    log = "ignore_loglevel" if spec.debug else "quiet loglevel=4"
+    parts = ["console=ttyS0", log, "panic=-1", "rdinit=/init"]
+    if spec.append:
+        parts.append(spec.append)
+    return " ".join(parts)
+
+
+def rw_tags(spec: QemuSpec) -> List[Tuple[str, str]]:
+    return [(f"rw{i}", d) for i, d in enumerate(spec.rw_dirs)]
+
+
+def qemu_argv(spec: QemuSpec) -> List[str]:
+    v = qemu_value
+    argv = [
+        spec.qemu, "-name", "blocklink-guest", "-M", spec.machine,
+        "-accel", f"tcg,tb-size={int(spec.tb_mb)}", "-cpu", "max",
+        "-m", f"{int(spec.mem_mb)}M", "-smp", str(int(spec.smp)),
+        "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+        "-kernel", spec.kernel, "-initrd", spec.initrd, "-append", kernel_cmdline(spec),
+        "-fsdev", "local,id=rootfs,path=/,security_model=none,readonly=on,multidevs=remap",
+        "-device", "virtio-9p-pci,fsdev=rootfs,mount_tag=rootfs",
+        "-fsdev", f"local,id=xfer,path={v(spec.xfer_dir)},security_model=none,multidevs=remap",
+        "-device", "virtio-9p-pci,fsdev=xfer,mount_tag=xfer",
+    ]
+    for tag, d in rw_tags(spec):
+        argv += ["-fsdev", f"local,id={tag},path={v(d)},security_model=none,multidevs=remap",
+                 "-device", f"virtio-9p-pci,fsdev={tag},mount_tag={tag}"]
+    argv += [
+        "-serial", f"file:{v(spec.console_log)}",
+        "-chardev", f"socket,id=agent,path={v(spec.agent_socket)},server=on,wait=off",
+        "-device", "virtio-serial-pci",
+        "-device", f"virtserialport,chardev=agent,name={PORT_NAME}",
+    ]
+    for i in range(spec.nics):
+        argv += ["-netdev", f"hubport,id=nic{i},hubid=0",
+                 "-device", f"virtio-net-pci,netdev=nic{i},mac={nic_mac(i)}"]
+    argv += list(spec.extra_args)
+    return argv

@@ -1,0 +1,99 @@
+"""The guest gives kernel tests what they were promised (runs inside the guest)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+
+from blocklink.testing.guest import INITIATOR_IQN, LOOPBACK_ADDRS, in_guest
+
+pytestmark = pytest.mark.kernel
+
+MODULES = ["target_core_mod", "iscsi_target_mod", "target_core_file", "target_core_iblock", "iscsi_tcp",
+           "dm_multipath", "rbd", "nbd", "scsi_debug"]
+
+
+def sh(*argv: str) -> str:
+    return subprocess.run(argv, capture_output=True, text=True, check=True, timeout=60).stdout
+
+
+def test_runs_in_the_guest_kernel() -> None:
+    assert in_guest()
+    assert os.uname().release.endswith("-amd64")  # Debian's kernel, not the host's
+    assert os.path.isdir(f"/lib/modules/{os.uname().release}")
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_modprobe(modprobe, module: str) -> None:
+    if module == "scsi_debug":
+        modprobe.load(module, add_host=0)  # by default it adds a disk: a leak for leak_check
+    else:
+        modprobe(module)
+    assert os.path.isdir(f"/sys/module/{module}")
+
+
+def test_configfs_is_mounted(configfs: str) -> None:
+    assert os.path.ismount(configfs)
+    assert os.path.isdir(os.path.join(configfs, "target", "core"))
+
+
+def test_root_is_read_only_and_etc_writable(tmp_path) -> None:
+    with pytest.raises(OSError):
+        open("/usr/blocklink-guest-probe", "w")
+    with open("/etc/iscsi/blocklink-probe", "w") as f:
+        f.write("ok")
+    os.unlink("/etc/iscsi/blocklink-probe")
+    os.makedirs("/etc/multipath", exist_ok=True)
+    (tmp_path / "x").write_text("ok")
+
+
+def test_initiator_name() -> None:
+    with open("/etc/iscsi/initiatorname.iscsi") as f:
+        assert f.read().strip() == f"InitiatorName={INITIATOR_IQN}"
+
+
+def test_loopback_addresses() -> None:
+    out = sh("ip", "-o", "-4", "addr", "show", "dev", "lo")
+    for addr in ("127.0.0.1", *LOOPBACK_ADDRS):
+        assert f"inet {addr}/8" in out
+
+
+def test_udevd_is_running() -> None:
+    names = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open(f"/proc/{pid}/comm") as f:
+                    names.append(f.read().strip())
+            except OSError:
+                pass
+    assert "systemd-udevd" in names
+    assert subprocess.run(["udevadm", "control", "--ping"], timeout=30).returncode == 0
+
+
+def test_scsi_debug_disk_gets_by_id_link(modprobe) -> None:
+    """udev (no coldplug) creates /dev/disk links for a disk that appears after boot."""
+    from blocklink.initiator.host.wait import wait_for
+
+    modprobe.load("scsi_debug", add_host=0)  # no disk yet; then one host with one disk
+    before = set(os.listdir("/sys/block"))
+    with open("/sys/bus/pseudo/drivers/scsi_debug/add_host", "w") as f:
+        f.write("1")
+    try:
+        disk = wait_for(lambda: next(iter(sorted(set(os.listdir("/sys/block")) - before)), None), timeout=60,
+                        watch=["/dev"], what="scsi_debug disk")
+        assert disk.startswith("sd")
+
+        def link():
+            d = "/dev/disk/by-id"
+            for name in os.listdir(d) if os.path.isdir(d) else []:
+                if os.path.realpath(os.path.join(d, name)) == f"/dev/{disk}":
+                    return name
+            return None
+
+        assert wait_for(link, timeout=60, watch=["/dev/disk/by-id", "/dev/disk"], what=f"by-id link of {disk}")
+    finally:
+        with open("/sys/bus/pseudo/drivers/scsi_debug/add_host", "w") as f:
+            f.write("-1")

@@ -1,0 +1,177 @@
+"""LioTarget in the real kernel: the shared behavioural suite (libiscsi as initiator over 127.0.0.1),
+plus the kernel initiator (iscsiadm login with CHAP, data on /dev/sdX, session dropped by
+terminate_connection) and save/restore of the configuration."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import warnings
+from typing import Any, Iterator, List
+
+import pytest
+
+from blocklink.initiator.host.wait import wait_for
+from blocklink.target.lio import LioTarget
+from tests.functional.target_suite import *  # noqa: F401,F403 - the shared suite runs here
+from tests.functional.target_suite import HOST_A, HOST_B, MiB, LibiscsiInitiator, _connector, new_volume_id
+
+pytestmark = pytest.mark.kernel
+
+PORTAL = "127.0.0.1:3260"
+
+
+def _lio_dump() -> str:
+    from rtslib_fb import RTSRoot
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return json.dumps(RTSRoot().dump(), sort_keys=True)
+
+
+class LioEnv:
+    def __init__(self, tmp: str) -> None:
+        self.tmp = tmp
+        os.makedirs(os.path.join(tmp, "volumes"), exist_ok=True)
+        self.save_file = os.path.join(tmp, "target", "saveconfig.json")
+        self.helper = LioTarget(portals=[PORTAL], backing_dir=os.path.join(tmp, "volumes"),
+                                save_file=self.save_file, lock_path=os.path.join(tmp, "locks"))
+        self.initiator = LibiscsiInitiator(workdir=tmp)
+
+    def new_device(self, volume_id: str, size: int) -> str:
+        path = os.path.join(self.tmp, "volumes", f"dev-{volume_id}")
+        with open(path, "wb") as f:
+            f.truncate(size)
+        return path
+
+    def read_backing(self, path: str, offset: int, length: int) -> bytes:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read(length)
+
+    def config_text(self) -> str:
+        return _lio_dump()
+
+    def restart(self) -> None:
+        """What a reboot does to LIO: the whole configuration is gone."""
+        from rtslib_fb import RTSRoot
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            RTSRoot().clear_existing(confirm=True)
+
+
+@pytest.fixture
+def target_env(lio_clean: Any, tmp_path: Any) -> Iterator[LioEnv]:
+    env = LioEnv(str(tmp_path))
+    yield env
+    for vid in env.helper.list_exports():
+        env.helper.remove_export(vid)
+    assert env.helper.list_exports() == []
+
+
+# ---------------------------------------------------------------------------------------------
+# the kernel initiator
+# ---------------------------------------------------------------------------------------------
+
+def iscsiadm(*args: str, check: bool = True) -> "subprocess.CompletedProcess[str]":
+    res = subprocess.run(["iscsiadm", *args], capture_output=True, text=True, timeout=60)
+    if check:
+        assert res.returncode == 0, f"iscsiadm {' '.join(args[:6])}: exit {res.returncode}: {res.stderr}"
+    return res
+
+
+def node_with_chap(iqn: str, data: dict) -> List[str]:
+    node = ["-m", "node", "-T", iqn, "-p", PORTAL]
+    iscsiadm(*node, "-o", "new")
+    for name, value in (("node.session.auth.authmethod", "CHAP"),
+                        ("node.session.auth.username", data["auth_username"]),
+                        ("node.session.auth.password", data["auth_password"])):
+        iscsiadm(*node, "-o", "update", "-n", name, "-v", value)
+    return node
+
+
+def test_kernel_initiator_login_data_and_revocation(target_env: LioEnv, iscsid: Any) -> None:
+    vid = new_volume_id()
+    export = target_env.helper.create_export(vid, target_env.new_device(vid, 32 * MiB))
+    data = target_env.helper.initialize_connection(vid, _connector(iscsid.initiator_iqn)).data_dict()
+    assert data["target_lun"] == 0
+    node = node_with_chap(export.iqn, data)
+    try:
+        iscsiadm(*node, "--login")
+        by_path = f"/dev/disk/by-path/ip-{PORTAL}-iscsi-{export.iqn}-lun-0"
+        dev = wait_for(lambda: os.path.realpath(by_path) if os.path.exists(by_path) else None, timeout=60,
+                       watch=["/dev/disk/by-path", "/dev/disk"], what=by_path)
+        payload = os.urandom(MiB)
+        fd = os.open(dev, os.O_WRONLY)
+        try:
+            os.pwrite(fd, payload, 5 * MiB)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        assert target_env.read_backing(export.device_path, 5 * MiB, MiB) == payload
+        assert len(iscsid.sessions()) == 1
+        # terminate_connection: LIO drops the NodeACL and with it the session; a new login is refused
+        target_env.helper.terminate_connection(vid, _connector(iscsid.initiator_iqn))
+        iscsiadm(*node, "--logout", check=False)  # the session may already be gone; end its recovery
+        wait_for(lambda: True if not os.path.exists(dev) else None, timeout=60, watch=["/dev"], what="removal")
+        refused = iscsiadm(*node, "--login", check=False)
+        assert refused.returncode != 0, refused.stdout
+        assert iscsid.sessions() == []
+    finally:
+        iscsiadm(*node, "--logout", check=False)
+        iscsiadm(*node, "-o", "delete", check=False)
+
+
+def test_kernel_initiator_wrong_chap_is_refused(target_env: LioEnv, iscsid: Any) -> None:
+    vid = new_volume_id()
+    export = target_env.helper.create_export(vid, target_env.new_device(vid, 8 * MiB))
+    data = target_env.helper.initialize_connection(vid, _connector(iscsid.initiator_iqn)).data_dict()
+    node = node_with_chap(export.iqn, dict(data, auth_password="WrongPassword12345"))
+    try:
+        res = iscsiadm(*node, "--login", check=False)
+        assert res.returncode != 0 and "auth" in (res.stdout + res.stderr).lower(), res.stdout + res.stderr
+        assert iscsid.sessions() == []
+    finally:
+        iscsiadm(*node, "-o", "delete", check=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# persistence
+# ---------------------------------------------------------------------------------------------
+
+def test_save_file_is_private_and_restores_one_volume(target_env: LioEnv) -> None:
+    vid, other = new_volume_id(), new_volume_id()
+    export = target_env.helper.create_export(vid, target_env.new_device(vid, 8 * MiB), mutual_chap=True)
+    target_env.helper.create_export(other, target_env.new_device(other, 8 * MiB))
+    data = target_env.helper.initialize_connection(vid, _connector(HOST_A)).data_dict()
+    st = os.stat(target_env.save_file)
+    assert stat.S_IMODE(st.st_mode) == 0o600
+    with open(target_env.save_file) as f:
+        saved = json.load(f)
+    assert {t["wwn"] for t in saved["targets"]} == {export.iqn, target_env.helper.target_iqn(other)}
+    # lose only this volume (the other stays live), then ensure_export restores it from the file
+    from blocklink.target.lio import lio_delete
+    lio_delete(export.iqn, target_env.helper.volume_name(vid))
+    assert target_env.helper.get_export(vid) is None
+    again = target_env.helper.ensure_export(vid)
+    assert again.chap == export.chap and again.mutual_chap == export.mutual_chap
+    assert again.initiators == (HOST_A,) and again.device_path == export.device_path
+    assert target_env.initiator.login(data, HOST_A).ok
+    res = target_env.initiator.login(data, HOST_B)
+    assert not res.ok and res.status == "not_found", res
+
+
+def test_removed_export_is_gone_from_the_save_file(target_env: LioEnv) -> None:
+    vid = new_volume_id()
+    export = target_env.helper.create_export(vid, target_env.new_device(vid, 8 * MiB))
+    target_env.helper.remove_export(vid)
+    with open(target_env.save_file) as f:
+        text = f.read()
+    assert export.iqn not in text and export.chap.username not in text
+    target_env.restart()
+    fresh = target_env.helper.ensure_export(vid, export.device_path)  # nothing to restore: a new export
+    assert fresh.chap != export.chap
+    assert not os.path.isdir(f"/sys/kernel/config/target/iscsi/{export.iqn}/tpgt_1/acls/{HOST_A}")
