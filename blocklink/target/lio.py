@@ -1,0 +1,435 @@
+"""LioTarget: iSCSI exports on the kernel's LIO target through rtslib-fb (what Cinder's ``lioadm`` does
+with ``cinder-rtstool``, in-process).
+
+Per volume: a storage object named after the volume (``block`` for block devices, ``fileio`` for
+files), one target ``<iqn_prefix>volume-<id>`` with TPG 1, the volume at LUN 0, a network portal
+per configured ``ip:port`` (optionally iSER), ``authentication=1`` when CHAP is on, and no demo
+mode (``generate_node_acls=0``): only initiators that ``initialize_connection`` added as NodeACLs,
+each with a mapped LUN 0 and the volume's CHAP credentials (plus the target's own for mutual CHAP),
+can log in. Removing a NodeACL ends that initiator's sessions (the kernel does it).
+
+The volume's credentials also live in the TPG's own ``auth`` attributes (which LIO uses only in
+demo mode, so they authorise nothing there): LIO's configuration then holds everything the export
+needs, and ``saveconfig`` carries it across a reboot.
+
+Persistence: with ``save_file``, every change is followed by rtslib's ``save_to_file`` (JSON,
+mode 0600, as ``cinder-rtstool save``). ``ensure_export`` re-creates a volume missing from the
+live configuration from that file (only its own storage object and target), else creates it anew.
+
+rtslib talks to configfs, which needs root: the configfs work runs in :func:`blocklink.privileged.
+entrypoint` functions (direct calls as root, oslo.privsep otherwise) that take and return plain
+data. Mutations run under one inter-process lock per host (rtslib-fb is not safe against concurrent
+writers, as Cinder also found), inside the per-volume lock.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import warnings
+from dataclasses import dataclass
+from typing import Any, List, Optional, Sequence, Tuple, Union
+
+from blocklink.connection import Portal
+from blocklink.errors import ExportNotFound, InvalidConnectionInfo, MissingDependency, TargetError
+from blocklink.masking import Secret, get_logger
+from blocklink.privileged import entrypoint
+from blocklink.target.base import DEFAULT_IQN_PREFIX, Export, IscsiTargetHelper, check_volume_id
+from blocklink.target.chap import ChapCredentials
+
+LOG = get_logger(__name__)
+
+Creds = Union[bool, ChapCredentials, Tuple[str, str], None]
+Cred = Optional[Tuple[str, Secret]]
+_RTSLIB: Any = None  # tests may install a stand-in module here
+
+
+def _rts() -> Any:
+    global _RTSLIB
+    if _RTSLIB is None:
+        try:
+            import rtslib_fb
+        except ImportError:
+            raise MissingDependency("rtslib_fb", "install rtslib-fb (pip install blocklink[lio])") from None
+        _RTSLIB = rtslib_fb
+    return _RTSLIB
+
+
+def _root() -> Any:
+    rts = _rts()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # rtslib warns "Cannot set dbroot" once targets exist
+        try:
+            return rts.RTSRoot()
+        except rts.RTSLibError as e:
+            raise TargetError("LIO", f"configfs/target_core_mod unavailable: {e}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# plain data across the privilege boundary
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LioSpec:
+    iqn: str
+    so_name: str
+    device_path: str
+    backstore: str  # "block" | "fileio"
+    size: Optional[int]
+    portals: Tuple[Tuple[str, int], ...]
+    iser: bool = False
+    chap: Cred = None
+    mutual: Cred = None
+    discard: bool = False
+
+
+@dataclass(frozen=True)
+class LioState:
+    iqn: str
+    so_name: str
+    backstore: str
+    device_path: str
+    portals: Tuple[Tuple[str, int, bool], ...]
+    initiators: Tuple[str, ...]
+    chap: Cred
+    mutual: Cred
+    luns: Tuple[int, ...]
+    enabled: bool
+
+
+def _ip(host: str) -> str:
+    return f"[{host}]" if ":" in host else host  # rtslib wants IPv6 portals bracketed
+
+
+def _cred(user: Optional[str], password: Optional[str]) -> Cred:
+    return (user, Secret(password)) if user and password else None
+
+
+def _find_target(root: Any, iqn: str) -> Any:
+    for t in root.targets:
+        if t.wwn == iqn:
+            return t
+    return None
+
+
+def _find_so(root: Any, name: str) -> Any:
+    for so in root.storage_objects:
+        if so.name == name:
+            return so
+    return None
+
+
+def _state(t: Any) -> LioState:
+    tpg = next(iter(t.tpgs))
+    luns = list(tpg.luns)
+    so = luns[0].storage_object if luns else None
+    return LioState(
+        iqn=t.wwn, so_name=so.name if so else "", backstore=so.plugin if so else "",
+        device_path=so.udev_path if so else "",
+        portals=tuple((p.ip_address, int(p.port), bool(p.iser)) for p in tpg.network_portals),
+        initiators=tuple(a.node_wwn for a in tpg.node_acls),
+        chap=_cred(tpg.chap_userid, tpg.chap_password), mutual=_cred(tpg.chap_mutual_userid, tpg.chap_mutual_password),
+        luns=tuple(sorted(int(lun.lun) for lun in luns)), enabled=bool(tpg.enable))
+
+
+def _set_acl_auth(acl: Any, chap: Cred, mutual: Cred) -> None:
+    if chap is not None:
+        acl.chap_userid, acl.chap_password = chap[0], chap[1].reveal()
+    if mutual is not None:
+        acl.chap_mutual_userid, acl.chap_mutual_password = mutual[0], mutual[1].reveal()
+
+
+@entrypoint
+def lio_find(iqn: str) -> Optional[LioState]:
+    t = _find_target(_root(), iqn)
+    return _state(t) if t is not None else None
+
+
+@entrypoint
+def lio_list(prefix: str) -> List[str]:
+    return [t.wwn for t in _root().targets if t.wwn.startswith(prefix)]
+
+
+@entrypoint
+def lio_create(spec: LioSpec) -> LioState:
+    rts = _rts()
+    root = _root()
+    if _find_target(root, spec.iqn) is not None or _find_so(root, spec.so_name) is not None:
+        raise TargetError(spec.iqn, "target or storage object already exists")
+    so = target = None
+    try:
+        if spec.backstore == "block":
+            so = rts.BlockStorageObject(spec.so_name, dev=spec.device_path)
+        else:
+            so = rts.FileIOStorageObject(spec.so_name, dev=spec.device_path, size=spec.size, write_back=False)
+        if spec.discard:
+            so.set_attribute("emulate_tpu", "1")
+        target = rts.Target(rts.FabricModule("iscsi"), spec.iqn, "create")
+        tpg = rts.TPG(target, 1, "create")
+        tpg.set_attribute("authentication", "1" if spec.chap else "0")
+        tpg.set_attribute("generate_node_acls", "0")
+        tpg.set_attribute("demo_mode_write_protect", "1")
+        if spec.chap is not None:  # kept with the target (used by LIO only in demo mode, which is off)
+            tpg.chap_userid, tpg.chap_password = spec.chap[0], spec.chap[1].reveal()
+        if spec.mutual is not None:
+            tpg.chap_mutual_userid, tpg.chap_mutual_password = spec.mutual[0], spec.mutual[1].reveal()
+        rts.LUN(tpg, 0, so)
+        for host, port in spec.portals:
+            portal = rts.NetworkPortal(tpg, _ip(host), port, "any")
+            if spec.iser:
+                portal.iser = True
+        tpg.enable = True
+        return _state(target)
+    except rts.RTSLibError as e:
+        for obj in (target, so):
+            if obj is not None:
+                try:
+                    obj.delete()
+                except rts.RTSLibError:
+                    pass
+        raise TargetError(spec.iqn, f"LIO refused the export: {e}") from None
+
+
+@entrypoint
+def lio_delete(iqn: str, so_name: str) -> bool:
+    root = _root()
+    found = False
+    t = _find_target(root, iqn)
+    if t is not None:
+        t.delete()
+        found = True
+    so = _find_so(root, so_name)
+    if so is not None:
+        so.delete()
+        found = True
+    return found
+
+
+@entrypoint
+def lio_add_acl(iqn: str, initiator: str) -> LioState:
+    rts = _rts()
+    t = _find_target(_root(), iqn)
+    if t is None:
+        raise ExportNotFound(iqn, "no such LIO target")
+    tpg = next(iter(t.tpgs))
+    if not any(a.node_wwn.lower() == initiator.lower() for a in tpg.node_acls):
+        acl = rts.NodeACL(tpg, initiator, "create")
+        try:
+            _set_acl_auth(acl, _cred(tpg.chap_userid, tpg.chap_password),
+                          _cred(tpg.chap_mutual_userid, tpg.chap_mutual_password))
+            rts.MappedLUN(acl, 0, tpg_lun=0)
+        except rts.RTSLibError as e:
+            acl.delete()
+            raise TargetError(iqn, f"LIO refused the ACL for {initiator}: {e}") from None
+    return _state(t)
+
+
+@entrypoint
+def lio_remove_acl(iqn: str, initiator: str) -> bool:
+    t = _find_target(_root(), iqn)
+    if t is None:
+        return False
+    for acl in next(iter(t.tpgs)).node_acls:
+        if acl.node_wwn.lower() == initiator.lower():
+            acl.delete()  # the kernel closes this initiator's sessions
+            return True
+    return False
+
+
+@entrypoint
+def lio_save(path: str) -> None:
+    d = os.path.dirname(path)
+    os.makedirs(d, mode=0o700, exist_ok=True)
+    try:
+        _root().save_to_file(path)
+    except Exception as e:  # rtslib raises OSError or a NameError from its own error path
+        raise TargetError("LIO", f"cannot save the configuration to {path}: {e}") from None
+    os.chmod(path, stat.S_IRUSR | stat.S_IWUSR)
+
+
+@entrypoint
+def lio_restore_one(path: str, iqn: str, so_name: str) -> Optional[LioState]:
+    """Re-create one volume's storage object and target from a saved configuration (None if absent)."""
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+    except FileNotFoundError:
+        return None
+    sos = [s for s in saved.get("storage_objects", []) if s.get("name") == so_name]
+    tgts = [t for t in saved.get("targets", []) if t.get("wwn") == iqn]
+    if not sos or not tgts:
+        return None
+    root = _root()
+    stale = _find_so(root, so_name)
+    if stale is not None:  # a storage object left without its target: replace it
+        stale.delete()
+    rts = _rts()
+    try:
+        root.restore({"storage_objects": sos, "targets": tgts}, clear_existing=False, abort_on_error=True)
+    except rts.RTSLibError as e:
+        for obj in (_find_target(root, iqn), _find_so(root, so_name)):
+            if obj is not None:
+                obj.delete()
+        raise TargetError(iqn, f"cannot restore from {path}: {e}") from None
+    t = _find_target(root, iqn)
+    return _state(t) if t is not None else None
+
+
+# ---------------------------------------------------------------------------------------------
+# the helper
+# ---------------------------------------------------------------------------------------------
+
+class LioTarget(IscsiTargetHelper):
+    """iSCSI exports on LIO. ``backstore``: ``"auto"`` (block for block devices, fileio otherwise),
+    ``"block"`` or ``"fileio"``; ``iser``: enable iSER on the portals; ``save_file``: where to keep
+    the configuration (0600 JSON, rtslib format), e.g. ``/etc/target/saveconfig.json``."""
+
+    volume_lun = 0
+    kind = "lio"
+
+    def __init__(self, *, portals: Sequence[Union[str, Portal]], iqn_prefix: str = DEFAULT_IQN_PREFIX,
+                 name_template: str = "volume-{}", backing_dir: Optional[str] = None,
+                 save_file: Optional[str] = None, backstore: str = "auto", iser: bool = False, discard: bool = False,
+                 lock_path: str = "/run/blocklink/locks") -> None:
+        super().__init__(portals=portals, iqn_prefix=iqn_prefix, name_template=name_template, discard=discard,
+                         backing_dir=backing_dir, lock_path=lock_path)
+        if backstore not in ("auto", "block", "fileio"):
+            raise InvalidConnectionInfo("backstore", "expected 'auto', 'block' or 'fileio'")
+        if save_file is not None and not os.path.isabs(save_file):
+            raise InvalidConnectionInfo("save_file", "expected an absolute path")
+        self.backstore = backstore
+        self.iser = iser
+        self.save_file = save_file
+
+    def __repr__(self) -> str:
+        return f"LioTarget(portals={[p.address for p in self.portals]}, save_file={self.save_file!r})"
+
+    def _config_lock(self) -> Any:
+        return self.locks.lock("lio-config")
+
+    # ------------------------------------------------------------------ interface
+    def create_export(self, volume_id: str, device_path: Optional[str] = None, *, size: Optional[int] = None,
+                      chap: Creds = True, mutual_chap: Creds = False) -> Export:
+        check_volume_id(volume_id)
+        iqn = self.target_iqn(volume_id)
+        path = self.device_path_for(volume_id, device_path)
+        incoming = self._credentials(chap, "chap")
+        outgoing = self._credentials(mutual_chap, "mutual_chap")
+        if outgoing is not None and incoming is None:
+            raise InvalidConnectionInfo("mutual_chap", "needs chap as well")
+        with self._volume_lock(volume_id):
+            if lio_find(iqn) is not None:
+                raise TargetError(iqn, "already exported (use ensure_export to re-apply)")
+            return self._create(volume_id, iqn, path, size, incoming, outgoing)
+
+    def ensure_export(self, volume_id: str, device_path: Optional[str] = None, *, size: Optional[int] = None,
+                      chap: Creds = True, mutual_chap: Creds = False) -> Export:
+        check_volume_id(volume_id)
+        iqn = self.target_iqn(volume_id)
+        with self._volume_lock(volume_id):
+            state = lio_find(iqn)
+            if state is None and self.save_file is not None:
+                with self._config_lock():
+                    state = lio_restore_one(self.save_file, iqn, self.volume_name(volume_id))
+                if state is not None:
+                    LOG.info("lio: restored %s from %s", iqn, self.save_file)
+            if state is None:
+                path = self.device_path_for(volume_id, device_path)
+                return self._create(volume_id, iqn, path, size, self._credentials(chap, "chap"),
+                                    self._credentials(mutual_chap, "mutual_chap"))
+            return self._export(volume_id, state)
+
+    def remove_export(self, volume_id: str) -> None:
+        check_volume_id(volume_id)
+        iqn = self.target_iqn(volume_id)
+        with self._volume_lock(volume_id):
+            with self._config_lock():
+                found = lio_delete(iqn, self.volume_name(volume_id))
+                if found:
+                    self._save()
+        LOG.info("lio: removed export %s", iqn)
+
+    def get_export(self, volume_id: str) -> Optional[Export]:
+        state = lio_find(self.target_iqn(volume_id))
+        return self._export(volume_id, state) if state is not None else None
+
+    def list_exports(self) -> List[str]:
+        return sorted(v for v in (self.volume_id_of(i) for i in lio_list(self.iqn_prefix)) if v is not None)
+
+    def save(self) -> None:
+        """Write the whole LIO configuration to ``save_file`` (``cinder-rtstool save``)."""
+        if self.save_file is None:
+            raise TargetError("LIO", "no save_file configured")
+        with self._config_lock():
+            lio_save(self.save_file)
+
+    def restore_all(self) -> List[str]:
+        """``ensure_export`` for every volume of ours in ``save_file`` (e.g. after a reboot); their ids."""
+        if self.save_file is None:
+            raise TargetError("LIO", "no save_file configured")
+        try:
+            with open(self.save_file) as f:
+                saved = json.load(f)
+        except FileNotFoundError:
+            return []
+        vids = [v for v in (self.volume_id_of(t.get("wwn", "")) for t in saved.get("targets", [])) if v]
+        for vid in vids:
+            self.ensure_export(vid)
+        return vids
+
+    # ------------------------------------------------------------------ initiators
+    def _allow_initiator(self, volume_id: str, initiator: str) -> Export:
+        iqn = self.target_iqn(volume_id)
+        with self._volume_lock(volume_id):
+            if lio_find(iqn) is None:
+                raise ExportNotFound(iqn, "volume is not exported")
+            with self._config_lock():
+                state = lio_add_acl(iqn, initiator)
+                self._save()
+            return self._export(volume_id, state)
+
+    def _deny_initiator(self, volume_id: str, initiator: str) -> None:
+        iqn = self.target_iqn(volume_id)
+        with self._volume_lock(volume_id):
+            with self._config_lock():
+                if lio_remove_acl(iqn, initiator):
+                    self._save()
+
+    # ------------------------------------------------------------------ mechanics
+    def _save(self) -> None:
+        """Persist after a change (caller holds the config lock). A failed save does not undo the change."""
+        if self.save_file is not None:
+            try:
+                lio_save(self.save_file)
+            except TargetError as e:
+                LOG.warning("lio: %s", e)
+
+    def _create(self, volume_id: str, iqn: str, path: str, size: Optional[int],
+                incoming: Optional[ChapCredentials], outgoing: Optional[ChapCredentials]) -> Export:
+        created = self._prepare_backing(path, size)
+        backstore = self.backstore
+        if backstore == "auto":
+            backstore = "block" if stat.S_ISBLK(os.stat(path).st_mode) else "fileio"
+        spec = LioSpec(iqn=iqn, so_name=self.volume_name(volume_id), device_path=path, backstore=backstore,
+                       size=os.stat(path).st_size if backstore == "fileio" else None,
+                       portals=tuple((p.host, p.port) for p in self.portals), iser=self.iser,
+                       chap=(incoming.username, incoming.password) if incoming else None,
+                       mutual=(outgoing.username, outgoing.password) if outgoing else None, discard=self.discard)
+        try:
+            with self._config_lock():
+                state = lio_create(spec)
+                self._save()
+        except BaseException:
+            if created:
+                os.unlink(path)
+            raise
+        LOG.info("lio: exported %s as %s (%s)", path, iqn, backstore)
+        return self._export(volume_id, state)
+
+    def _export(self, volume_id: str, state: LioState) -> Export:
+        chap = ChapCredentials(state.chap[0], state.chap[1]) if state.chap else None
+        mutual = ChapCredentials(state.mutual[0], state.mutual[1]) if state.mutual else None
+        return Export(volume_id=volume_id, iqn=state.iqn, lun=self.volume_lun, portals=self.portals,
+                      device_path=state.device_path, chap=chap, mutual_chap=mutual, initiators=state.initiators,
+                      backstore=state.backstore, extra={"portals_live": state.portals, "enabled": state.enabled})
