@@ -8,7 +8,8 @@ imports the tests::
 Each test proves its claim with a real initiator: :class:`LibiscsiInitiator` (libiscsi's tools and
 qemu-io, userspace) or, in the guest, the kernel initiator behind the same three methods. Refusals
 are told apart by the iSCSI login status: an initiator that is not on the ACL gets "target not
-found" (0x0203), a wrong CHAP secret "authentication failure" (0x0201).
+found" (0x0203, tgtd) or "authorization failure" (0x0202, LIO), a wrong CHAP secret "authentication
+failure" (0x0201).
 """
 
 from __future__ import annotations
@@ -45,18 +46,21 @@ __all__ = [
 @dataclass(frozen=True)
 class LoginResult:
     ok: bool
-    status: str  # "ok" | "not_found" | "auth_failed" | "error"
+    status: str  # "ok" | "denied" | "auth_failed" | "error"
     message: str = ""
 
 
 def classify(rc: int, text: str) -> LoginResult:
+    """iSCSI login status: 0x0201 authentication failure (wrong CHAP) -> ``auth_failed``; 0x0202
+    authorization failure (LIO: initiator not on the ACL) or 0x0203 target not found (tgtd: target
+    hidden from that initiator) -> ``denied``."""
     if rc == 0:
         return LoginResult(True, "ok")
     low = text.lower()
-    if "target not found" in low or "(515)" in low or "not found" in low and "target" in low:
-        return LoginResult(False, "not_found", text.strip()[-300:])
-    if "authentication failure" in low or "(513)" in low or "authorization failure" in low:
+    if "authentication failure" in low or "(513)" in low:
         return LoginResult(False, "auth_failed", text.strip()[-300:])
+    if "authorization failure" in low or "(514)" in low or "target not found" in low or "(515)" in low:
+        return LoginResult(False, "denied", text.strip()[-300:])
     return LoginResult(False, "error", text.strip()[-300:])
 
 
@@ -177,7 +181,7 @@ def test_other_initiator_is_refused(target_env: TargetEnv) -> None:
     vid, _ = _export(target_env)
     data = target_env.helper.initialize_connection(vid, _connector(HOST_A)).data_dict()
     res = target_env.initiator.login(data, HOST_B)  # right CHAP, wrong initiator name
-    assert not res.ok and res.status == "not_found", res
+    assert not res.ok and res.status == "denied", res
 
 
 def test_wrong_or_missing_chap_is_refused(target_env: TargetEnv) -> None:
@@ -196,7 +200,7 @@ def test_terminate_connection_revokes_login(target_env: TargetEnv) -> None:
     assert target_env.initiator.login(data, HOST_A).ok
     target_env.helper.terminate_connection(vid, _connector(HOST_A))
     res = target_env.initiator.login(data, HOST_A)
-    assert not res.ok and res.status == "not_found", res
+    assert not res.ok and res.status == "denied", res
     assert HOST_A not in target_env.helper.get_export(vid).initiators
     target_env.helper.terminate_connection(vid, _connector(HOST_A))  # idempotent
 
@@ -268,7 +272,7 @@ def test_export_without_chap_keeps_acl(target_env: TargetEnv) -> None:
     assert "auth_method" not in data and "auth_password" not in data
     assert target_env.initiator.login(data, HOST_A, chap=False).ok
     res = target_env.initiator.login(data, HOST_B, chap=False)
-    assert not res.ok and res.status == "not_found", res
+    assert not res.ok and res.status == "denied", res
 
 
 def test_connection_info_is_cinder_format(target_env: TargetEnv) -> None:
@@ -312,7 +316,7 @@ def test_ensure_export_recreates_after_target_restart(target_env: TargetEnv) -> 
     assert again.chap == export.chap and again.mutual_chap == export.mutual_chap
     assert target_env.initiator.login(data, HOST_A).ok  # same credentials, same ACL
     res = target_env.initiator.login(data, HOST_B)
-    assert not res.ok and res.status == "not_found", res
+    assert not res.ok and res.status == "denied", res
 
 
 def test_two_hosts_one_volume(target_env: TargetEnv) -> None:

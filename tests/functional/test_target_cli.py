@@ -49,7 +49,7 @@ def test_export_lifecycle_through_the_cli(daemon: TgtDaemon, tmp_path: Any) -> N
     assert cli(daemon, tmp_path, "restore") == {"restored": ["vol1"]}
     assert ini.login(data, HOST_A).ok  # same credentials after tgtd restarted
     cli(daemon, tmp_path, "delete-initiator", "vol1", HOST_A)
-    assert ini.login(data, HOST_A).status == "not_found"
+    assert ini.login(data, HOST_A).status == "denied"
     cli(daemon, tmp_path, "delete", "vol1")
     assert cli(daemon, tmp_path, "get-targets") == []
     assert daemon.admin.show_targets() == [] and daemon.admin.accounts() == []

@@ -160,7 +160,7 @@ def test_records_are_private_and_tgt_admin_reloads_them(target_env: TgtEnv) -> N
     assert live.incoming == (export.chap.username,) and live.outgoing == (export.mutual_chap.username,)
     assert target_env.initiator.login(data, HOST_A).ok
     res = target_env.initiator.login(data, HOST_B)  # tgt-admin did not open the target to ALL
-    assert not res.ok and res.status == "not_found", res
+    assert not res.ok and res.status == "denied", res
     # and our own reconciliation accepts what tgt-admin built
     assert target_env.helper.ensure_export(vid).tid == live.tid
 

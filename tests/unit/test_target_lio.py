@@ -1,0 +1,341 @@
+"""LioTarget's logic over an in-memory stand-in for rtslib-fb (the real kernel runs in
+tests/functional/kernel/test_lio_target.py). The stand-in keeps rtslib's object model and the
+rules these tests rely on: unique names, wwn normalisation errors, portal bind failures, dump/restore."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from typing import Any, Dict, Iterator, List, Optional
+
+import pytest
+
+from blocklink.errors import ExportNotFound, InvalidConnectionInfo, TargetError
+from blocklink.target import lio
+from blocklink.target.lio import LioTarget
+
+HOST_A = "iqn.1994-05.com.redhat:a"
+HOST_B = "iqn.1994-05.com.redhat:b"
+
+
+class RTSLibError(Exception):
+    pass
+
+
+class FakeConfig:
+    def __init__(self) -> None:
+        self.sos: List["SO"] = []
+        self.targets: List["Target"] = []
+        self.bad_portals: set = set()
+        self.iser_ok = False
+
+
+CFG = FakeConfig()
+
+
+class SO:
+    plugin = ""
+
+    def __init__(self, name: str, dev: str, size: Optional[int] = None, **kw: Any) -> None:
+        if any(so.name == name for so in CFG.sos):
+            raise RTSLibError(f"storage object {name} exists")
+        self.name, self.udev_path, self.size, self.attributes = name, dev, size, {}  # type: ignore[var-annotated]
+        CFG.sos.append(self)
+
+    def set_attribute(self, k: str, v: str) -> None:
+        self.attributes[k] = v
+
+    def delete(self) -> None:
+        CFG.sos.remove(self)
+
+
+class BlockStorageObject(SO):
+    plugin = "block"
+
+
+class FileIOStorageObject(SO):
+    plugin = "fileio"
+
+
+class FabricModule:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+class Target:
+    def __init__(self, fm: FabricModule, wwn: str, mode: str = "any") -> None:
+        if not wwn.startswith("iqn.") or "_" in wwn:
+            raise RTSLibError("WWN not valid as: iqn")
+        self.wwn, self.tpgs = wwn, []  # type: ignore[var-annotated]
+        CFG.targets.append(self)
+
+    def delete(self) -> None:
+        CFG.targets.remove(self)
+
+
+class TPG:
+    def __init__(self, target: Target, tag: int, mode: str = "any") -> None:
+        self.tag, self.luns, self.node_acls, self.network_portals = tag, [], [], []  # type: ignore[var-annotated]
+        self.attributes: Dict[str, str] = {}
+        self.enable = False
+        self.chap_userid = self.chap_password = self.chap_mutual_userid = self.chap_mutual_password = ""
+        target.tpgs.append(self)
+
+    def set_attribute(self, k: str, v: str) -> None:
+        self.attributes[k] = v
+
+
+class LUN:
+    def __init__(self, tpg: TPG, lun: int, storage_object: SO) -> None:
+        self.lun, self.storage_object = lun, storage_object
+        tpg.luns.append(self)
+
+
+class NetworkPortal:
+    def __init__(self, tpg: TPG, ip: str, port: int, mode: str = "any") -> None:
+        if (ip, port) in CFG.bad_portals:
+            raise RTSLibError(f"cannot bind {ip}:{port}")
+        self.ip_address, self.port, self._iser = ip, port, False
+        tpg.network_portals.append(self)
+
+    @property
+    def iser(self) -> bool:
+        return self._iser
+
+    @iser.setter
+    def iser(self, v: bool) -> None:
+        if not CFG.iser_ok:
+            raise RTSLibError("Cannot change iser")
+        self._iser = v
+
+
+class NodeACL:
+    def __init__(self, tpg: TPG, wwn: str, mode: str = "any") -> None:
+        self.node_wwn, self.tpg, self.mapped_luns = wwn, tpg, []  # type: ignore[var-annotated]
+        self.chap_userid = self.chap_password = self.chap_mutual_userid = self.chap_mutual_password = ""
+        tpg.node_acls.append(self)
+
+    def delete(self) -> None:
+        self.tpg.node_acls.remove(self)
+
+
+class MappedLUN:
+    def __init__(self, acl: NodeACL, mapped_lun: int, tpg_lun: int) -> None:
+        acl.mapped_luns.append((mapped_lun, tpg_lun))
+
+
+class RTSRoot:
+    @property
+    def targets(self) -> List[Target]:
+        return list(CFG.targets)
+
+    @property
+    def storage_objects(self) -> List[SO]:
+        return list(CFG.sos)
+
+    def dump(self) -> Dict[str, Any]:
+        return {"storage_objects": [{"name": s.name, "plugin": s.plugin, "dev": s.udev_path, "size": s.size}
+                                    for s in CFG.sos],
+                "targets": [{"wwn": t.wwn, "fabric": "iscsi", "tpgs": [self._tpg(g) for g in t.tpgs]}
+                            for t in CFG.targets]}
+
+    @staticmethod
+    def _tpg(g: TPG) -> Dict[str, Any]:
+        return {"tag": g.tag, "attributes": g.attributes, "enable": g.enable,
+                "chap": [g.chap_userid, g.chap_password, g.chap_mutual_userid, g.chap_mutual_password],
+                "luns": [{"index": lun.lun, "so": lun.storage_object.name} for lun in g.luns],
+                "portals": [[p.ip_address, p.port] for p in g.network_portals],
+                "acls": [{"wwn": a.node_wwn, "chap": [a.chap_userid, a.chap_password, a.chap_mutual_userid,
+                                                       a.chap_mutual_password], "mapped": a.mapped_luns}
+                         for a in g.node_acls]}
+
+    def save_to_file(self, path: str) -> None:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(self.dump(), f)
+
+    def restore(self, config: Dict[str, Any], clear_existing: bool = False, abort_on_error: bool = False) -> None:
+        for s in config["storage_objects"]:
+            (BlockStorageObject if s["plugin"] == "block" else FileIOStorageObject)(s["name"], s["dev"], s["size"])
+        for t in config["targets"]:
+            target = Target(FabricModule("iscsi"), t["wwn"])
+            for gd in t["tpgs"]:
+                g = TPG(target, gd["tag"])
+                g.attributes, g.enable = dict(gd["attributes"]), gd["enable"]
+                g.chap_userid, g.chap_password, g.chap_mutual_userid, g.chap_mutual_password = gd["chap"]
+                for ld in gd["luns"]:
+                    LUN(g, ld["index"], next(s for s in CFG.sos if s.name == ld["so"]))
+                for ip, port in gd["portals"]:
+                    NetworkPortal(g, ip, port)
+                for ad in gd["acls"]:
+                    a = NodeACL(g, ad["wwn"])
+                    a.chap_userid, a.chap_password, a.chap_mutual_userid, a.chap_mutual_password = ad["chap"]
+                    a.mapped_luns = [tuple(m) for m in ad["mapped"]]
+
+
+class FakeRtslib:
+    RTSLibError = RTSLibError
+    RTSRoot = RTSRoot
+    BlockStorageObject = BlockStorageObject
+    FileIOStorageObject = FileIOStorageObject
+    FabricModule = FabricModule
+    Target = Target
+    TPG = TPG
+    LUN = LUN
+    NetworkPortal = NetworkPortal
+    NodeACL = NodeACL
+    MappedLUN = MappedLUN
+
+
+@pytest.fixture
+def helper(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[LioTarget]:
+    global CFG
+    CFG = FakeConfig()
+    monkeypatch.setattr(lio, "_RTSLIB", FakeRtslib)
+    yield LioTarget(portals=["10.0.0.1:3260", "[fd00::1]:3260"], backing_dir=str(tmp_path),
+                    save_file=str(tmp_path / "etc" / "saveconfig.json"), lock_path=str(tmp_path / "locks"))
+
+
+def conn(initiator: str) -> Dict[str, Any]:
+    return {"host": "h", "initiator": initiator}
+
+
+def test_create_export_builds_a_closed_chap_target(helper: LioTarget, tmp_path: Any) -> None:
+    e = helper.create_export("v1", size=8 << 20, mutual_chap=True)
+    (t,) = CFG.targets
+    (tpg,) = t.tpgs
+    assert t.wwn == "iqn.2010-10.org.openstack:volume-v1" == e.iqn and e.lun == 0
+    assert tpg.attributes == {"authentication": "1", "generate_node_acls": "0", "demo_mode_write_protect": "1"}
+    assert tpg.enable and tpg.node_acls == [] and [lun.lun for lun in tpg.luns] == [0]
+    assert [(p.ip_address, p.port) for p in tpg.network_portals] == [("10.0.0.1", 3260), ("[fd00::1]", 3260)]
+    (so,) = CFG.sos
+    assert (so.name, so.plugin, so.udev_path, so.size) == ("volume-v1", "fileio", str(tmp_path / "volume-v1"), 8 << 20)
+    assert (tpg.chap_userid, tpg.chap_password) == (e.chap.username, e.chap.password.reveal())
+    assert tpg.chap_mutual_password == e.mutual_chap.password.reveal()
+    assert stat.S_IMODE(os.stat(helper.save_file).st_mode) == 0o600
+
+
+def test_acl_per_initiator_with_the_volume_credentials(helper: LioTarget) -> None:
+    e = helper.create_export("v1", size=1 << 20, mutual_chap=True)
+    data = helper.initialize_connection("v1", conn(HOST_A)).data_dict()
+    helper.initialize_connection("v1", conn(HOST_A))  # idempotent
+    helper.initialize_connection("v1", conn(HOST_B))
+    acls = CFG.targets[0].tpgs[0].node_acls
+    assert [a.node_wwn for a in acls] == [HOST_A, HOST_B]
+    for a in acls:
+        assert (a.chap_userid, a.chap_password) == (e.chap.username, e.chap.password.reveal())
+        assert (a.chap_mutual_userid, a.chap_mutual_password) == (e.mutual_chap.username,
+                                                                 e.mutual_chap.password.reveal())
+        assert a.mapped_luns == [(0, 0)]
+    assert data["target_lun"] == 0 and data["auth_password"] == e.chap.password.reveal()
+    assert data["target_portals"] == ["10.0.0.1:3260", "[fd00::1]:3260"]
+    helper.terminate_connection("v1", conn(HOST_A))
+    assert [a.node_wwn for a in CFG.targets[0].tpgs[0].node_acls] == [HOST_B]
+    with open(helper.save_file) as f:
+        assert HOST_A not in f.read()
+
+
+def test_export_without_chap(helper: LioTarget) -> None:
+    e = helper.create_export("v1", size=1 << 20, chap=False)
+    assert e.chap is None and CFG.targets[0].tpgs[0].attributes["authentication"] == "0"
+    helper.initialize_connection("v1", conn(HOST_A))
+    assert CFG.targets[0].tpgs[0].node_acls[0].chap_userid == ""
+    with pytest.raises(InvalidConnectionInfo):
+        helper.create_export("v2", size=1 << 20, chap=False, mutual_chap=True)
+
+
+def test_remove_export_leaves_nothing(helper: LioTarget) -> None:
+    helper.create_export("v1", size=1 << 20)
+    helper.create_export("v2", size=1 << 20)
+    helper.initialize_connection("v1", conn(HOST_A))
+    helper.remove_export("v1")
+    helper.remove_export("v1")
+    assert [t.wwn for t in CFG.targets] == [helper.target_iqn("v2")] and [s.name for s in CFG.sos] == ["volume-v2"]
+    assert helper.list_exports() == ["v2"] and helper.get_export("v1") is None
+    with open(helper.save_file) as f:
+        assert "volume-v1" not in f.read()
+
+
+def test_failed_create_rolls_back(helper: LioTarget, tmp_path: Any) -> None:
+    CFG.bad_portals.add(("[fd00::1]", 3260))
+    with pytest.raises(TargetError) as ei:
+        helper.create_export("v1", size=1 << 20)
+    assert "cannot bind" in str(ei.value)
+    assert CFG.targets == [] and CFG.sos == [] and not os.path.exists(tmp_path / "volume-v1")
+
+
+def test_iser_failure_is_reported_and_rolled_back(tmp_path: Any, helper: LioTarget) -> None:
+    h = LioTarget(portals=["10.0.0.1:3260"], backing_dir=str(tmp_path), iser=True, lock_path=str(tmp_path / "l"))
+    with pytest.raises(TargetError):
+        h.create_export("v1", size=1 << 20)
+    assert CFG.targets == [] and CFG.sos == []
+    CFG.iser_ok = True
+    h.create_export("v1", size=1 << 20)
+    assert all(p.iser for p in CFG.targets[0].tpgs[0].network_portals)
+
+
+def test_block_devices_get_the_block_backstore(helper: LioTarget, monkeypatch: pytest.MonkeyPatch,
+                                               tmp_path: Any) -> None:
+    dev = tmp_path / "fake-dev"
+    dev.write_bytes(b"")
+    real_stat = os.stat
+
+    class BlockStat:
+        st_mode = stat.S_IFBLK | 0o660
+        st_size = 0
+
+    monkeypatch.setattr(lio.os, "stat", lambda p, *a, **k: BlockStat() if p == str(dev) else real_stat(p, *a, **k))
+    e = helper.create_export("v1", str(dev))
+    assert e.backstore == "block" and CFG.sos[0].plugin == "block" and CFG.sos[0].size is None
+
+
+def test_ensure_export_restores_one_volume_from_the_save_file(helper: LioTarget) -> None:
+    e1 = helper.create_export("v1", size=1 << 20, mutual_chap=True)
+    helper.create_export("v2", size=1 << 20)
+    helper.initialize_connection("v1", conn(HOST_A))
+    lio.lio_delete(e1.iqn, "volume-v1")  # lost: only this volume
+    again = helper.ensure_export("v1")
+    assert again.chap == e1.chap and again.mutual_chap == e1.mutual_chap and again.initiators == (HOST_A,)
+    assert sorted(t.wwn for t in CFG.targets) == sorted([e1.iqn, helper.target_iqn("v2")])
+    assert helper.ensure_export("v1").chap == e1.chap  # already there: unchanged
+    CFG.targets.clear()
+    CFG.sos.clear()  # a reboot
+    assert sorted(helper.restore_all()) == ["v1", "v2"]
+    assert helper.get_export("v2") is not None
+
+
+def test_ensure_export_without_record_creates(helper: LioTarget, tmp_path: Any) -> None:
+    e = helper.ensure_export("v9", size=1 << 20)
+    assert e.chap is not None and helper.list_exports() == ["v9"]
+
+
+def test_errors_name_what_failed(helper: LioTarget) -> None:
+    with pytest.raises(ExportNotFound):
+        helper.initialize_connection("v1", conn(HOST_A))
+    helper.terminate_connection("v1", conn(HOST_A))  # nothing exported: nothing to do
+    helper.create_export("v1", size=1 << 20)
+    with pytest.raises(TargetError):
+        helper.create_export("v1", size=1 << 20)
+    with pytest.raises(InvalidConnectionInfo):
+        LioTarget(portals=["10.0.0.1:3260"], backstore="rbd")
+    with pytest.raises(InvalidConnectionInfo):
+        LioTarget(portals=["10.0.0.1:3260"], save_file="relative.json")
+
+
+def test_missing_rtslib_is_a_typed_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import builtins
+
+    from blocklink.errors import MissingDependency
+
+    real_import = builtins.__import__
+
+    def no_rtslib(name: str, *a: Any, **k: Any) -> Any:
+        if name == "rtslib_fb":
+            raise ImportError(name)
+        return real_import(name, *a, **k)
+
+    monkeypatch.setattr(lio, "_RTSLIB", None)
+    monkeypatch.setattr(builtins, "__import__", no_rtslib)
+    with pytest.raises(MissingDependency):
+        lio.lio_list("iqn.")
