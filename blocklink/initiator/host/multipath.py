@@ -1,0 +1,202 @@
+"""Device-mapper multipath: find a volume's map in sysfs, drive multipathd, parse ``multipath -ll``.
+
+A map is found from sysfs alone (``/sys/block/dm-N/dm/uuid`` is ``mpath-<wwid>``; ``slaves/``
+lists its paths), which is exact and works with or without user_friendly_names. Commands go to
+``multipath``/``multipathd`` only to change state: add a WWID and paths, flush, resize, remove.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Iterable, List, Optional, Sequence
+
+from blocklink.errors import CommandFailed
+from blocklink.executor import Executor
+from blocklink.hostpaths import HostPaths
+from blocklink.initiator.host.wwn import same_wwn
+from blocklink.masking import get_logger
+
+LOG = get_logger(__name__)
+
+UUID_PREFIX = "mpath-"
+# multipath prints log lines before the topology: "Oct 13 10:24:01 | ..." (syslog-style stamp,
+# older releases) or "283.261570 | ..." (monotonic seconds, 0.8+); also ANSI bold on a tty.
+_LOG_LINE = re.compile(r"^\s*(?:[A-Z][a-z]{2}\s+\d+\s+[\d:]+|\d+(?:\.\d+)?)\s+\|")
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_ACTIONS = ("create", "reload", "switchpg", "rename", "resize", "unchanged", "reject", "remove")
+_HEADER = re.compile(r"^(?:(?P<action>%s):\s+)?(?P<name>\S+)(?:\s+\((?P<wwid>[^)\s]+)\))?\s+"
+                     r"(?P<dm>dm-\d+|undef)(?:\s+(?P<vp>.*?))?\s*$" % "|".join(_ACTIONS))
+_PATH = re.compile(r"^[\s|`\-+]*(?P<hctl>\d+:\d+:\d+:\d+)\s+(?P<dev>\S+)\s+(?P<majmin>\d+:\d+)"
+                   r"(?:\s+(?P<dm_state>\S+))?(?:\s+(?P<checker>\S+))?(?:\s+(?P<dev_state>\S+))?")
+
+
+@dataclass(frozen=True)
+class MultipathPath:
+    hctl: str
+    device: str  # sdX
+    majmin: str
+    dm_state: str = ""
+    checker_state: str = ""
+    dev_state: str = ""
+
+
+@dataclass
+class MultipathMap:
+    """One map of ``multipath -ll`` / ``-l`` output."""
+
+    name: str
+    wwid: str
+    dm: str  # "dm-N" ("undef" before the kernel has it)
+    vendor_product: str = ""
+    size: str = ""
+    action: str = ""
+    paths: List[MultipathPath] = field(default_factory=list)
+
+    @property
+    def device(self) -> str:
+        return f"/dev/mapper/{self.name}"
+
+
+def parse_multipath(text: Optional[str]) -> List[MultipathMap]:
+    """Every map in ``multipath -ll``/``-l`` output, tolerating log lines, wrapped header lines,
+    blank lines, ANSI colour and vendor names with spaces."""
+    maps: List[MultipathMap] = []
+    cur: Optional[MultipathMap] = None
+    for raw in (text or "").splitlines():
+        line = _ANSI.sub("", raw).rstrip()
+        if not line.strip() or _LOG_LINE.match(line):
+            continue
+        m = _PATH.match(line)
+        if m and cur is not None:
+            cur.paths.append(MultipathPath(m.group("hctl"), m.group("dev"), m.group("majmin"),
+                                           m.group("dm_state") or "", m.group("checker") or "",
+                                           m.group("dev_state") or ""))
+            continue
+        if line.lstrip().startswith("size="):
+            if cur is not None:
+                cur.size = line.split("size=", 1)[1].split()[0]
+            continue
+        if line[:1] in (" ", "|", "`", "\t") or "policy=" in line or "=" in line.split(" ", 1)[0]:
+            continue  # path-group lines and wrapped continuation of the size line (" wp=rw")
+        h = _HEADER.match(line)
+        if h:
+            cur = MultipathMap(h.group("name"), h.group("wwid") or h.group("name"), h.group("dm"),
+                               (h.group("vp") or "").strip(), action=h.group("action") or "")
+            maps.append(cur)
+    return maps
+
+
+# ---------------------------------------------------------------------------------------------
+# sysfs
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class DmMap:
+    dm: str  # dm-N
+    name: str  # /dev/mapper name
+    wwid: str
+    slaves: tuple[str, ...]
+
+    @property
+    def path(self) -> str:
+        return f"/dev/{self.dm}"
+
+
+def read_map(paths: HostPaths, dm: str) -> Optional[DmMap]:
+    uuid = paths.read(paths.sys("block", dm, "dm", "uuid"), "") or ""
+    if not uuid.startswith(UUID_PREFIX):
+        return None
+    return DmMap(dm, paths.read(paths.sys("block", dm, "dm", "name"), "") or "", uuid[len(UUID_PREFIX):],
+                 tuple(paths.listdir(paths.sys("block", dm, "slaves"))))
+
+
+def multipath_maps(paths: HostPaths) -> List[DmMap]:
+    out = []
+    for name in paths.listdir(paths.sys("block")):
+        if name.startswith("dm-"):
+            m = read_map(paths, name)
+            if m is not None:
+                out.append(m)
+    return out
+
+
+def map_for_wwid(paths: HostPaths, wwid: str) -> Optional[DmMap]:
+    for m in multipath_maps(paths):
+        if same_wwn(wwid, m.wwid):
+            return m
+    return None
+
+
+def map_holding(paths: HostPaths, devices: Iterable[str]) -> Optional[DmMap]:
+    """The multipath map that has any of ``devices`` (sdX names) as a path."""
+    for dev in devices:
+        for holder in paths.listdir(paths.sys("block", dev, "holders")):
+            m = read_map(paths, holder)
+            if m is not None:
+                return m
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# commands
+# ---------------------------------------------------------------------------------------------
+
+class Multipath:
+    """multipath/multipathd commands through an :class:`Executor`."""
+
+    def __init__(self, executor: Executor, paths: HostPaths, timeout: float = 60.0) -> None:
+        self.executor = executor
+        self.paths = paths
+        self.timeout = timeout
+
+    def _run(self, argv: Sequence[str], ok: Sequence[int] = (0,), timeout: Optional[float] = None) -> str:
+        return self.executor.run(list(argv), ok_codes=ok, timeout=timeout or self.timeout).stdout
+
+    def running(self) -> bool:
+        try:
+            out = self._run(["multipathd", "show", "status"], timeout=10)
+        except CommandFailed:
+            return False
+        return not out.lstrip().startswith("error receiving packet")  # old multipathd: error text, exit 0
+
+    def add_wwid(self, wwid: str) -> bool:
+        """Record ``wwid`` as multipath (needed with find_multipaths strict/yes); True if added now."""
+        out = self._run(["multipath", "-a", wwid], ok=(0, 1))
+        return out.strip() == f"wwid '{wwid}' added"
+
+    def add_path(self, device: str) -> bool:
+        """Ask multipathd to (re)consider a path device (``/dev/sdX``)."""
+        return self._run(["multipathd", "add", "path", device], ok=(0, 1), timeout=30).strip() == "ok"
+
+    def del_path(self, device: str) -> bool:
+        return self._run(["multipathd", "del", "path", device], ok=(0, 1), timeout=30).strip() == "ok"
+
+    def usable(self, dm: str) -> bool:
+        """``multipath -C``: whether the map has a usable path."""
+        try:
+            self._run(["multipath", "-C", dm], timeout=30)
+        except CommandFailed:
+            return False
+        return True
+
+    def flush(self, name: str) -> None:
+        """Flush and remove the map; raises :class:`CommandFailed` if it is open or I/O is stuck."""
+        self._run(["multipath", "-f", name])
+
+    def del_map(self, name: str) -> bool:
+        return self._run(["multipathd", "del", "map", name], ok=(0, 1), timeout=30).strip() == "ok"
+
+    def resize(self, name: str) -> None:
+        out = self._run(["multipathd", "resize", "map", name])
+        if out.strip() != "ok":
+            raise CommandFailed(("multipathd", "resize", "map", name), 0, out, "",
+                                f"multipathd answered {out.strip()[:80]!r}")
+
+    def show(self, name: str) -> Optional[MultipathMap]:
+        maps = parse_multipath(self._run(["multipath", "-ll", name], ok=(0, 1)))
+        return maps[0] if maps else None
+
+
+__all__ = ["MultipathPath", "MultipathMap", "parse_multipath", "DmMap", "read_map", "multipath_maps",
+           "map_for_wwid", "map_holding", "Multipath", "UUID_PREFIX"]
