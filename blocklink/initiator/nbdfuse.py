@@ -92,18 +92,21 @@ class NbdFuseBridge:
         """Unmount (nbdfuse then exits by itself); lazily and by signal when ``hard``. Returns failures."""
         disk = self.layout.disk
         failures: List[str] = []
+        lazy = False
         if mount_fstype(disk, self.paths) is not None:
             res = self.executor.run(["fusermount3", "-u", disk], check=False)
             if res.exit_code != 0 and mount_fstype(disk, self.paths) is not None:
                 if not hard:
                     raise DeviceBusy(disk, (res.stderr or "").strip() or "unmount refused")
+                lazy = True  # nbdfuse would serve the open files until they close: it is signalled below
                 self.executor.run(["fusermount3", "-u", "-z", disk], check=False)
                 if mount_fstype(disk, self.paths) is not None:
                     self.executor.run(["umount", "-l", disk], check=False)
             if mount_fstype(disk, self.paths) is not None:
                 failures.append(f"{disk} is still mounted")
         pid = self.pid()
-        if pid is not None and pid_alive(pid, self.paths) and not wait_pid_exit(pid, self.timeout, self.paths) \
+        if pid is not None and pid_alive(pid, self.paths) \
+                and (lazy or not wait_pid_exit(pid, self.timeout, self.paths)) \
                 and not stop_pid(pid, disk, self.executor, self.paths, self.timeout):
             failures.append(f"nbdfuse pid {pid} did not exit")
         return failures

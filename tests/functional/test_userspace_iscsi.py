@@ -22,10 +22,10 @@ from blocklink.errors import (AuthenticationFailed, ConnectionFailed, DeviceBusy
                               VolumeNotFound)
 from blocklink.initiator.qsd import DaemonDied, mount_fstype, pid_alive
 from blocklink.initiator.userspace import UserspaceISCSIConnector
+from blocklink.testing.tgt import TgtDaemon
 
 MiB = 1 << 20
 HOST_IQN = "iqn.2024-01.test.blocklink:userspace-host"
-CHAP_USER, CHAP_PW = "chapuser", "chapsecret1234"
 
 
 def _free_port():
@@ -34,89 +34,34 @@ def _free_port():
         return s.getsockname()[1]
 
 
-class Tgtd:
-    """One tgtd on 127.0.0.1:<free port> with its own control port (test-local until blocklink.testing.tgt lands)."""
+class Targets:
+    """Volumes exported by one throwaway tgtd on 127.0.0.1 (TgtTarget: CHAP never on a command line)."""
 
-    def __init__(self, workdir):
-        self.dir = workdir
-        self.port = _free_port()
-        self.cport = next(p for p in range(21000 + os.getpid() % 5000, 30000)
-                          if not os.path.exists(f"/run/tgtd/socket.{p}"))
-        self.log = open(os.path.join(workdir, "tgtd.log"), "w+")
-        self.proc = subprocess.Popen(["tgtd", "-f", "-C", str(self.cport), "--iscsi", f"portal=127.0.0.1:{self.port}"],
-                                     stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 10
-        while subprocess.run(self._adm("--op", "show", "--mode", "sys"), capture_output=True).returncode != 0:
-            assert self.proc.poll() is None and time.monotonic() < deadline, "tgtd did not start"
-            time.sleep(0.02)  # bounded: tgtd has no readiness notification
-        self.log.seek(0)
-        if "unable to bind" in self.log.read():  # tgtd then listens on 0.0.0.0:3260 instead: never keep that
-            self.stop()
-            raise AssertionError(f"tgtd could not bind 127.0.0.1:{self.port}")
-        self.next_tid = 1
+    def __init__(self, tgt, backing_dir):
+        self.tgt = tgt
+        self.target = tgt.target(backing_dir=backing_dir)
 
-    def _adm(self, *args):
-        return ["tgtadm", "-C", str(self.cport), "--lld", "iscsi", *args]
-
-    def adm(self, *args):
-        subprocess.run(self._adm(*args), check=True, capture_output=True)
-
-    def target(self, luns=1, size=64 * MiB, initiator=HOST_IQN, chap=True, mutual=None):
-        tid = self.next_tid
-        self.next_tid += 1
-        iqn = f"iqn.2024-01.test.blocklink:t{tid}-{uuid.uuid4().hex[:6]}"
-        self.adm("--op", "new", "--mode", "target", "--tid", str(tid), "-T", iqn)
-        files = []
-        for lun in range(1, luns + 1):
-            path = os.path.join(self.dir, f"t{tid}-lun{lun}.img")
-            with open(path, "wb") as f:
-                f.truncate(size)
-            self.adm("--op", "new", "--mode", "logicalunit", "--tid", str(tid), "--lun", str(lun), "-b", path)
-            files.append(path)
-        self.adm("--op", "bind", "--mode", "target", "--tid", str(tid), "--initiator-name", initiator)
-        if chap:
-            user = f"u{tid}"
-            self.adm("--op", "new", "--mode", "account", "--user", user, "--password", CHAP_PW)
-            self.adm("--op", "bind", "--mode", "account", "--tid", str(tid), "--user", user)
-        if mutual:
-            self.adm("--op", "new", "--mode", "account", "--user", mutual[0], "--password", mutual[1])
-            self.adm("--op", "bind", "--mode", "account", "--tid", str(tid), "--user", mutual[0], "--outgoing")
-        data = {"target_portal": f"127.0.0.1:{self.port}", "target_iqn": iqn, "target_lun": 1, "volume_id": iqn}
-        if chap:
-            data.update(auth_method="CHAP", auth_username=f"u{tid}", auth_password=CHAP_PW)
-        return {"driver_volume_type": "iscsi", "data": data}, files
+    def volume(self, size=64 * MiB, chap=True, mutual=False):
+        vid = uuid.uuid4().hex[:12]
+        export = self.target.create_export(vid, size=size, chap=chap, mutual_chap=mutual)
+        info = self.target.initialize_connection(vid, {"host": "userspace-test", "initiator": HOST_IQN})
+        return info.to_dict(), export.device_path
 
     def sessions(self):
-        out = subprocess.run(self._adm("--op", "show", "--mode", "target"), capture_output=True, text=True).stdout
-        return out.count("Initiator: ")
-
-    def stop(self):
-        if self.proc.poll() is None:
-            out = subprocess.run(self._adm("--op", "show", "--mode", "target"), capture_output=True, text=True).stdout
-            for line in out.splitlines():
-                if line.startswith("Target "):
-                    subprocess.run(self._adm("--op", "delete", "--mode", "target", "--force", "--tid",
-                                             line.split()[1].rstrip(":")), capture_output=True)
-            subprocess.run(self._adm("--op", "delete", "--mode", "system"), capture_output=True)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
+        return sum(len(t.sessions) for t in self.tgt.admin.show_targets())
 
 
 @pytest.fixture(scope="module")
 def tgtd():
-    for tool in ("tgtd", "tgtadm", "qemu-storage-daemon"):
+    for tool in ("tgtd", "qemu-storage-daemon", "nbdfuse"):
         assert shutil.which(tool), f"{tool} is not installed (scripts/bootstrap)"
     assert os.path.exists("/dev/fuse"), "no /dev/fuse on this host"
     d = tempfile.mkdtemp(prefix="blocklink-us-tgt.")
-    t = Tgtd(d)
+    tgt = TgtDaemon.start()
     try:
-        yield t
+        yield Targets(tgt, d)
     finally:
-        t.stop()
+        tgt.stop()
         shutil.rmtree(d, ignore_errors=True)
 
 
@@ -155,7 +100,7 @@ def _daemon_pids(run_dir):
 
 
 def test_fuse_write_lands_in_backing_file_and_detach_leaves_nothing(tgtd, run_dir):
-    info, files = tgtd.target()
+    info, backing = tgtd.volume()
     conn = _conn(run_dir)
     t0 = time.monotonic()
     dev = conn.connect_volume(info)
@@ -166,7 +111,7 @@ def test_fuse_write_lands_in_backing_file_and_detach_leaves_nothing(tgtd, run_di
     assert oct(os.stat(run).st_mode & 0o777) == "0o700"
     assert "secret" not in os.listdir(run), "the CHAP secret file must be gone once the daemon is up"
     with open(f"/proc/{dev.extra['pid']}/cmdline", "rb") as f:
-        assert CHAP_PW.encode() not in f.read()
+        assert info["data"]["auth_password"].encode() not in f.read()
     assert tgtd.sessions() == 1
     data = os.urandom(4 * MiB)
     fd = os.open(dev.path, os.O_RDWR | os.O_DIRECT)
@@ -176,12 +121,12 @@ def test_fuse_write_lands_in_backing_file_and_detach_leaves_nothing(tgtd, run_di
         assert os.preadv(fd, [back], 5 * MiB) == len(data) and bytes(back) == data
     finally:
         os.close(fd)
-    with open(files[0], "rb") as f:
+    with open(backing, "rb") as f:
         f.seek(5 * MiB)
         assert f.read(len(data)) == data
     # and the other way round: bytes put in the backing file are read through the file
     other = os.urandom(MiB)
-    with open(files[0], "r+b") as f:
+    with open(backing, "r+b") as f:
         f.seek(20 * MiB)
         f.write(other)
     with open(dev.path, "rb") as f:
@@ -192,7 +137,7 @@ def test_fuse_write_lands_in_backing_file_and_detach_leaves_nothing(tgtd, run_di
     with open(dev.path, "r+b") as f, mmap.mmap(f.fileno(), 4 * MiB, offset=32 * MiB) as m:
         m[:] = mapped
         m.flush()
-    with open(files[0], "rb") as f:
+    with open(backing, "rb") as f:
         f.seek(32 * MiB)
         assert f.read(4 * MiB) == mapped
     assert conn.connect_volume(info).path == dev.path  # idempotent: same daemons
@@ -209,14 +154,14 @@ def test_fuse_write_lands_in_backing_file_and_detach_leaves_nothing(tgtd, run_di
 
 
 def test_wrong_initiator_and_wrong_chap_fail_typed_and_leave_nothing(tgtd, run_dir):
-    info, _ = tgtd.target()
+    info, _ = tgtd.volume()
     with pytest.raises(VolumeNotFound) as ei:
         _conn(run_dir, initiator_name="iqn.2024-01.test.blocklink:intruder").connect_volume(info)
     assert "ACL" in str(ei.value)
     bad = {"driver_volume_type": "iscsi", "data": dict(info["data"], auth_password="wrongpassword1")}
     with pytest.raises(AuthenticationFailed) as ei:
         _conn(run_dir).connect_volume(bad)
-    assert "wrongpassword1" not in str(ei.value) and CHAP_PW not in str(ei.value)
+    assert "wrongpassword1" not in str(ei.value) and info["data"]["auth_password"] not in str(ei.value)
     nolun = {"driver_volume_type": "iscsi", "data": dict(info["data"], target_lun=7)}
     with pytest.raises(VolumeNotFound):
         _conn(run_dir).connect_volume(nolun)
@@ -224,7 +169,7 @@ def test_wrong_initiator_and_wrong_chap_fail_typed_and_leave_nothing(tgtd, run_d
 
 
 def test_first_reachable_portal_is_used(tgtd, run_dir):
-    info, files = tgtd.target()
+    info, _ = tgtd.volume()
     d = info["data"]
     dead = f"127.0.0.1:{_free_port()}"  # nothing listens there
     multi = {"driver_volume_type": "iscsi", "data": dict(
@@ -242,8 +187,8 @@ def test_first_reachable_portal_is_used(tgtd, run_dir):
 
 
 def test_read_only_attach(tgtd, run_dir):
-    info, files = tgtd.target(chap=False)
-    with open(files[0], "r+b") as f:
+    info, backing = tgtd.volume(chap=False)
+    with open(backing, "r+b") as f:
         f.write(b"ro-check" * 512)
     ro = {"driver_volume_type": "iscsi", "data": dict(info["data"], access_mode="ro")}
     conn = _conn(run_dir)
@@ -262,26 +207,25 @@ def test_read_only_attach(tgtd, run_dir):
 
 
 def test_mutual_chap_refused_unless_one_way_allowed(tgtd, run_dir):
-    info, files = tgtd.target(mutual=("mutualuser", "mutualsecret99"))
-    mutual = {"driver_volume_type": "iscsi", "data": dict(info["data"], auth_username_in="mutualuser",
-                                                              auth_password_in="mutualsecret99")}
+    mutual, backing = tgtd.volume(mutual=True)
+    secret_in = mutual["data"]["auth_password_in"]
     with pytest.raises(InvalidConnectionInfo) as ei:
         _conn(run_dir).connect_volume(mutual)
-    assert ei.value.field == "data.auth_password_in" and "mutualsecret99" not in str(ei.value)
+    assert ei.value.field == "data.auth_password_in" and secret_in not in str(ei.value)
     assert os.listdir(run_dir) in ([], ["locks"])
     conn = _conn(run_dir, allow_one_way_chap=True)
     dev = conn.connect_volume(mutual)
     try:
         with open(dev.path, "r+b", buffering=0) as f:
             f.write(b"one-way".ljust(512, b"\0"))  # the file takes block-aligned I/O, like a disk
-        with open(files[0], "rb") as f:
+        with open(backing, "rb") as f:
             assert f.read(7) == b"one-way"
     finally:
         conn.disconnect_volume(mutual, dev)
 
 
 def test_dead_daemon_is_reported_and_cleaned(tgtd, run_dir):
-    info, _ = tgtd.target()
+    info, _ = tgtd.volume()
     conn = _conn(run_dir)
     dev = conn.connect_volume(info)
     pid = dev.extra["pid"]
@@ -303,7 +247,7 @@ def test_dead_daemon_is_reported_and_cleaned(tgtd, run_dir):
 
 
 def test_open_file_blocks_detach_unless_forced(tgtd, run_dir):
-    info, _ = tgtd.target()
+    info, _ = tgtd.volume()
     conn = _conn(run_dir)
     dev = conn.connect_volume(info)
     f = open(dev.path, "rb")
@@ -318,7 +262,7 @@ def test_open_file_blocks_detach_unless_forced(tgtd, run_dir):
 
 
 def test_nbd_export(tgtd, run_dir):
-    info, files = tgtd.target()
+    info, backing = tgtd.volume()
     conn = _conn(run_dir, export="nbd")
     dev = conn.connect_volume(info)
     try:
@@ -328,7 +272,7 @@ def test_nbd_export(tgtd, run_dir):
             f.write(os.urandom(2 * MiB))
         subprocess.run(["qemu-img", "convert", "-n", "-f", "raw", "-O", "raw", pattern, dev.extra["uri"]],
                        check=True, capture_output=True)
-        with open(pattern, "rb") as a, open(files[0], "rb") as b:
+        with open(pattern, "rb") as a, open(backing, "rb") as b:
             assert a.read() == b.read(2 * MiB)
         os.unlink(pattern)
         # a connected NBD client makes a plain detach refuse
@@ -349,7 +293,7 @@ def test_nbd_export(tgtd, run_dir):
 
 
 def test_vhost_user_blk_export_answers_the_protocol(tgtd, run_dir):
-    info, _ = tgtd.target()
+    info, _ = tgtd.volume()
     conn = _conn(run_dir, export="vhost-user-blk")
     dev = conn.connect_volume(info)
     try:
@@ -365,8 +309,9 @@ def test_vhost_user_blk_export_answers_the_protocol(tgtd, run_dir):
 
 
 def test_eight_volumes_concurrently(tgtd, run_dir):
-    info, files = tgtd.target(luns=8, size=32 * MiB)
-    infos = [{"driver_volume_type": "iscsi", "data": dict(info["data"], target_lun=n)} for n in range(1, 9)]
+    volumes = [tgtd.volume(size=32 * MiB) for _ in range(8)]
+    infos = [v[0] for v in volumes]
+    files = [v[1] for v in volumes]
     conn = _conn(run_dir)
     payloads = [os.urandom(MiB) for _ in infos]
     t0 = time.monotonic()
