@@ -47,6 +47,13 @@ class Targets:
         info = self.target.initialize_connection(vid, {"host": "userspace-test", "initiator": HOST_IQN})
         return info.to_dict(), export.device_path
 
+    def grow(self, info, backing, size):
+        """Grow the LUN under a live session: tgtd re-reads the size only for a re-created LU."""
+        tid = next(t.tid for t in self.tgt.admin.show_targets() if t.iqn == info["data"]["target_iqn"])
+        os.truncate(backing, size)
+        self.tgt.admin.delete_lun(tid, 1)
+        self.tgt.admin.new_lun(tid, 1, backing)
+
     def sessions(self):
         return sum(len(t.sessions) for t in self.tgt.admin.show_targets())
 
@@ -341,3 +348,22 @@ def test_eight_volumes_concurrently(tgtd, run_dir):
         detach_s = time.monotonic() - t0
     assert _daemon_pids(run_dir) == [] and tgtd.sessions() == 0
     print(f"8 concurrent iSCSI userspace attaches in {attach_s * 1000:.0f} ms, detaches in {detach_s * 1000:.0f} ms")
+
+
+def test_extend_shows_the_grown_lun(tgtd, run_dir):
+    info, backing = tgtd.volume()
+    conn = _conn(run_dir)
+    dev = conn.connect_volume(info)
+    try:
+        tgtd.grow(info, backing, 80 * MiB)
+        assert conn.extend_volume(info) == 80 * MiB
+        assert os.stat(dev.path).st_size == 80 * MiB and conn.check_health(info).size == 80 * MiB
+        tail = os.urandom(MiB)
+        with open(dev.path, "r+b", buffering=0) as f:
+            f.seek(79 * MiB)
+            f.write(tail)
+        with open(backing, "rb") as f:
+            f.seek(79 * MiB)
+            assert f.read(MiB) == tail
+    finally:
+        conn.disconnect_volume(info, dev)
