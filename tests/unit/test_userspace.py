@@ -498,3 +498,14 @@ def test_rbd_spec_generated_conf_and_key_secret(tmp_path):
 def test_rbd_errors_are_typed(stderr, error, text):
     a = UserspaceRBDConnector()._classify("volumes/v", f'qemu-storage-daemon: --blockdev {{"pool": "volumes"}}: {stderr}')
     assert type(a.error) is error and text in str(a.error) and not a.retry
+
+
+def test_registry_targets_resolve_to_the_connectors():
+    import importlib
+
+    from blocklink.initiator.userspace import USERSPACE_CONNECTORS
+
+    for protocol, ref in USERSPACE_CONNECTORS.items():
+        mod, _, attr = ref.partition(":")
+        cls = getattr(importlib.import_module(mod), attr)
+        assert cls.protocol == protocol
