@@ -18,8 +18,10 @@ live configuration from that file (only its own storage object and target), else
 
 rtslib talks to configfs, which needs root: the configfs work runs in :func:`blocklink.privileged.
 entrypoint` functions (direct calls as root, oslo.privsep otherwise) that take and return plain
-data. Mutations run under one inter-process lock per host (rtslib-fb is not safe against concurrent
-writers, as Cinder also found), inside the per-volume lock.
+data (privsep's channel carries msgpack). oslo.privsep logs every *reply* at debug level, so CHAP
+secrets read back from configfs travel sealed with a one-time pad the caller sent in its request
+(requests are not logged). Mutations run under one inter-process lock per host (rtslib-fb is not
+safe against concurrent writers, as Cinder also found), inside the per-volume lock.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import os
 import stat
 import warnings
 from dataclasses import dataclass
-from typing import Any, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from blocklink.connection import Portal
 from blocklink.errors import ExportNotFound, InvalidConnectionInfo, MissingDependency, TargetError
@@ -41,8 +43,16 @@ from blocklink.target.chap import ChapCredentials
 LOG = get_logger(__name__)
 
 Creds = Union[bool, ChapCredentials, Tuple[str, str], None]
-Cred = Optional[Tuple[str, Secret]]
 _RTSLIB: Any = None  # tests may install a stand-in module here
+
+
+class LioError(Exception):
+    """Raised inside the privileged functions; plain string args so oslo.privsep can carry it back."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(kind, message)
+        self.kind = kind
+        self.message = message
 
 
 def _rts() -> Any:
@@ -51,7 +61,7 @@ def _rts() -> Any:
         try:
             import rtslib_fb
         except ImportError:
-            raise MissingDependency("rtslib_fb", "install rtslib-fb (pip install blocklink[lio])") from None
+            raise LioError("missing", "install rtslib-fb (pip install blocklink[lio])") from None
         _RTSLIB = rtslib_fb
     return _RTSLIB
 
@@ -63,7 +73,39 @@ def _root() -> Any:
         try:
             return rts.RTSRoot()
         except rts.RTSLibError as e:
-            raise TargetError("LIO", f"configfs/target_core_mod unavailable: {e}") from None
+            raise LioError("unavailable", f"configfs/target_core_mod unavailable: {e}") from None
+
+
+def _call(what: str, fn: Any, *args: Any) -> Any:
+    """Call a privileged function; turn its LioError into blocklink's typed errors."""
+    try:
+        return fn(*args)
+    except LioError as e:
+        if e.kind == "missing":
+            raise MissingDependency("rtslib_fb", e.message) from None
+        if e.kind == "notfound":
+            raise ExportNotFound(what, e.message) from None
+        raise TargetError(what if e.kind != "unavailable" else "LIO", e.message) from None
+
+
+# Secrets read back from configfs cross the privsep channel sealed with a one-time pad the caller
+# sends in its request (oslo.privsep logs replies at debug level, never requests).
+_PAD_BYTES = 256
+
+
+def new_pad() -> str:
+    return os.urandom(_PAD_BYTES).hex()
+
+
+def _seal(value: str, pad: str) -> str:
+    data, key = value.encode(), bytes.fromhex(pad)
+    if len(data) > len(key):
+        raise LioError("error", "secret longer than the pad")
+    return bytes(a ^ b for a, b in zip(data, key)).hex()
+
+
+def _unseal(sealed: str, pad: str) -> Secret:
+    return Secret(bytes(a ^ b for a, b in zip(bytes.fromhex(sealed), bytes.fromhex(pad))).decode())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -72,6 +114,8 @@ def _root() -> Any:
 
 @dataclass(frozen=True)
 class LioSpec:
+    """What to create; crosses the privilege boundary as a plain dict (:meth:`to_wire`)."""
+
     iqn: str
     so_name: str
     device_path: str
@@ -79,9 +123,17 @@ class LioSpec:
     size: Optional[int]
     portals: Tuple[Tuple[str, int], ...]
     iser: bool = False
-    chap: Cred = None
-    mutual: Cred = None
+    chap: Optional[ChapCredentials] = None
+    mutual: Optional[ChapCredentials] = None
     discard: bool = False
+
+    def to_wire(self) -> Dict[str, Any]:
+        d = {k: getattr(self, k) for k in ("iqn", "so_name", "device_path", "backstore", "size", "iser", "discard")}
+        d["portals"] = [list(p) for p in self.portals]
+        for k in ("chap", "mutual"):
+            c = getattr(self, k)
+            d[k] = [c.username, c.password.reveal()] if c is not None else None
+        return d
 
 
 @dataclass(frozen=True)
@@ -92,18 +144,28 @@ class LioState:
     device_path: str
     portals: Tuple[Tuple[str, int, bool], ...]
     initiators: Tuple[str, ...]
-    chap: Cred
-    mutual: Cred
+    chap: Optional[ChapCredentials]
+    mutual: Optional[ChapCredentials]
     luns: Tuple[int, ...]
     enabled: bool
+
+    @classmethod
+    def from_wire(cls, d: Dict[str, Any], pad: str) -> "LioState":
+        def creds(v: Any) -> Optional[ChapCredentials]:
+            return ChapCredentials(v[0], _unseal(v[1], pad)) if v else None
+
+        return cls(iqn=d["iqn"], so_name=d["so_name"], backstore=d["backstore"], device_path=d["device_path"],
+                   portals=tuple((p[0], int(p[1]), bool(p[2])) for p in d["portals"]),
+                   initiators=tuple(d["initiators"]), chap=creds(d["chap"]), mutual=creds(d["mutual"]),
+                   luns=tuple(d["luns"]), enabled=bool(d["enabled"]))
 
 
 def _ip(host: str) -> str:
     return f"[{host}]" if ":" in host else host  # rtslib wants IPv6 portals bracketed
 
 
-def _cred(user: Optional[str], password: Optional[str]) -> Cred:
-    return (user, Secret(password)) if user and password else None
+def _cred(user: Optional[str], password: Optional[str]) -> Optional[List[str]]:
+    return [user, password] if user and password else None
 
 
 def _find_target(root: Any, iqn: str) -> Any:
@@ -120,30 +182,34 @@ def _find_so(root: Any, name: str) -> Any:
     return None
 
 
-def _state(t: Any) -> LioState:
+def _state(t: Any, pad: str) -> Dict[str, Any]:
     tpg = next(iter(t.tpgs))
     luns = list(tpg.luns)
     so = luns[0].storage_object if luns else None
-    return LioState(
-        iqn=t.wwn, so_name=so.name if so else "", backstore=so.plugin if so else "",
-        device_path=so.udev_path if so else "",
-        portals=tuple((p.ip_address, int(p.port), bool(p.iser)) for p in tpg.network_portals),
-        initiators=tuple(a.node_wwn for a in tpg.node_acls),
-        chap=_cred(tpg.chap_userid, tpg.chap_password), mutual=_cred(tpg.chap_mutual_userid, tpg.chap_mutual_password),
-        luns=tuple(sorted(int(lun.lun) for lun in luns)), enabled=bool(tpg.enable))
+
+    def sealed(user: Optional[str], password: Optional[str]) -> Optional[List[str]]:
+        return [user, _seal(password, pad)] if user and password else None
+
+    return {"iqn": t.wwn, "so_name": so.name if so else "", "backstore": so.plugin if so else "",
+            "device_path": so.udev_path if so else "",
+            "portals": [[p.ip_address, int(p.port), bool(p.iser)] for p in tpg.network_portals],
+            "initiators": [a.node_wwn for a in tpg.node_acls],
+            "chap": sealed(tpg.chap_userid, tpg.chap_password),
+            "mutual": sealed(tpg.chap_mutual_userid, tpg.chap_mutual_password),
+            "luns": sorted(int(lun.lun) for lun in luns), "enabled": bool(tpg.enable)}
 
 
-def _set_acl_auth(acl: Any, chap: Cred, mutual: Cred) -> None:
+def _set_acl_auth(acl: Any, chap: Optional[List[str]], mutual: Optional[List[str]]) -> None:
     if chap is not None:
-        acl.chap_userid, acl.chap_password = chap[0], chap[1].reveal()
+        acl.chap_userid, acl.chap_password = chap[0], chap[1]
     if mutual is not None:
-        acl.chap_mutual_userid, acl.chap_mutual_password = mutual[0], mutual[1].reveal()
+        acl.chap_mutual_userid, acl.chap_mutual_password = mutual[0], mutual[1]
 
 
 @entrypoint
-def lio_find(iqn: str) -> Optional[LioState]:
+def lio_find(iqn: str, pad: str) -> Optional[Dict[str, Any]]:
     t = _find_target(_root(), iqn)
-    return _state(t) if t is not None else None
+    return _state(t, pad) if t is not None else None
 
 
 @entrypoint
@@ -152,35 +218,36 @@ def lio_list(prefix: str) -> List[str]:
 
 
 @entrypoint
-def lio_create(spec: LioSpec) -> LioState:
+def lio_create(spec: Dict[str, Any], pad: str) -> Dict[str, Any]:
     rts = _rts()
     root = _root()
-    if _find_target(root, spec.iqn) is not None or _find_so(root, spec.so_name) is not None:
-        raise TargetError(spec.iqn, "target or storage object already exists")
+    if _find_target(root, spec["iqn"]) is not None or _find_so(root, spec["so_name"]) is not None:
+        raise LioError("exists", "target or storage object already exists")
     so = target = None
     try:
-        if spec.backstore == "block":
-            so = rts.BlockStorageObject(spec.so_name, dev=spec.device_path)
+        if spec["backstore"] == "block":
+            so = rts.BlockStorageObject(spec["so_name"], dev=spec["device_path"])
         else:
-            so = rts.FileIOStorageObject(spec.so_name, dev=spec.device_path, size=spec.size, write_back=False)
-        if spec.discard:
+            so = rts.FileIOStorageObject(spec["so_name"], dev=spec["device_path"], size=spec["size"],
+                                         write_back=False)
+        if spec["discard"]:
             so.set_attribute("emulate_tpu", "1")
-        target = rts.Target(rts.FabricModule("iscsi"), spec.iqn, "create")
+        target = rts.Target(rts.FabricModule("iscsi"), spec["iqn"], "create")
         tpg = rts.TPG(target, 1, "create")
-        tpg.set_attribute("authentication", "1" if spec.chap else "0")
+        tpg.set_attribute("authentication", "1" if spec["chap"] else "0")
         tpg.set_attribute("generate_node_acls", "0")
         tpg.set_attribute("demo_mode_write_protect", "1")
-        if spec.chap is not None:  # kept with the target (used by LIO only in demo mode, which is off)
-            tpg.chap_userid, tpg.chap_password = spec.chap[0], spec.chap[1].reveal()
-        if spec.mutual is not None:
-            tpg.chap_mutual_userid, tpg.chap_mutual_password = spec.mutual[0], spec.mutual[1].reveal()
+        if spec["chap"]:  # kept with the target (used by LIO only in demo mode, which is off)
+            tpg.chap_userid, tpg.chap_password = spec["chap"]
+        if spec["mutual"]:
+            tpg.chap_mutual_userid, tpg.chap_mutual_password = spec["mutual"]
         rts.LUN(tpg, 0, so)
-        for host, port in spec.portals:
+        for host, port in spec["portals"]:
             portal = rts.NetworkPortal(tpg, _ip(host), port, "any")
-            if spec.iser:
+            if spec["iser"]:
                 portal.iser = True
         tpg.enable = True
-        return _state(target)
+        return _state(target, pad)
     except rts.RTSLibError as e:
         for obj in (target, so):
             if obj is not None:
@@ -188,7 +255,7 @@ def lio_create(spec: LioSpec) -> LioState:
                     obj.delete()
                 except rts.RTSLibError:
                     pass
-        raise TargetError(spec.iqn, f"LIO refused the export: {e}") from None
+        raise LioError("refused", f"LIO refused the export: {e}") from None
 
 
 @entrypoint
@@ -207,11 +274,11 @@ def lio_delete(iqn: str, so_name: str) -> bool:
 
 
 @entrypoint
-def lio_add_acl(iqn: str, initiator: str) -> LioState:
+def lio_add_acl(iqn: str, initiator: str, pad: str) -> Dict[str, Any]:
     rts = _rts()
     t = _find_target(_root(), iqn)
     if t is None:
-        raise ExportNotFound(iqn, "no such LIO target")
+        raise LioError("notfound", "no such LIO target")
     tpg = next(iter(t.tpgs))
     if not any(a.node_wwn.lower() == initiator.lower() for a in tpg.node_acls):
         acl = rts.NodeACL(tpg, initiator, "create")
@@ -221,8 +288,8 @@ def lio_add_acl(iqn: str, initiator: str) -> LioState:
             rts.MappedLUN(acl, 0, tpg_lun=0)
         except rts.RTSLibError as e:
             acl.delete()
-            raise TargetError(iqn, f"LIO refused the ACL for {initiator}: {e}") from None
-    return _state(t)
+            raise LioError("refused", f"LIO refused the ACL for {initiator}: {e}") from None
+    return _state(t, pad)
 
 
 @entrypoint
@@ -244,12 +311,12 @@ def lio_save(path: str) -> None:
     try:
         _root().save_to_file(path)
     except Exception as e:  # rtslib raises OSError or a NameError from its own error path
-        raise TargetError("LIO", f"cannot save the configuration to {path}: {e}") from None
+        raise LioError("save", f"cannot save the configuration to {path}: {e}") from None
     os.chmod(path, stat.S_IRUSR | stat.S_IWUSR)
 
 
 @entrypoint
-def lio_restore_one(path: str, iqn: str, so_name: str) -> Optional[LioState]:
+def lio_restore_one(path: str, iqn: str, so_name: str, pad: str) -> Optional[Dict[str, Any]]:
     """Re-create one volume's storage object and target from a saved configuration (None if absent)."""
     try:
         with open(path) as f:
@@ -271,9 +338,9 @@ def lio_restore_one(path: str, iqn: str, so_name: str) -> Optional[LioState]:
         for obj in (_find_target(root, iqn), _find_so(root, so_name)):
             if obj is not None:
                 obj.delete()
-        raise TargetError(iqn, f"cannot restore from {path}: {e}") from None
+        raise LioError("restore", f"cannot restore from {path}: {e}") from None
     t = _find_target(root, iqn)
-    return _state(t) if t is not None else None
+    return _state(t, pad) if t is not None else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -308,6 +375,11 @@ class LioTarget(IscsiTargetHelper):
     def _config_lock(self) -> Any:
         return self.locks.lock("lio-config")
 
+    def _find(self, iqn: str) -> Optional[LioState]:
+        pad = new_pad()
+        d = _call(iqn, lio_find, iqn, pad)
+        return LioState.from_wire(d, pad) if d is not None else None
+
     # ------------------------------------------------------------------ interface
     def create_export(self, volume_id: str, device_path: Optional[str] = None, *, size: Optional[int] = None,
                       chap: Creds = True, mutual_chap: Creds = False) -> Export:
@@ -319,7 +391,7 @@ class LioTarget(IscsiTargetHelper):
         if outgoing is not None and incoming is None:
             raise InvalidConnectionInfo("mutual_chap", "needs chap as well")
         with self._volume_lock(volume_id):
-            if lio_find(iqn) is not None:
+            if self._find(iqn) is not None:
                 raise TargetError(iqn, "already exported (use ensure_export to re-apply)")
             return self._create(volume_id, iqn, path, size, incoming, outgoing)
 
@@ -328,10 +400,12 @@ class LioTarget(IscsiTargetHelper):
         check_volume_id(volume_id)
         iqn = self.target_iqn(volume_id)
         with self._volume_lock(volume_id):
-            state = lio_find(iqn)
+            state = self._find(iqn)
             if state is None and self.save_file is not None:
+                pad = new_pad()
                 with self._config_lock():
-                    state = lio_restore_one(self.save_file, iqn, self.volume_name(volume_id))
+                    d = _call(iqn, lio_restore_one, self.save_file, iqn, self.volume_name(volume_id), pad)
+                state = LioState.from_wire(d, pad) if d is not None else None
                 if state is not None:
                     LOG.info("lio: restored %s from %s", iqn, self.save_file)
             if state is None:
@@ -345,24 +419,25 @@ class LioTarget(IscsiTargetHelper):
         iqn = self.target_iqn(volume_id)
         with self._volume_lock(volume_id):
             with self._config_lock():
-                found = lio_delete(iqn, self.volume_name(volume_id))
+                found = _call(iqn, lio_delete, iqn, self.volume_name(volume_id))
                 if found:
                     self._save()
         LOG.info("lio: removed export %s", iqn)
 
     def get_export(self, volume_id: str) -> Optional[Export]:
-        state = lio_find(self.target_iqn(volume_id))
+        state = self._find(self.target_iqn(volume_id))
         return self._export(volume_id, state) if state is not None else None
 
     def list_exports(self) -> List[str]:
-        return sorted(v for v in (self.volume_id_of(i) for i in lio_list(self.iqn_prefix)) if v is not None)
+        return sorted(v for v in (self.volume_id_of(i) for i in _call("LIO", lio_list, self.iqn_prefix))
+                      if v is not None)
 
     def save(self) -> None:
         """Write the whole LIO configuration to ``save_file`` (``cinder-rtstool save``)."""
         if self.save_file is None:
             raise TargetError("LIO", "no save_file configured")
         with self._config_lock():
-            lio_save(self.save_file)
+            _call("LIO", lio_save, self.save_file)
 
     def restore_all(self) -> List[str]:
         """``ensure_export`` for every volume of ours in ``save_file`` (e.g. after a reboot); their ids."""
@@ -382,10 +457,11 @@ class LioTarget(IscsiTargetHelper):
     def _allow_initiator(self, volume_id: str, initiator: str) -> Export:
         iqn = self.target_iqn(volume_id)
         with self._volume_lock(volume_id):
-            if lio_find(iqn) is None:
+            if self._find(iqn) is None:
                 raise ExportNotFound(iqn, "volume is not exported")
+            pad = new_pad()
             with self._config_lock():
-                state = lio_add_acl(iqn, initiator)
+                state = LioState.from_wire(_call(iqn, lio_add_acl, iqn, initiator, pad), pad)
                 self._save()
             return self._export(volume_id, state)
 
@@ -393,7 +469,7 @@ class LioTarget(IscsiTargetHelper):
         iqn = self.target_iqn(volume_id)
         with self._volume_lock(volume_id):
             with self._config_lock():
-                if lio_remove_acl(iqn, initiator):
+                if _call(iqn, lio_remove_acl, iqn, initiator):
                     self._save()
 
     # ------------------------------------------------------------------ mechanics
@@ -401,7 +477,7 @@ class LioTarget(IscsiTargetHelper):
         """Persist after a change (caller holds the config lock). A failed save does not undo the change."""
         if self.save_file is not None:
             try:
-                lio_save(self.save_file)
+                _call("LIO", lio_save, self.save_file)
             except TargetError as e:
                 LOG.warning("lio: %s", e)
 
@@ -414,11 +490,11 @@ class LioTarget(IscsiTargetHelper):
         spec = LioSpec(iqn=iqn, so_name=self.volume_name(volume_id), device_path=path, backstore=backstore,
                        size=os.stat(path).st_size if backstore == "fileio" else None,
                        portals=tuple((p.host, p.port) for p in self.portals), iser=self.iser,
-                       chap=(incoming.username, incoming.password) if incoming else None,
-                       mutual=(outgoing.username, outgoing.password) if outgoing else None, discard=self.discard)
+                       chap=incoming, mutual=outgoing, discard=self.discard)
+        pad = new_pad()
         try:
             with self._config_lock():
-                state = lio_create(spec)
+                state = LioState.from_wire(_call(iqn, lio_create, spec.to_wire(), pad), pad)
                 self._save()
         except BaseException:
             if created:
@@ -428,8 +504,7 @@ class LioTarget(IscsiTargetHelper):
         return self._export(volume_id, state)
 
     def _export(self, volume_id: str, state: LioState) -> Export:
-        chap = ChapCredentials(state.chap[0], state.chap[1]) if state.chap else None
-        mutual = ChapCredentials(state.mutual[0], state.mutual[1]) if state.mutual else None
         return Export(volume_id=volume_id, iqn=state.iqn, lun=self.volume_lun, portals=self.portals,
-                      device_path=state.device_path, chap=chap, mutual_chap=mutual, initiators=state.initiators,
+                      device_path=state.device_path, chap=state.chap, mutual_chap=state.mutual,
+                      initiators=state.initiators,
                       backstore=state.backstore, extra={"portals_live": state.portals, "enabled": state.enabled})

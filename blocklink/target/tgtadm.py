@@ -11,7 +11,8 @@ layout has been stable since tgt 1.0.60 (2015) and was checked against Debian's 
 current 1.0.97. The password then exists only in this process and in tgtd: no argv, no file.
 
 tgtd accepts only peers with its own uid (SO_PEERCRED), i.e. root; the socket I/O therefore runs
-in :func:`tgt_request`, a :func:`blocklink.privileged.entrypoint` (a direct call when root).
+in :func:`tgt_request`, a :func:`blocklink.privileged.entrypoint` (a direct call when root; over
+oslo.privsep's private socketpair otherwise, which logs replies but not requests).
 
 The text of ``show`` is the same as ``tgtadm --op show`` prints; :func:`parse_show_targets` reads it.
 """
@@ -72,13 +73,17 @@ Part = Union[str, Secret]
 
 
 @entrypoint
-def tgt_request(socket_path: str, mode: int, op: int, parts: Sequence[Part], tid: int = -1,
+def tgt_request(socket_path: str, mode: int, op: int, body_text: str, tid: int = -1,
                 lun: int = 2**64 - 1, sid: int = 0, cid: int = 0, ac_dir: int = 0, force: bool = False,
                 lld: str = "iscsi", timeout: float = 30.0) -> Tuple[int, str]:
-    """Send one request to tgtd; returns (tgtd error code, response text). Secrets are revealed here only."""
+    """Send one request to tgtd; returns (tgtd error code, response text).
+
+    Plain types only (oslo.privsep's channel carries msgpack); the body may hold a CHAP secret,
+    which is fine there: privsep logs replies at debug level, never requests.
+    """
     if not socket_path.startswith("/") or "\x00" in socket_path:
         raise ValueError("socket_path must be an absolute path")
-    body = "".join(p.reveal() if isinstance(p, Secret) else p for p in parts).encode()
+    body = body_text.encode()
     if body:
         body += b"\x00"
     header = _REQ.pack(mode, op, lld.encode(), _REQ.size + len(body), tid, sid, lun, cid, 0, 0, ac_dir, 0,
@@ -266,7 +271,8 @@ class TgtAdmin:
 
     def request(self, mode: int, op: int, parts: Sequence[Part] = (), *, what: str = "tgtd", **kw: Any) -> str:
         try:
-            err, text = tgt_request(self.socket_path, mode, op, list(parts), timeout=self.timeout, **kw)
+            body = "".join(p.reveal() if isinstance(p, Secret) else p for p in parts)  # revealed only here
+            err, text = tgt_request(self.socket_path, mode, op, body, timeout=self.timeout, **kw)
         except (OSError, ConnectionError) as e:
             raise TargetError(f"tgtd at {self.socket_path}", f"management socket: {e.strerror or e}") from None
         if err:

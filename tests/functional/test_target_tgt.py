@@ -281,3 +281,31 @@ def test_scsi_identity_is_the_volume_id(target_env: TgtEnv) -> None:
                                    f"iscsi://{data['auth_username']}@{data['target_portal']}/"
                                    f"{data['target_iqn']}/1"], {"LIBISCSI_CHAP_PASSWORD": data["auth_password"]})
     assert p.returncode == 0 and f"Unit Serial Number:[{vid}]" in p.stdout, p.stdout + p.stderr
+
+
+def test_requests_cross_the_privsep_channel(target_env: TgtEnv) -> None:
+    """As a non-root caller would: every tgtd request (the CHAP secret included) goes through privsep."""
+    import sys
+
+    h = target_env.helper
+    code = (
+        "import json, os, sys, blocklink.privileged as p\n"
+        "from oslo_privsep import priv_context\n"
+        "from blocklink.target.tgt import TgtTarget\n"
+        "p.context.start(priv_context.Method.FORK)\n"
+        "kw = json.loads(sys.argv[1])\n"
+        "h = TgtTarget(**kw)\n"
+        "e = h.create_export('privsep1', size=1 << 20, mutual_chap=True)\n"
+        "d = h.initialize_connection('privsep1', {'host': 'h', 'initiator': sys.argv[2]}).data_dict()\n"
+        "print(json.dumps({'data': d, 'privsep': p.privsep_started()}))\n"
+        "p.context.stop()\n")
+    kw = dict(portals=[p.text for p in h.portals], control_port=h.control_port, config_dir=h.store.directory,
+              lock_path=h.locks.lock_path, backing_dir=h.backing_dir)
+    import json
+
+    out = subprocess.run([sys.executable, "-c", code, json.dumps(kw), HOST_A], capture_output=True, text=True,
+                         env=dict(os.environ, BLOCKLINK_PRIVSEP="force"), timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["privsep"] is True
+    assert target_env.initiator.login(res["data"], HOST_A).ok

@@ -338,4 +338,42 @@ def test_missing_rtslib_is_a_typed_error(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setattr(lio, "_RTSLIB", None)
     monkeypatch.setattr(builtins, "__import__", no_rtslib)
     with pytest.raises(MissingDependency):
-        lio.lio_list("iqn.")
+        LioTarget(portals=["10.0.0.1:3260"]).list_exports()
+
+
+def test_seal_round_trip() -> None:
+    pad = lio.new_pad()
+    sealed = lio._seal("Sup3r-Secret-Value", pad)
+    assert "Sup3r" not in sealed and lio._unseal(sealed, pad).reveal() == "Sup3r-Secret-Value"
+
+
+def test_through_privsep_no_secret_in_its_logs(tmp_path: Any) -> None:
+    """As a non-root caller: LIO calls cross oslo.privsep (msgpack), whose debug log of every reply
+    must not show the CHAP secrets read back from the configuration."""
+    import subprocess
+    import sys
+
+    code = (
+        "import json, logging, sys\n"
+        "logging.basicConfig(level=logging.DEBUG, stream=sys.stderr)\n"
+        "import blocklink.privileged as p\n"
+        "from oslo_privsep import priv_context\n"
+        "from blocklink.target import lio\n"
+        "from tests.unit import test_target_lio as t\n"
+        "lio._RTSLIB = t.FakeRtslib\n"
+        "p.context.start(priv_context.Method.FORK)\n"
+        "h = lio.LioTarget(portals=['10.0.0.1:3260'], backing_dir=sys.argv[1], lock_path=sys.argv[1] + '/l')\n"
+        "e = h.create_export('v1', size=1 << 20, mutual_chap=True)\n"
+        "d = h.initialize_connection('v1', {'host': 'h', 'initiator': t.HOST_A}).data_dict()\n"
+        "again = h.get_export('v1')\n"
+        "print(json.dumps([e.chap.password.reveal(), e.mutual_chap.password.reveal(), d['auth_password'],\n"
+        "                  again.chap.password.reveal(), p.privsep_started()]))\n"
+        "p.context.stop()\n")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, cwd=root,
+                         env=dict(os.environ, BLOCKLINK_PRIVSEP="force"), timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    pw, mutual, info_pw, again_pw, started = json.loads(out.stdout.strip().splitlines()[-1])
+    assert started is True and pw == info_pw == again_pw
+    assert "privsep: reply" in out.stderr  # the daemon did log its replies ...
+    assert pw not in out.stderr and mutual not in out.stderr  # ... without the secrets
