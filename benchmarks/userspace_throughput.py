@@ -109,15 +109,28 @@ def qemu_io_seq(image_opts: str, secret_file: Optional[str], size: int) -> Tuple
 # ---------------------------------------------------------------------------------------------- setups
 
 
-def _attached(conn: Any, info: Any, size: int) -> Tuple[float, float]:
+Measure = Dict[str, float]  # "write"/"read" MiB/s, and for attached files "attach ms"/"detach ms"
+
+
+def _attached(conn: Any, info: Any, size: int) -> Measure:
+    t0 = time.perf_counter()
     dev = conn.connect_volume(info)
+    attach = (time.perf_counter() - t0) * 1000
     try:
-        return file_seq(dev.path, size)
+        w, r = file_seq(dev.path, size)
     finally:
+        t0 = time.perf_counter()
         conn.disconnect_volume(info, dev)
+        detach = (time.perf_counter() - t0) * 1000
+    return {"write": w, "read": r, "attach ms": attach, "detach ms": detach}
 
 
-def rbd_paths(work: str, size: int) -> Tuple[Dict[str, Callable[[], Tuple[float, float]]], Callable[[], None]]:
+def _direct(fn: Callable[[], Tuple[float, float]]) -> Measure:
+    w, r = fn()
+    return {"write": w, "read": r}
+
+
+def rbd_paths(work: str, size: int) -> Tuple[Dict[str, Callable[[], Measure]], Callable[[], None]]:
     from blocklink.initiator.userspace import UserspaceRBDConnector
     from blocklink.testing.ceph import CephCluster
 
@@ -131,7 +144,7 @@ def rbd_paths(work: str, size: int) -> Tuple[Dict[str, Callable[[], Tuple[float,
             "userspace file (nbdfuse)": lambda: _attached(UserspaceRBDConnector(run_dir=run_dir), info, size),
             "userspace file (qsd FUSE)": lambda: _attached(
                 UserspaceRBDConnector(run_dir=run_dir, file_bridge="qsd"), info, size),
-            "direct librbd (python rbd)": lambda: librbd_seq(ceph.conffile, ceph.pool, "bench", size),
+            "direct librbd (python rbd)": lambda: _direct(lambda: librbd_seq(ceph.conffile, ceph.pool, "bench", size)),
         }
     except BaseException:
         ceph.stop()
@@ -139,7 +152,7 @@ def rbd_paths(work: str, size: int) -> Tuple[Dict[str, Callable[[], Tuple[float,
     return paths, ceph.stop
 
 
-def iscsi_paths(work: str, size: int) -> Tuple[Dict[str, Callable[[], Tuple[float, float]]], Callable[[], None]]:
+def iscsi_paths(work: str, size: int) -> Tuple[Dict[str, Callable[[], Measure]], Callable[[], None]]:
     from blocklink.initiator.qsd import write_private
     from blocklink.initiator.userspace import UserspaceISCSIConnector
     from blocklink.testing.tgt import TgtDaemon
@@ -162,7 +175,7 @@ def iscsi_paths(work: str, size: int) -> Tuple[Dict[str, Callable[[], Tuple[floa
                 UserspaceISCSIConnector(run_dir=run_dir, initiator_name=INITIATOR), info, size),
             "userspace file (qsd FUSE)": lambda: _attached(
                 UserspaceISCSIConnector(run_dir=run_dir, initiator_name=INITIATOR, file_bridge="qsd"), info, size),
-            "direct libiscsi (qemu-io)": lambda: qemu_io_seq(opts, secret, size),
+            "direct libiscsi (qemu-io)": lambda: _direct(lambda: qemu_io_seq(opts, secret, size)),
         }
     except BaseException:
         tgt.stop()
@@ -187,10 +200,10 @@ def measure(size: int, reps: int, log: Callable[[str], None]) -> Dict[str, Resul
                 for r in range(reps):
                     k = r % len(names)  # rotate the order: outside load falls on every path alike
                     for name in names[k:] + names[:k]:
-                        w, rd = paths[name]()
-                        res.setdefault(f"{name} write", []).append(w)
-                        res.setdefault(f"{name} read", []).append(rd)
-                        log(f"{proto} rep {r + 1}/{reps} {name}: write {w:.0f} MiB/s, read {rd:.0f} MiB/s")
+                        m = paths[name]()
+                        for key, value in m.items():
+                            res.setdefault(f"{name} {key}", []).append(value)
+                        log(f"{proto} rep {r + 1}/{reps} {name}: " + ", ".join(f"{k} {v:.0f}" for k, v in m.items()))
             finally:
                 stop()
             out[proto] = res
@@ -211,6 +224,14 @@ def markdown(results: Dict[str, Result], size: int, reps: int) -> str:
         for n in names:
             w, r = statistics.median(res[f"{n} write"]), statistics.median(res[f"{n} read"])
             lines.append(f"| {proto} | {n} | {w:.0f} | {r:.0f} | {w / dw:.2f} | {r / dr:.2f} |")
+    lines += ["", "Attach / detach of the userspace file (connect_volume / disconnect_volume), median ms:", "",
+              "| volume | path | attach ms | detach ms |", "|---|---|---:|---:|"]
+    for proto, res in results.items():
+        for key in res:
+            if key.endswith(" attach ms"):
+                n = key[:-len(" attach ms")]
+                lines.append(f"| {proto} | {n} | {statistics.median(res[key]):.0f} | "
+                             f"{statistics.median(res[f'{n} detach ms']):.0f} |")
     return "\n".join(lines)
 
 

@@ -20,7 +20,7 @@ import pytest
 
 from blocklink.errors import (AuthenticationFailed, ConnectionFailed, DeviceBusy, InvalidConnectionInfo,
                               VolumeNotFound)
-from blocklink.initiator.qsd import DaemonDied, mount_fstype, pid_alive
+from blocklink.initiator.qsd import DaemonDied, DaemonLayout, mount_fstype, pid_alive
 from blocklink.initiator.userspace import UserspaceISCSIConnector
 from blocklink.testing.tgt import TgtDaemon
 
@@ -78,6 +78,8 @@ def run_dir():
     yield d
     leftovers = [p for p in os.listdir(d) if p != "locks"]
     mounts = [ln for ln in open("/proc/self/mounts") if d in ln]
+    for p in leftovers:  # even a failed test leaves no daemon or mount behind (stopped by PID)
+        UserspaceISCSIConnector(run_dir=d, timeout=5)._teardown(DaemonLayout(os.path.join(d, p)), p, hard=True)
     shutil.rmtree(d, ignore_errors=True)
     assert not leftovers and not mounts, f"attachment leftovers: {leftovers} {mounts}"
 
