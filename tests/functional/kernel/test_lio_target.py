@@ -161,7 +161,7 @@ def test_save_file_is_private_and_restores_one_volume(target_env: LioEnv) -> Non
     assert again.initiators == (HOST_A,) and again.device_path == export.device_path
     assert target_env.initiator.login(data, HOST_A).ok
     res = target_env.initiator.login(data, HOST_B)
-    assert not res.ok and res.status == "not_found", res
+    assert not res.ok and res.status == "denied", res
 
 
 def test_removed_export_is_gone_from_the_save_file(target_env: LioEnv) -> None:
@@ -175,3 +175,27 @@ def test_removed_export_is_gone_from_the_save_file(target_env: LioEnv) -> None:
     fresh = target_env.helper.ensure_export(vid, export.device_path)  # nothing to restore: a new export
     assert fresh.chap != export.chap
     assert not os.path.isdir(f"/sys/kernel/config/target/iscsi/{export.iqn}/tpgt_1/acls/{HOST_A}")
+
+
+def test_hundred_volumes_exported_and_connected(target_env: LioEnv, record_property: Any) -> None:
+    import time
+
+    n = 100
+    vids = [f"hv{i:03d}-{new_volume_id()}" for i in range(n)]
+    paths = [target_env.new_device(v, MiB) for v in vids]
+    t0 = time.monotonic()
+    infos = []
+    for v, p in zip(vids, paths):
+        target_env.helper.create_export(v, p)
+        infos.append(target_env.helper.initialize_connection(v, _connector(HOST_A)).data_dict())
+    elapsed = time.monotonic() - t0
+    record_property("lio_100_volumes_seconds", round(elapsed, 2))
+    print(f"\n100 volumes exported + connected on LIO (saving after each change) in {elapsed:.2f}s")
+    assert sorted(target_env.helper.list_exports()) == sorted(vids)
+    for d in (infos[0], infos[-1]):
+        assert target_env.initiator.login(d, HOST_A).ok
+    t0 = time.monotonic()
+    for v in vids:
+        target_env.helper.remove_export(v)
+    print(f"100 LIO exports removed in {time.monotonic() - t0:.2f}s")
+    assert target_env.helper.list_exports() == [] and "hv0" not in _lio_dump()
