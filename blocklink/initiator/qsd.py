@@ -297,6 +297,26 @@ def open_by(path: str, paths: Optional[HostPaths] = None, exclude: Sequence[int]
 # ---------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
+class DaemonStatus:
+    """What :meth:`UserspaceConnector.check_health` found: a live daemon serving its export."""
+
+    pid: int
+    export: str
+    path: str
+    size: int
+    read_only: bool
+    driver: str
+    bridge_pid: Optional[int] = None  # nbdfuse serving the file, if any
+
+
+def daemon_message(stderr: str) -> str:
+    """The daemon's last error line without the option it echoes (``--blockdev {...}: reason``)."""
+    lines = [ln for ln in stderr.strip().splitlines() if ln.strip()]
+    text = lines[-1] if lines else "qemu-storage-daemon failed"
+    return text.rsplit("}: ", 1)[-1] if "}: " in text else text.split(": ", 1)[-1]
+
+
+@dataclass(frozen=True)
 class DaemonLayout:
     """The files of one daemon, all inside its private run directory."""
 
@@ -420,5 +440,5 @@ def stop_pid(pid: int, marker: str, executor: Executor, paths: HostPaths, timeou
 
 
 __all__ = ["QmpClient", "QmpError", "QmpEvent", "BlockExportInfo", "BlockNodeInfo", "DaemonDied", "DaemonLayout",
-           "DaemonSpec", "build_argv", "export_args", "pid_alive", "wait_pid_exit", "mount_fstype", "open_by", "stop_pid",
+           "DaemonSpec", "DaemonStatus", "daemon_message", "build_argv", "export_args", "pid_alive", "wait_pid_exit", "mount_fstype", "open_by", "stop_pid",
            "write_private", "NODE", "EXPORT", "SECRET_ID", "UNIX_PATH_MAX"]

@@ -32,7 +32,6 @@ import shutil
 import socket
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any, ClassVar, Dict, Iterator, List, Optional, Tuple
 
 from blocklink.ceph_client import key_from_keyring, mon_host_entry
@@ -43,6 +42,7 @@ from blocklink.executor import Executor
 from blocklink.hostpaths import HostPaths
 from blocklink.initiator.base import Connector, DeviceLike, InfoLike
 from blocklink.initiator.qsd import (EXPORT, NODE, SECRET_ID, UNIX_PATH_MAX, DaemonDied, DaemonLayout, DaemonSpec,
+                                     DaemonStatus, daemon_message,
                                      QmpClient, QmpError, build_argv, export_args, mount_fstype, open_by, pid_alive, pid_cmdline,
                                      stop_pid, wait_pid_exit, write_private)
 from blocklink.initiator.nbdfuse import NbdFuseBridge, nbd_uri
@@ -60,26 +60,6 @@ USERSPACE_CONNECTORS = {
     "iscsi": "blocklink.initiator.userspace:UserspaceISCSIConnector",
     "rbd": "blocklink.initiator.userspace:UserspaceRBDConnector",
 }
-
-
-@dataclass(frozen=True)
-class DaemonStatus:
-    """What :meth:`UserspaceConnector.check_health` found: a live daemon serving its export."""
-
-    pid: int
-    export: str
-    path: str
-    size: int
-    read_only: bool
-    driver: str
-    bridge_pid: Optional[int] = None  # nbdfuse serving the file, if any
-
-
-def _daemon_message(stderr: str) -> str:
-    """The daemon's last error line without the option it echoes (``--blockdev {...}: reason``)."""
-    lines = [ln for ln in stderr.strip().splitlines() if ln.strip()]
-    text = lines[-1] if lines else "qemu-storage-daemon failed"
-    return text.rsplit("}: ", 1)[-1] if "}: " in text else text.split(": ", 1)[-1]
 
 
 class _Attempt(Exception):
@@ -537,7 +517,7 @@ class UserspaceISCSIConnector(UserspaceConnector):
             raise _NoPortal(", ".join(t.portal.address for t in tried))
 
     def _classify(self, where: str, stderr: str) -> _Attempt:
-        text = _daemon_message(stderr)
+        text = daemon_message(stderr)
         if "(513)" in text or "Authentication failure" in text:
             return _Attempt(AuthenticationFailed(where, "CHAP authentication refused"), retry=False)
         if "(515)" in text or "Target not found" in text:
@@ -618,7 +598,7 @@ class UserspaceRBDConnector(UserspaceConnector):
                                     secret_format="base64", extra_files=files)
 
     def _classify(self, where: str, stderr: str) -> _Attempt:
-        text = _daemon_message(stderr)
+        text = daemon_message(stderr)
         low = text.lower()
         if "permission denied" in low or "operation not permitted" in low:
             return _Attempt(AuthenticationFailed(where, "cephx authentication refused (wrong key or user)"), False)

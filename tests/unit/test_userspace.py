@@ -19,8 +19,8 @@ from blocklink.errors import (AuthenticationFailed, ConnectionFailed, DeviceBusy
                               InvalidConnector, VolumeNotFound)
 from blocklink.hostpaths import HostPaths
 from blocklink.initiator.qsd import (DaemonDied, DaemonLayout, DaemonSpec, QmpClient, QmpError, build_argv,
-                                     mount_fstype)
-from blocklink.initiator.userspace import (UserspaceISCSIConnector, UserspaceRBDConnector, _daemon_message, _probe)
+                                     daemon_message, mount_fstype)
+from blocklink.initiator.userspace import UserspaceISCSIConnector, UserspaceRBDConnector, _probe
 from blocklink.masking import Secret
 from blocklink.testing.fakes import FakeExecutor
 
@@ -235,8 +235,8 @@ def test_argv_names_the_secret_file_never_the_secret(tmp_path):
 def test_daemon_message_drops_the_echoed_option():
     err = ('qemu-storage-daemon: --blockdev {"driver": "rbd", "pool": "volumes"}: '
            'error reading header from img2: No such file or directory\n')
-    assert _daemon_message(err) == "error reading header from img2: No such file or directory"
-    assert _daemon_message("") == "qemu-storage-daemon failed"
+    assert daemon_message(err) == "error reading header from img2: No such file or directory"
+    assert daemon_message("") == "qemu-storage-daemon failed"
 
 
 def test_mountinfo_lookup_unescapes(tmp_path):
