@@ -17,6 +17,11 @@ _BUILTIN: Dict[str, str] = {
     "fibre_channel": "blocklink.initiator.fc:FibreChannelConnector",
     "nvmeof": "blocklink.initiator.nvmeof:NVMeOFConnector",
 }
+# attach="userspace": the volume is served by one qemu-storage-daemon per volume (no kernel initiator)
+_USERSPACE: Dict[str, str] = {
+    "iscsi": "blocklink.initiator.userspace:UserspaceISCSIConnector",
+    "rbd": "blocklink.initiator.userspace:UserspaceRBDConnector",
+}
 _ALIASES = {"fc": "fibre_channel", "ceph": "rbd", "nvme": "nvmeof", "nvme_tcp": "nvmeof"}
 _extra: Dict[str, Callable[..., Any]] = {}
 
@@ -53,11 +58,22 @@ def known_protocols() -> List[str]:
 def connector_for(protocol: str, **options: Any) -> Any:
     """A connector for ``protocol`` ("rbd", "iscsi", "fibre_channel", "nvmeof", or a plugin's name).
 
-    ``options`` go to the connector's constructor (``executor=``, ``paths=``, protocol options).
+    ``options`` go to the connector's constructor (``executor=``, ``paths=``, protocol options);
+    ``attach="userspace"`` picks the qemu-storage-daemon connector of that protocol instead of the
+    kernel initiator.
     """
     if not isinstance(protocol, str):
         raise UnknownProtocol(repr(protocol), known_protocols())
     name = _ALIASES.get(protocol.lower(), protocol.lower())
+    attach = options.pop("attach", "kernel")
+    if attach == "userspace":
+        if name not in _USERSPACE:
+            raise UnknownProtocol(f"{protocol} (attach='userspace')", list(_USERSPACE))
+        return _load(_USERSPACE[name])(**options)
+    if attach != "kernel":
+        from blocklink.errors import InvalidConnectionInfo
+
+        raise InvalidConnectionInfo("attach", f"expected 'kernel' or 'userspace', got {attach!r}")
     if name in _extra:
         return _extra[name](**options)
     if name in _BUILTIN and _available(name):
