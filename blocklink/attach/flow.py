@@ -291,7 +291,7 @@ class AttachFlow:
     # ------------------------------------------------------------------ crash recovery
     def reconcile(self) -> List[Dict[str, Any]]:
         """Finish or roll back records whose owner process died mid-attach or mid-detach."""
-        report = []
+        report: List[Dict[str, Any]] = []
         for rec in list(self.store.stuck()):
             if rec.status == "attaching":
                 claimed = self.store.claim(rec.id, ["attaching"], "attaching")

@@ -175,7 +175,8 @@ class AttachmentStore:
         """Create an ``attaching`` record; raises VolumeBusy if an exclusive attachment is active."""
         sa = self._sa
         now = time.time()
-        row = dict(id=str(uuid.uuid4()), volume_id=volume_id, instance=instance, status="attaching",
+        new_id = str(uuid.uuid4())
+        row: Dict[str, Any] = dict(id=new_id, volume_id=volume_id, instance=instance, status="attaching",
                    attach_mode=attach_mode, multiattach=multiattach, exclusive_active=None if multiattach else True,
                    steps="[]", host=socket.gethostname(), owner_pid=os.getpid(), owner_boot=_boot_id(),
                    created_at=now, updated_at=now, extra=json.dumps(dict(extra or {})))
@@ -196,7 +197,7 @@ class AttachmentStore:
             holder = self.list(volume_id=volume_id, statuses=ACTIVE)
             raise VolumeBusy(volume_id, f"attachment {holder[0].id} on {holder[0].instance}" if holder
                              else "a concurrent attach") from None
-        return self.get(row["id"])
+        return self.get(new_id)
 
     def record_step(self, attachment_id: str, step: str, **fields: Any) -> Attachment:
         """Append a completed step (and set fields) while the record is attaching/detaching."""
