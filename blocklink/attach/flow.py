@@ -175,6 +175,9 @@ class AttachFlow:
                 opts.setdefault("readonly", True)
             if spec.multiattach:
                 opts.setdefault("shareable", True)
+            if spec.protocol == "iscsi" and not spec.host_attach and run.connector.get("initiator"):
+                # QEMU's own initiator logs in: it must use the name the target's ACL admits
+                opts.setdefault("initiator_iqn", run.connector["initiator"])
             att = self.hypervisor.attach_volume(instance, run.info, run.device, bus=spec.bus,
                                                 target_dev=run.device_name, **opts)
             run.secret_uuid = att.secret_uuid
