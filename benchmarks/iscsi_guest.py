@@ -1,0 +1,53 @@
+"""iSCSI attach/detach in the real-kernel guest: one volume, and N at once (iscsi_ops.py does the work)."""
+
+from __future__ import annotations
+
+import importlib.util
+
+from benchmarks import guest
+from benchmarks.context import Context
+from benchmarks.model import BLOCKLINK, FLOOR, OSBRICK, Outcome
+
+TITLE = "iSCSI attach/detach (guest)"
+
+
+def _landed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def run(ctx: Context) -> Outcome:
+    out = Outcome("iscsi_guest", TITLE)
+    for module, what in (("blocklink.initiator.iscsi", "the iSCSI connector (blocklink/initiator/iscsi.py)"),
+                         ("blocklink.target.lio", "the LIO target helper (blocklink/target/lio.py)")):
+        if not _landed(module):
+            out.skip(f"{what} has not landed yet")
+            return out
+    why = guest.harness_missing()
+    if why:
+        out.skip(why)
+        return out
+    conc = 4 if ctx.quick else 16
+    reps, creps = ctx.reps(3, 1), ctx.reps(2, 1)
+    res = guest.run_task(ctx, "iscsi", ["--reps", str(reps), "--creps", str(creps), "--concurrency", str(conc)],
+                         timeout=5400)
+    impl_key = {BLOCKLINK: "blocklink", OSBRICK: "os-brick", FLOOR: "floor"}
+    for kind, label in (("single", "one volume"), ("concurrent", f"{conc} volumes at once")):
+        for phase in ("attach", "detach"):
+            row = out.row(f"{phase} {label}", "s")
+            for impl, key in impl_key.items():
+                row.samples[impl] = list(res[kind][key][phase])
+    setup = "; ".join(f"{k}: {v}" for k, v in res.get("setup", {}).items())
+    out.notes.append(
+        f"In the real-kernel guest (qemu TCG, 2 vCPUs: absolute times are inflated many times, compare the ratios; "
+        f"every program started from the 9p root costs the guest a lot, which weighs on command-heavy paths). "
+        f"{conc} LIO exports (fileio, 16 MiB, CHAP) made once with blocklink's LioTarget on 127.0.0.1:3260; the same "
+        f"targets for all three initiators; iscsid running (setsid, stopped with iscsiadm -k 0). Each measurement "
+        f"attaches (sequentially, or from {conc} threads released together), checks every returned path is a "
+        f"distinct block device, then detaches the same way; no session or sd device may remain afterwards "
+        f"(checked). One untimed warm-up attach+detach per implementation; then {reps} single and {creps} "
+        f"concurrent rounds in rotating order. Setup: {setup}. The floor: iscsiadm node new, 3 × node update "
+        f"(CHAP method, user, password), login, `udevadm wait` for the by-path link; logout, node delete.")
+    return out
