@@ -27,6 +27,7 @@ from blocklink.hypervisor.adapter import VolumeView, disk_xml
 from blocklink.hypervisor.disk import DiskConfig, normalize_target_dev
 from blocklink.hypervisor.events import DeviceRemovalWatch, ensure_event_loop, quiet_libvirt_errors
 from blocklink.hypervisor.names import next_device_name
+from blocklink.hypervisor.schema import schema_available, validate_disk_xml
 from blocklink.hypervisor.secrets import define_secret, secret_exists, undefine_secret
 from blocklink.hypervisor.xml import format_disk, parse_xml, to_string
 from blocklink.masking import Secret, get_logger, mask_text
@@ -87,9 +88,12 @@ class LibvirtHost:
     by one check of the live XML at the deadline.
     """
 
-    def __init__(self, uri: str = "qemu:///system", *, connection: Any = None, detach_timeout: float = 30.0) -> None:
+    def __init__(self, uri: str = "qemu:///system", *, connection: Any = None, detach_timeout: float = 30.0,
+                 validate_xml: Optional[bool] = None) -> None:
         self.uri = uri
         self.detach_timeout = detach_timeout
+        # check disk XML against libvirt's grammar before attaching (None: when lxml and the schemas exist)
+        self.validate_xml = schema_available() if validate_xml is None else validate_xml
         self._owned = connection is None
         if connection is None:
             lv = _libvirt()
@@ -122,9 +126,9 @@ class LibvirtHost:
         self.close()
 
     def lookup(self, domain: Any) -> Any:
-        """A ``virDomain`` from a name, UUID string or ``virDomain``."""
+        """A ``virDomain`` from a name or UUID string; a domain object is returned as is."""
         lv = _libvirt()
-        if isinstance(domain, lv.virDomain):
+        if not isinstance(domain, str):
             return domain
         try:
             try:
@@ -193,6 +197,8 @@ class LibvirtHost:
         if el.tag != "disk" or target is None or not target.get("dev"):
             raise HypervisorError(dom.name(), "the device XML is not a <disk> with a <target dev>")
         dev, bus = target.get("dev", ""), target.get("bus", "")
+        if self.validate_xml:
+            validate_disk_xml(xml)
         flags = self._flags(dom)
         t0 = time.perf_counter()
         try:

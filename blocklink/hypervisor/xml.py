@@ -1,9 +1,10 @@
 """Format a :class:`~blocklink.hypervisor.disk.DiskConfig` as libvirt ``<disk>`` XML (ElementTree).
 
 Elements come in the order Nova writes them (driver, alias, source, auth, target, serial, iotune,
-blockio, readonly, shareable, boot, address, encryption), which libvirt accepts and which keeps
-our output directly comparable with Nova's. Every value goes through ElementTree, which escapes
-``<``, ``&`` and quotes; nothing is assembled with string formatting.
+blockio, readonly, shareable, boot, address, encryption), which keeps our output directly comparable
+with Nova's; ``<iotune>``'s children come in libvirt's own order (see ``IOTUNE_ORDER``). Every value
+goes through ElementTree, which escapes ``<``, ``&`` and quotes; nothing is assembled with string
+formatting.
 """
 
 from __future__ import annotations
