@@ -8,6 +8,7 @@ disconnect_volume → terminate_connection), checks that nothing is left, and te
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import os
@@ -25,20 +26,34 @@ class Narrator:
     def __init__(self, stream: Any = sys.stdout) -> None:
         self.stream = stream
         self.steps: List[Dict[str, Any]] = []
+        self._open_line = False
+
+    def break_line(self) -> None:
+        """Nested output during a step starts on a fresh line."""
+        if self._open_line:
+            self.stream.write("\n")
+            self._open_line = False
 
     def step(self, title: str, fn: Callable[[], T], show: Callable[[T], str] = lambda r: "") -> T:
         n = len(self.steps) + 1
         self.stream.write(f"[{n:2d}] {title} ... ")
         self.stream.flush()
+        self._open_line = True
         t0 = time.monotonic()
         try:
             result = fn()
         except BaseException as e:
+            if not self._open_line:
+                self.stream.write(f"     {title}: ")
+            self._open_line = False
             self.stream.write(f"FAILED ({type(e).__name__}: {e})\n")
             self.steps.append({"step": title, "ok": False, "error": str(e)})
             raise
         ms = (time.monotonic() - t0) * 1000
         detail = show(result)
+        if not self._open_line:
+            self.stream.write(f"     {title}: ")
+        self._open_line = False
         self.stream.write(f"ok ({ms:.0f} ms)\n")
         for line in detail.splitlines():
             self.stream.write(f"       {line}\n")
@@ -46,6 +61,7 @@ class Narrator:
         return result
 
     def note(self, text: str) -> None:
+        self.break_line()
         self.stream.write(f"     {text}\n")
 
 
@@ -103,7 +119,108 @@ def rbd_demo(say: Narrator, stack: ExitStack) -> None:
     say.step(f"delete volume {vid}", lambda: target.delete_volume(vid))
 
 
-DEMOS: Dict[str, Callable[[Narrator, ExitStack], None]] = {"rbd": rbd_demo}
+STEP_TITLES = {
+    "reserve": "reserve the volume (attachment record: attaching, conditional)",
+    "device_name": "reserve a device name in the domain",
+    "connector": "get_connector_properties() on this host",
+    "export": "create the target's export (if it did not exist)",
+    "initialize": "initialize_connection (ACL for this host's initiator, CHAP → connection info)",
+    "connect": "connect_volume on this host",
+    "hypervisor": "build the libvirt <disk> and hot-plug it (secret defined first)",
+}
+
+
+def vm_demo(say: Narrator, stack: ExitStack) -> None:
+    """The whole seed sequence into a real QEMU domain: an RBD volume and an iSCSI volume (CHAP)."""
+    import tempfile
+
+    import blocklink
+    from blocklink.attach.flow import AttachFlow, VolumeSpec
+    from blocklink.attach.records import Attachment, AttachmentStore
+    from blocklink.hypervisor.live import LibvirtHost
+    from blocklink.testing.ceph import CephCluster
+    from blocklink.testing.libvirtd import LibvirtDaemon, tiny_domain_xml
+    from blocklink.testing.tgt import TgtDaemon
+
+    work = tempfile.mkdtemp(prefix="blocklink-demo.")
+    stack.callback(lambda: __import__("shutil").rmtree(work, ignore_errors=True))
+    ceph = say.step("start a throwaway Ceph cluster (mon + osd, cephx, 127.0.0.1)", CephCluster.start,
+                    lambda c: f"mon port {c.mon_port}")
+    stack.callback(lambda: say.step("stop Ceph (by PID)", ceph.stop))
+    tgt = say.step("start tgtd (iSCSI target) on 127.0.0.1", TgtDaemon.start, lambda t: f"portal {t.portal}")
+    stack.callback(lambda: say.step("stop tgtd (by PID)", tgt.stop))
+    lvd = say.step("start a private libvirtd (QEMU driver)", LibvirtDaemon.start, lambda d: d.uri)
+    stack.callback(lambda: say.step("stop libvirtd (by PID)", lvd.stop))
+    host = LibvirtHost(lvd.uri)
+    stack.callback(host.close)
+    dom = say.step("define and start a QEMU (TCG) domain with a virtio-scsi controller",
+                   lambda: host.connection.defineXML(tiny_domain_xml("blocklink-demo")),
+                   lambda d: f"domain {d.name()}")
+    dom.create()
+    stack.callback(lambda: say.step("destroy and undefine the domain", lambda: (dom.destroy(), dom.undefine())))
+    rbd_target = ceph.rbd_target(include_keyring=True)
+    stack.callback(rbd_target.close)
+    iscsi_target = tgt.target(backing_dir=os.path.join(work, "backing"))
+    store = AttachmentStore(os.path.join(work, "attachments.db"))
+    stack.callback(store.close)
+    say.note(f"attachment store: {store.url}")
+
+    clock = {"t": time.monotonic()}
+
+    def narrate(step: str, att: Any) -> None:
+        now = time.monotonic()
+        title = STEP_TITLES.get(step, step)
+        if step == "export" and att.protocol == "rbd":
+            title = "export: none needed (RBD images are reachable as they are)"
+        say.break_line()
+        say.stream.write(f"       ✓ {title} ({(now - clock['t']) * 1000:.0f} ms)\n")
+        clock["t"] = now
+
+    flow = AttachFlow(store=store, targets={"rbd": rbd_target, "iscsi": iscsi_target}, hypervisor=host,
+                      connector_properties=lambda: blocklink.get_connector_properties(ip="127.0.0.1"),
+                      on_step=narrate)
+    rbd_vol = "demo-rbd-" + os.urandom(3).hex()
+    say.step(f"create RBD volume {rbd_vol} (64 MiB)", lambda: rbd_target.create_volume(rbd_vol, 64 << 20))
+    backing = os.path.join(work, "demo-iscsi.img")
+    with open(backing, "wb") as f:
+        f.truncate(64 << 20)
+    iscsi_vol = "demo-iscsi-" + os.urandom(3).hex()
+    atts: List[Attachment] = []
+    for spec in (VolumeSpec(volume_id=rbd_vol, protocol="rbd", bus="scsi"),
+                 VolumeSpec(volume_id=iscsi_vol, protocol="iscsi", device_path=backing, bus="scsi")):
+        say.note(f"--- attach {spec.protocol} volume {spec.volume_id} to {dom.name()}:")
+        clock["t"] = time.monotonic()
+        att: Attachment = say.step("attach_volume", functools.partial(flow.attach_volume, spec, dom.name()),
+                                   lambda a: f"record {a.id}: {a.status} as {a.device_name}")
+        atts.append(att)
+        disk = host.find_disk(dom, att.device_name or "")
+        say.note("the domain's disk now:")
+        for line in (disk.xml if disk else "").strip().splitlines():
+            say.note("  " + line)
+    say.step("what QEMU sees: the image's watchers (RBD)", lambda: ceph.watchers(f"volume-{rbd_vol}"),
+             lambda w: f"{len(w)} watcher(s) — QEMU has the image open")
+    for att in reversed(atts):
+        say.note(f"--- detach {att.volume_id}")
+        say.step(f"detach_volume({att.id[:8]}…): hot-unplug, secret removed, terminate_connection, export removed",
+                 functools.partial(flow.detach_volume, att.id), lambda a: f"record: {a.status}")
+
+    def leftovers() -> Dict[str, Any]:
+        left = {"domain disks": [d.target_dev for d in host.disks(dom)],
+                "libvirt secrets": host.connection.listSecrets(),
+                "tgtd exports": iscsi_target.list_exports(),
+                "rbd watchers": ceph.watchers(f"volume-{rbd_vol}"),
+                "active records": [a.id for a in store.list(statuses=("attaching", "attached", "detaching"))]}
+        bad = {k: v for k, v in left.items() if v}
+        if bad:
+            raise RuntimeError(f"left behind: {bad}")
+        return left
+
+    say.step("check nothing is left (disks, secrets, exports, watchers, records)", leftovers,
+             lambda left: ", ".join(f"{k}: none" for k in left))
+    say.step(f"delete RBD volume {rbd_vol}", lambda: rbd_target.delete_volume(rbd_vol))
+
+
+DEMOS: Dict[str, Callable[[Narrator, ExitStack], None]] = {"rbd": rbd_demo, "vm": vm_demo}
 
 
 def run(which: List[str], stream: Any = sys.stdout) -> Dict[str, Any]:
