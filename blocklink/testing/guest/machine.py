@@ -231,23 +231,25 @@ class Guest:
     def _connect(self, path: str, deadline: float) -> None:
         from blocklink.initiator.host.wait import wait_for
 
-        def exists() -> Optional[bool]:
+        def connected() -> Optional[Union[socket.socket, bool]]:
             if self._proc is not None and self._proc.poll() is not None:
                 return False
-            return True if os.path.exists(path) else None
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                s.connect(path)  # the file appears at bind(), connections succeed after listen()
+            except (FileNotFoundError, ConnectionRefusedError):
+                s.close()
+                return None
+            return s
 
         try:
-            if not wait_for(exists, timeout=max(1.0, deadline - time.monotonic()), watch=[self.run_dir],
-                            uevents=False, what="qemu's agent socket"):
-                raise self._error(GuestBootError, f"qemu exited with status {self._proc.returncode if self._proc else '?'}"
-                                  " before the guest started")
-        except GuestError:
-            raise
+            got = wait_for(connected, timeout=max(1.0, deadline - time.monotonic()), watch=[self.run_dir],
+                           uevents=False, what="qemu's agent socket", recheck=0.05)
         except Exception as e:
             raise self._error(GuestBootError, f"qemu did not open its agent socket: {e}") from None
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.connect(path)
-        self._sock = s
+        if not isinstance(got, socket.socket):
+            raise self._error(GuestBootError, f"qemu exited with status {self._exit_status()} before the guest started")
+        self._sock = got
 
     def _recv(self, deadline: float, err: type = GuestTimeout, what: str = "waiting for the guest") -> Dict[str, Any]:
         """The next message from the agent; raises ``err`` at ``deadline`` or when qemu dies."""

@@ -23,11 +23,12 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import sys
 import tempfile
 import threading
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Literal, Optional, Sequence
 
 import pytest
 
@@ -113,10 +114,12 @@ class GuestTestRun:
         self.t_start = time.monotonic()
         self.t_first_report: Optional[float] = None
         self.t_end: Optional[float] = None
+        self._sigterm_installed = False
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
         env = os.environ
+        self._catch_sigterm()
         self.results_dir = tempfile.mkdtemp(prefix="blguest-results-")
         self.reports_path = os.path.join(self.results_dir, "reports.jsonl")
         open(self.reports_path, "w").close()
@@ -151,7 +154,17 @@ class GuestTestRun:
             self.t_end = time.monotonic()
             self._done.set()
 
+    def _catch_sigterm(self) -> None:
+        """``timeout pytest ...`` sends SIGTERM, which would end Python without any cleanup: turn it into
+        the KeyboardInterrupt pytest handles (session finish stops the guest by PID)."""
+        if threading.current_thread() is threading.main_thread() \
+                and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, _interrupt)
+            self._sigterm_installed = True
+
     def stop(self) -> None:
+        if self._sigterm_installed and signal.getsignal(signal.SIGTERM) is _interrupt:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
         if self.guest is not None:
             self.guest.shutdown(graceful=self._done.is_set())
         if self._thread is not None:
@@ -238,6 +251,10 @@ class GuestTestRun:
         return lines
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def _longrepr_text(rep: Dict[str, Any]) -> str:
     lr = rep.get("longrepr")
     if isinstance(lr, str):
@@ -299,7 +316,7 @@ def run_item_in_guest(item: pytest.Item) -> bool:
                 rep.location = tuple(rep.location)
             ihook.pytest_runtest_logreport(report=rep)
     else:
-        keywords = {k: 1 for k in item.keywords}
+        keywords: Dict[str, Literal[1]] = {k: 1 for k in item.keywords}
         for rep in (pytest.TestReport(item.nodeid, item.location, keywords, "passed", None, "setup"),
                     pytest.TestReport(item.nodeid, item.location, keywords, "failed", run.missing_text(item.nodeid),
                                       "call"),

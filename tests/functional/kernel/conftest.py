@@ -2,7 +2,7 @@
 
 On the host, the hooks below hand the selected tests to :mod:`blocklink.testing.guest.pytest_plugin`
 (one guest boots at the first kernel test and runs them all; each host item reports the guest's
-outcome). Inside the guest (``BLOCKLINK_IN_GUEST=1``) the same files run normally with the
+outcome); ``@pytest.mark.kernel(host=True)`` tests (the harness's own) stay on the host. Inside the guest (``BLOCKLINK_IN_GUEST=1``) the same files run normally with the
 fixtures below. See README.md in this folder.
 """
 
@@ -28,6 +28,11 @@ def _here(item: pytest.Item) -> bool:
     return str(item.path).startswith(HERE + os.sep)
 
 
+def _runs_in_guest(item: pytest.Item) -> bool:
+    """Tests here run in the guest, except ``@pytest.mark.kernel(host=True)`` ones (they boot their own)."""
+    return _here(item) and not any(m.kwargs.get("host") for m in item.iter_markers("kernel"))
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
     mine = [it for it in items if _here(it)]
@@ -35,12 +40,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
         if it.get_closest_marker("kernel") is None:
             it.add_marker(pytest.mark.kernel)
     if not in_guest():
-        delegation.mark_delegated(mine)
+        delegation.mark_delegated([it for it in mine if _runs_in_guest(it)])
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem: Any) -> Any:
-    if in_guest() or not _here(item):
+    if in_guest() or not _runs_in_guest(item):
         return None
     return delegation.run_item_in_guest(item)
 

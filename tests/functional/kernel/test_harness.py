@@ -1,0 +1,223 @@
+"""The guest harness itself, from the host: command results, clear failures, no qemu left behind.
+
+These run on the host (``kernel(host=True)``) and boot their own guests.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from blocklink.testing.guest import Guest, GuestBootError, run_in_guest
+from blocklink.testing.procs import alive
+
+pytestmark = pytest.mark.kernel(host=True)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+
+def test_commands_status_output_input_env_timeout_and_shared_folder(tmp_path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    with Guest.boot(rw_dirs=[str(shared)]) as g:
+        pid, run_dir = g.pid, g.run_dir
+        res = g.run(["sh", "-c", "echo out; echo err >&2; exit 3"])
+        assert (res.exit_code, res.stdout, res.stderr, res.timed_out) == (3, "out\n", "err\n", False)
+
+        res = g.run("tr a-z A-Z; echo $BLOCKLINK_IN_GUEST $FOO; pwd; uname -r", input=b"abc\n",
+                    env={"FOO": "bar"}, cwd="/etc")
+        assert res.stdout.splitlines() == ["ABC", "1 bar", "/etc", g.kernel_release]
+
+        res = g.run(f"echo from-guest > {shared}/out.txt; sleep 100", timeout=2)
+        assert res.timed_out
+        assert (shared / "out.txt").read_text() == "from-guest\n"
+
+        assert g.run(["/no/such/program"]).exit_code == 127
+    assert pid is not None and not alive(pid)
+    assert not os.path.exists(run_dir)
+    assert g.stats["boot_seconds"] > 0 and g.stats["max_rss_kib"] > 0
+
+
+def test_run_in_guest_one_shot() -> None:
+    res = run_in_guest("cat /sys/kernel/config/target/version 2>/dev/null || modprobe target_core_mod && "
+                       "cat /sys/kernel/config/target/version", timeout=120)
+    assert res.ok, res.stderr
+    assert "Target Engine Core" in res.stdout
+
+
+def test_guest_that_cannot_start_its_agent_fails_with_console_tail() -> None:
+    with pytest.raises(GuestBootError) as ei:
+        Guest.boot(python="/nonexistent/python3")
+    text = str(ei.value)
+    assert "guest console" in text
+    assert "agent exited" in text  # stage 2's last words, from the console log
+
+
+def test_boot_timeout_stops_qemu() -> None:
+    started = time.monotonic()
+    with pytest.raises(GuestBootError) as ei:
+        Guest.boot(boot_timeout=1.5)
+    assert "no answer within the timeout" in str(ei.value)
+    assert time.monotonic() - started < 30
+    assert not _qemu_children(os.getpid())
+
+
+# ---------------------------------------------------------------------------- delegation, end to end
+INNER_CONFTEST = '''
+import pytest
+from blocklink.testing.guest import in_guest, pytest_plugin as delegation
+
+def pytest_collection_modifyitems(config, items):
+    if not in_guest():
+        delegation.mark_delegated(items)
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_protocol(item, nextitem):
+    if in_guest():
+        return None
+    return delegation.run_item_in_guest(item)
+
+def pytest_sessionfinish(session):
+    delegation.finish(session.config)
+
+def pytest_terminal_summary(terminalreporter, config):
+    delegation.summary(terminalreporter, config)
+'''
+
+INNER_TESTS = '''
+import os
+import pytest
+
+pytestmark = pytest.mark.kernel
+
+def test_pass():
+    print("hello-from-the-guest")
+    assert os.environ["BLOCKLINK_IN_GUEST"] == "1"
+
+def test_fail():
+    release = os.uname().release
+    assert release == "not-the-guest-kernel"
+
+@pytest.fixture
+def broken():
+    raise RuntimeError("fixture-broke-in-guest")
+
+def test_fixture_error(broken):
+    pass
+
+def test_crash_the_guest():
+    with open("/proc/sysrq-trigger", "w") as f:
+        f.write("c")  # kernel panic: qemu exits (panic=-1, -no-reboot)
+
+def test_after_the_crash():
+    pass
+'''
+
+
+def _inner_session(tmp_path, tests: str) -> str:
+    d = tmp_path / "inner"
+    d.mkdir()
+    (d / "conftest.py").write_text(INNER_CONFTEST)
+    (d / "test_inner.py").write_text(textwrap.dedent(tests))
+    (d / "pytest.ini").write_text("[pytest]\nmarkers =\n    kernel: in the guest\n")
+    return str(d)
+
+
+def _inner_env() -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BLOCKLINK_GUEST_", "PYTEST_"))}
+    env["PYTHONPATH"] = ROOT
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def test_delegated_outcomes_tracebacks_output_and_crash(tmp_path) -> None:
+    d = _inner_session(tmp_path, INNER_TESTS)
+    res = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rA", d], cwd=d,
+                         capture_output=True, text=True, timeout=900, env=_inner_env())
+    out = res.stdout + res.stderr
+    assert res.returncode == 1, out
+    assert "1 passed" in out and "3 failed" in out and "1 error" in out, out
+    assert "hello-from-the-guest" in out                       # captured output of a passing test (-rA)
+    assert "not-the-guest-kernel" in out and "-amd64" in out   # the guest's assertion rewrite
+    assert "fixture-broke-in-guest" in out                      # a guest fixture error is a host error
+    assert "Kernel panic" in out or "sysrq" in out.lower()      # the crash shows the console tail
+    assert "kernel guest" in out                                # the session summary line
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
+def test_no_qemu_outlives_an_interrupted_session(tmp_path, sig: int) -> None:
+    d = _inner_session(tmp_path, '''
+        import time
+        def test_quick():
+            pass
+        def test_slow():
+            time.sleep(600)
+        ''')
+    p = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-v", d], cwd=d,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_inner_env())
+    try:
+        seen = []
+        assert p.stdout is not None
+        for line in p.stdout:  # ends at EOF if the session dies early
+            seen.append(line)
+            if "test_quick PASSED" in line:
+                break
+        assert any("test_quick PASSED" in ln for ln in seen), "".join(seen)
+        qemu = _qemu_children(p.pid)
+        assert qemu, "the inner session runs a guest"
+        dirs = _shared_dirs(qemu)
+        p.send_signal(sig)
+        p.wait(60)
+        deadline = time.monotonic() + 15
+        while any(alive(q) for q in qemu) and time.monotonic() < deadline:
+            time.sleep(0.1)  # bounded: PDEATHSIG/SIGTERM delivery to qemu is asynchronous
+        assert not any(alive(q) for q in qemu), f"qemu {qemu} outlived pytest after signal {sig}"
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait(30)
+        for q in _qemu_children(p.pid):
+            os.kill(q, signal.SIGKILL)
+    if sig == signal.SIGKILL:  # nobody could clean up after a SIGKILLed session: its folders are ours to remove
+        for folder in dirs:
+            shutil.rmtree(folder, ignore_errors=True)
+    else:
+        assert not [f for f in dirs if os.path.exists(f)], "the session removed its run and results folders"
+
+
+def _shared_dirs(pids: list) -> list:
+    """The guest's run and results folders, from qemu's command line (-fsdev ...,path=...)."""
+    out = []
+    for pid in pids:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().decode().split("\0")
+        for arg in argv:
+            for part in arg.split(","):
+                if part.startswith("path=") and part != "path=/":
+                    path = part[len("path="):]
+                    out.append(os.path.dirname(path) if path.endswith("/xfer") else path)
+    return out
+
+
+def _qemu_children(ppid: int) -> list:
+    out = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                stat = f.read()
+            with open(f"/proc/{pid}/comm") as f:
+                comm = f.read().strip()
+        except OSError:
+            continue
+        if comm.startswith("qemu-system") and int(stat.rsplit(")", 1)[1].split()[1]) == ppid:
+            out.append(int(pid))
+    return out
