@@ -187,3 +187,52 @@ def test_concurrent_attach_of_one_volume_has_one_winner(ceph_cluster, rbd_volume
     finally:
         second.destroy()
         second.undefine()
+
+
+CHILD = r"""
+import os, signal, sys, blocklink
+from blocklink.attach.flow import AttachFlow, VolumeSpec
+from blocklink.attach.records import AttachmentStore
+from blocklink.hypervisor.live import LibvirtHost
+from blocklink.target.tgt import TgtTarget
+db, uri, cport, portal, backing_dir, config_dir, lock_path, vid, backing, dom, kill_after = sys.argv[1:]
+target = TgtTarget(portals=[portal], control_port=int(cport), backing_dir=backing_dir, config_dir=config_dir,
+                   lock_path=lock_path)
+def on_step(name, att):
+    if name == kill_after:
+        os.kill(os.getpid(), signal.SIGKILL)
+flow = AttachFlow(store=AttachmentStore(db), targets={"iscsi": target}, hypervisor=LibvirtHost(uri),
+                  connector_properties=lambda: blocklink.get_connector_properties(ip="127.0.0.1"), on_step=on_step)
+flow.attach_volume(VolumeSpec(volume_id=vid, protocol="iscsi", device_path=backing, bus="scsi"), dom)
+"""
+
+
+@pytest.mark.parametrize("kill_after", ["export", "initialize", "hypervisor"])
+def test_killed_process_then_reconcile(kill_after, tgtd, iscsi_target, store, libvirtd, libvirt_host, libvirt_domain,
+                                       tmp_path):
+    import subprocess
+    import sys
+
+    backing = str(tmp_path / "vol-k.img")
+    with open(backing, "wb") as f:
+        f.truncate(32 * MiB)
+    vid = "k" + uuid.uuid4().hex[:8]
+    db = store.url[len("sqlite:///"):]
+    secrets_before = _secrets(libvirt_host)
+    p = subprocess.run([sys.executable, "-c", CHILD, db, libvirtd.uri, str(tgtd.control_port), tgtd.portal,
+                        iscsi_target.backing_dir, iscsi_target.store.directory, iscsi_target.locks.lock_path, vid,
+                        backing,
+                        libvirt_domain.name(), kill_after], capture_output=True, text=True, timeout=120)
+    assert p.returncode == -9, p.stderr[-2000:]
+    (rec,) = store.list(volume_id=vid)
+    assert rec.status == "attaching" and rec.steps[-1] == kill_after
+    flow = _flow(store, libvirt_host, iscsi_target=iscsi_target)
+    report = flow.reconcile()
+    assert [r["volume_id"] for r in report] == [vid]
+    if kill_after == "hypervisor":  # all done but the final record: completed, then detach normally
+        assert report[0]["action"] == "completed"
+        flow.detach_volume(rec.id)
+    else:
+        assert report[0]["action"] == "rolled back" and store.get(rec.id).status == "error"
+    assert iscsi_target.get_export(vid) is None
+    assert _disk_devs(libvirt_host, libvirt_domain) == [] and _secrets(libvirt_host) == secrets_before
