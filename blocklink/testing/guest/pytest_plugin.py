@@ -74,7 +74,8 @@ def guest_pytest_argv(config: pytest.Config, nodeids: Sequence[str], results_dir
     # no cache (read-only root); no hypothesis plugin: importing it costs ~5 s under TCG
     argv = [sys.executable, "-m", "pytest", "-p", __name__, "-p", "no:cacheprovider", "-p", "no:hypothesispytest",
             "--rootdir", str(config.rootpath), f"--junitxml={os.path.join(results_dir, 'junit.xml')}",
-            "-o", "junit_family=xunit2", "-q"]
+            "-o", "junit_family=xunit2", "-q",
+            "--continue-on-collection-errors"]  # one broken file must not take every kernel test down
     if config.inipath:
         argv += ["-c", str(config.inipath)]
     maxfail = getattr(config.option, "maxfail", 0)

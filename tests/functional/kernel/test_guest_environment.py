@@ -8,6 +8,8 @@ import subprocess
 import pytest
 
 from blocklink.testing.guest import INITIATOR_IQN, LOOPBACK_ADDRS, in_guest
+from blocklink.testing.guest.daemons import DaemonError, modprobe as load_modules
+from blocklink.testing.guest.kernel_state import cleanup, snapshot
 
 pytestmark = pytest.mark.kernel
 
@@ -94,6 +96,39 @@ def test_scsi_debug_disk_gets_by_id_link(modprobe) -> None:
             return None
 
         assert wait_for(link, timeout=60, watch=["/dev/disk/by-id", "/dev/disk"], what=f"by-id link of {disk}")
+    finally:
+        with open("/sys/bus/pseudo/drivers/scsi_debug/add_host", "w") as f:
+            f.write("-1")
+
+
+def test_a_module_that_does_not_load_fails_naming_it() -> None:
+    with pytest.raises(DaemonError, match="modprobe blocklink_no_such_module failed"):
+        load_modules("blocklink_no_such_module")
+
+
+def test_leaks_are_seen_and_cleaned(modprobe, configfs, tmp_path) -> None:
+    """What leak_check relies on: a snapshot sees a new SCSI disk, loop device and LIO objects; cleanup removes them."""
+    from rtslib_fb import TPG, FabricModule, FileIOStorageObject, Target
+
+    from blocklink.initiator.host.wait import wait_for
+
+    before = snapshot()
+    modprobe.load("scsi_debug", add_host=0)
+    with open("/sys/bus/pseudo/drivers/scsi_debug/add_host", "w") as f:
+        f.write("1")
+    try:
+        wait_for(lambda: snapshot().new_since(before).scsi_disks or None, timeout=60, watch=["/dev"], what="disk")
+        img = tmp_path / "loop.img"
+        img.write_bytes(b"\0" * (1 << 20))
+        subprocess.run(["losetup", "-f", str(img)], check=True, timeout=60)
+        so = FileIOStorageObject("leak0", str(tmp_path / "leak0.img"), size=1 << 20)
+        TPG(Target(FabricModule("iscsi"), "iqn.2003-01.org.blocklink.test:leak0"), 1)
+        leaked = snapshot().new_since(before)
+        assert leaked.scsi_disks and leaked.loop_devices
+        assert os.path.relpath(so.path, "/sys/kernel/config/target") in leaked.lio_objects
+        assert "iscsi/iqn.2003-01.org.blocklink.test:leak0" in leaked.lio_objects
+        assert cleanup(leaked) == []
+        assert not snapshot().new_since(before)
     finally:
         with open("/sys/bus/pseudo/drivers/scsi_debug/add_host", "w") as f:
             f.write("-1")

@@ -1,0 +1,127 @@
+"""Delegation plumbing: guest-side report writing, host-side reading, argv and env (no guest booted)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from types import SimpleNamespace
+
+import pytest
+
+from blocklink.testing.guest import pytest_plugin as pp
+
+INNER = '''
+import pytest
+
+def test_ok():
+    print("captured-out")
+
+def test_bad():
+    assert 1 + 1 == 3, "arith-broke"
+
+@pytest.fixture
+def boom():
+    raise RuntimeError("fixture-boom")
+
+def test_err(boom):
+    pass
+'''
+
+
+@pytest.fixture(scope="module")
+def guest_reports(tmp_path_factory):
+    """Run a small session as the guest would (with the report writer) and return its reports file."""
+    tmp_path = tmp_path_factory.mktemp("guest")
+    d = tmp_path / "inner"
+    d.mkdir()
+    (d / "test_inner.py").write_text(textwrap.dedent(INNER))
+    (d / "test_broken_import.py").write_text("import no_such_module_here\n")
+    (d / "pytest.ini").write_text("[pytest]\n")
+    reports = tmp_path / "reports.jsonl"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    env[pp.REPORTS_ENV] = str(reports)
+    subprocess.run([sys.executable, "-m", "pytest", "-p", pp.__name__, "-p", "no:cacheprovider", "-q",
+                    "--continue-on-collection-errors", str(d)],
+                   cwd=str(d), env=env, capture_output=True, text=True, timeout=120)
+    return reports
+
+
+def make_run(config, reports_path, done=True) -> pp.GuestTestRun:
+    run = pp.GuestTestRun(config, ["x"])
+    run.reports_path = str(reports_path)
+    run.results_dir = os.path.dirname(str(reports_path))
+    if done:
+        run._done.set()
+    return run
+
+
+def test_reports_round_trip_to_host_reports(pytestconfig, guest_reports) -> None:
+    run = make_run(pytestconfig, guest_reports)
+    ok = run.wait_for("test_inner.py::test_ok")
+    bad = run.wait_for("test_inner.py::test_bad")
+    err = run.wait_for("test_inner.py::test_err")
+    assert [r["when"] for r in ok] == ["setup", "call", "teardown"]
+    reps = {name: [pytestconfig.hook.pytest_report_from_serializable(config=pytestconfig, data=d) for d in got]
+            for name, got in (("ok", ok), ("bad", bad), ("err", err))}
+    assert [r.outcome for r in reps["ok"]] == ["passed"] * 3
+    assert "captured-out" in reps["ok"][1].capstdout
+    call = reps["bad"][1]
+    assert call.failed and "arith-broke" in call.longreprtext and "assert (1 + 1) == 3" in call.longreprtext
+    assert reps["err"][0].when == "setup" and reps["err"][0].failed
+    assert "fixture-boom" in reps["err"][0].longreprtext
+
+
+def test_missing_result_explains_with_collection_errors(pytestconfig, guest_reports) -> None:
+    run = make_run(pytestconfig, guest_reports)
+    assert run.wait_for("test_broken_import.py::test_x") is None
+    text = run.missing_text("test_broken_import.py::test_x")
+    assert "ended without a result" in text
+    assert "no_such_module_here" in text
+
+
+def test_a_failed_run_says_why(pytestconfig, tmp_path) -> None:
+    (tmp_path / "reports.jsonl").write_text("")
+    run = make_run(pytestconfig, tmp_path / "reports.jsonl")
+    run.error = "the kernel test guest did not boot: boom"
+    assert run.wait_for("t.py::test") is None
+    assert run.missing_text("t.py::test").startswith("the kernel test guest did not boot: boom")
+
+
+def test_partial_lines_wait_for_their_end(pytestconfig, tmp_path) -> None:
+    path = tmp_path / "reports.jsonl"
+    path.write_text('{"$report_type": "TestReport", "nodeid": "a", "when": "teardown"')
+    run = make_run(pytestconfig, path)
+    run._read_new()
+    assert "a" not in run._finished
+    with open(path, "a") as f:
+        f.write("}\n")
+    run._read_new()
+    assert "a" in run._finished
+
+
+def test_guest_argv(pytestconfig) -> None:
+    cfg = SimpleNamespace(rootpath="/work/x", inipath="/work/x/pyproject.toml", option=SimpleNamespace(maxfail=2))
+    argv = pp.guest_pytest_argv(cfg, ["tests/a.py::t[1 2]", "tests/b.py::u"], "/tmp/res")  # type: ignore[arg-type]
+    assert argv[:3] == [sys.executable, "-m", "pytest"]
+    for pair in (["-p", pp.__name__], ["-p", "no:cacheprovider"], ["-p", "no:hypothesispytest"],
+                 ["--rootdir", "/work/x"], ["-c", "/work/x/pyproject.toml"]):
+        assert any(argv[i:i + 2] == pair for i in range(len(argv)))
+    assert "--junitxml=/tmp/res/junit.xml" in argv and "--maxfail=2" in argv
+    assert "--continue-on-collection-errors" in argv
+    assert argv[-3:] == ["--", "tests/a.py::t[1 2]", "tests/b.py::u"]
+
+
+def test_forwarded_env() -> None:
+    env = {"BLOCKLINK_ALLOW_SKIP": "1", "BLOCKLINK_GUEST_KEEP": "1", "BLOCKLINK_IN_GUEST": "1", "HOME": "/h",
+           "BLOCKLINK_VECTORS": "/v"}
+    assert pp.forwarded_env(env) == {"BLOCKLINK_ALLOW_SKIP": "1", "BLOCKLINK_VECTORS": "/v"}
+
+
+def test_nics_are_the_largest_request() -> None:
+    def item(*kwargs):
+        return SimpleNamespace(iter_markers=lambda name: [SimpleNamespace(kwargs=k) for k in kwargs])
+
+    assert pp.guest_nics([item({}), item({"nics": 2}), item({"nics": 1})]) == 2  # type: ignore[list-item]
+    assert pp.guest_nics([item({})]) == 0  # type: ignore[list-item]
