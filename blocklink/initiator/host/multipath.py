@@ -11,9 +11,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Iterable, List, Optional, Sequence
 
-from blocklink.errors import CommandFailed
+from blocklink.errors import CommandFailed, DeviceNotFound
 from blocklink.executor import Executor
 from blocklink.hostpaths import HostPaths
+from blocklink.initiator.host.wait import wait_for
 from blocklink.initiator.host.wwn import same_wwn
 from blocklink.masking import get_logger
 
@@ -198,5 +199,32 @@ class Multipath:
         return maps[0] if maps else None
 
 
+def wait_for_map(mp: Multipath, wwid: str, names: Sequence[str], *, timeout: float, uevents: bool = True,
+                 min_paths: int = 1) -> Optional[DmMap]:
+    """Make ``names`` (sdX paths of LU ``wwid``) a multipath map and wait for it: records the WWID
+    (find_multipaths strict/yes), hands multipathd the paths it lacks, then waits for a map holding
+    them all. After ``timeout`` a map with at least ``min_paths`` of them is accepted; else None."""
+    paths = mp.paths
+    m = map_for_wwid(paths, wwid)
+    if m is None or not set(names) <= set(m.slaves):
+        mp.add_wwid(wwid)
+        for n in names:
+            if m is None or n not in m.slaves:
+                mp.add_path(paths.to_host(paths.devpath(n)))
+
+    def check() -> Optional[DmMap]:
+        found = map_for_wwid(paths, wwid)
+        return found if found is not None and set(names) <= set(found.slaves) else None
+
+    try:
+        return wait_for(check, timeout=timeout, watch=[paths.dev, paths.devpath("mapper")], uevents=uevents,
+                        what=f"multipath map mpath-{wwid}")
+    except DeviceNotFound:
+        found = map_for_wwid(paths, wwid)
+        if found is not None and len(set(names) & set(found.slaves)) >= min_paths:
+            return found
+        return None
+
+
 __all__ = ["MultipathPath", "MultipathMap", "parse_multipath", "DmMap", "read_map", "multipath_maps",
-           "map_for_wwid", "map_holding", "Multipath", "UUID_PREFIX"]
+           "map_for_wwid", "map_holding", "Multipath", "UUID_PREFIX", "wait_for_map"]
