@@ -1,0 +1,421 @@
+"""NVMe-oF host mechanics: controllers and namespaces in sysfs, and the ``nvme`` (nvme-cli) wrapper.
+
+What the kernel shows, and what this module relies on:
+
+- ``/sys/class/nvme/nvmeX``: one fabrics controller (``subsysnqn``, ``transport``, ``address`` as
+  ``traddr=..,trsvcid=..[,host_traddr=..][,src_addr=..]``, ``state``, ``hostnqn``). Its namespaces are
+  child directories: ``nvmeXnN`` without native multipath, ``nvmeScXnN`` (a hidden path device of the
+  head ``/dev/nvmeSnN``) with it.
+- ``/sys/block/nvmeSnN/{uuid,nguid,wwid,nsid,size}``: the identity and size of the /dev node.
+- ``/sys/module/nvme_core/parameters/multipath``: ``Y`` when the kernel merges the paths of one
+  namespace into one head device (native NVMe multipath).
+
+No protocol policy lives here: which portals to connect and when to disconnect is the connector's.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+import socket
+import uuid as uuid_lib
+from dataclasses import dataclass
+from typing import Dict, FrozenSet, Iterable, List, Optional, Sequence, Set, Tuple
+
+from blocklink.errors import AuthenticationFailed, CommandFailed, ConnectionFailed
+from blocklink.executor import Executor
+from blocklink.hostpaths import HostPaths
+from blocklink.masking import get_logger
+
+LOG = get_logger(__name__)
+
+_NS_DIR_RE = re.compile(r"^nvme(\d+)(?:c(\d+))?n(\d+)$")
+_HEX32_RE = re.compile(r"^[0-9a-f]{32}$")
+LIVE = "live"
+
+
+# ---------------------------------------------------------------------------------------------
+# identifiers
+# ---------------------------------------------------------------------------------------------
+
+def normalize_uuid(text: Optional[str]) -> Optional[str]:
+    """Canonical lower-case dashed UUID, or None (Cinder sends them with or without dashes)."""
+    if not text:
+        return None
+    try:
+        return str(uuid_lib.UUID(text.strip()))
+    except ValueError:
+        return None
+
+
+def normalize_nguid(text: Optional[str]) -> Optional[str]:
+    """32 lower-case hex digits, or None; an all-zero NGUID means "none" (what nvmet reports unset)."""
+    if not text:
+        return None
+    h = text.strip().lower().replace("-", "")
+    if not _HEX32_RE.match(h) or h == "0" * 32:
+        return None
+    return h
+
+
+def parse_address(text: str) -> Dict[str, str]:
+    """``traddr=127.0.0.1,trsvcid=4420,src_addr=127.0.0.1`` → dict (sysfs ``address``)."""
+    out = {}
+    for part in (text or "").split(","):
+        k, sep, v = part.strip().partition("=")
+        if sep:
+            out[k] = v
+    return out
+
+
+def _same_address(a: str, b: str) -> bool:
+    try:
+        return ipaddress.ip_address(a.split("%")[0]) == ipaddress.ip_address(b.split("%")[0])
+    except ValueError:
+        return a.lower() == b.lower()
+
+
+def resolve_addresses(host: str) -> FrozenSet[str]:
+    """The IP addresses a portal host stands for (itself when it is an address already)."""
+    try:
+        ipaddress.ip_address(host.split("%")[0])
+        return frozenset({host})
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except OSError:
+        return frozenset({host})
+    return frozenset({str(i[4][0]) for i in infos} | {host})
+
+
+# ---------------------------------------------------------------------------------------------
+# sysfs model
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class NvmePortalSpec:
+    """Where to connect: one entry of the connection info's ``portals``."""
+
+    address: str
+    port: int
+    transport: str = "tcp"
+
+    def __str__(self) -> str:
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        return f"{self.transport}://{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Controller:
+    name: str  # nvme0
+    subsysnqn: str
+    transport: str
+    traddr: str
+    trsvcid: str
+    state: str
+    hostnqn: Optional[str] = None
+    host_traddr: Optional[str] = None
+
+    @property
+    def live(self) -> bool:
+        return self.state == LIVE
+
+    @property
+    def dev(self) -> str:
+        return f"/dev/{self.name}"
+
+    def serves(self, nqn: str, portal: NvmePortalSpec, hostnqn: Optional[str],
+               addresses: Optional[FrozenSet[str]] = None) -> bool:
+        """Whether this controller is the connection of ``hostnqn`` to ``nqn`` at ``portal``."""
+        if self.subsysnqn != nqn or self.transport != portal.transport or self.trsvcid != str(portal.port):
+            return False
+        if hostnqn is not None and self.hostnqn is not None and self.hostnqn != hostnqn:
+            return False
+        addrs = addresses if addresses is not None else frozenset({portal.address})
+        return any(_same_address(self.traddr, a) for a in addrs)
+
+
+@dataclass(frozen=True)
+class Namespace:
+    name: str  # the /dev node: nvme0n1 (the head device with native multipath)
+    nsid: int
+    uuid: Optional[str] = None
+    nguid: Optional[str] = None
+    wwid: Optional[str] = None
+    size: int = 0  # bytes
+    controllers: Tuple[str, ...] = ()  # the controllers it was seen through
+
+    @property
+    def path(self) -> str:
+        return f"/dev/{self.name}"
+
+    def matches(self, uuid: Optional[str] = None, nguid: Optional[str] = None,
+                nsid: Optional[int] = None) -> bool:
+        """The most specific identifier given decides: UUID, then NGUID, then namespace id."""
+        if uuid:
+            return self.uuid == uuid or self.wwid == f"uuid.{uuid}"
+        if nguid:
+            return self.nguid == nguid or self.wwid == f"eui.{nguid}"
+        if nsid is not None:
+            return self.nsid == nsid
+        return False
+
+
+class NvmeHost:
+    """Reads NVMe state from sysfs and drives ``nvme`` through the executor."""
+
+    def __init__(self, paths: HostPaths, executor: Executor, *, nvme_cmd: str = "nvme",
+                 command_timeout: float = 60.0) -> None:
+        self.paths = paths
+        self.executor = executor
+        self.nvme_cmd = nvme_cmd
+        self.command_timeout = command_timeout
+
+    # ------------------------------------------------------------------ kernel features
+    def native_multipath(self) -> bool:
+        v = self.paths.read(self.paths.sys("module", "nvme_core", "parameters", "multipath"), "")
+        return (v or "").upper() in ("Y", "1")
+
+    def fabrics_ready(self) -> bool:
+        return self.paths.exists(self.paths.devpath("nvme-fabrics"))
+
+    def load_modules(self, transport: str) -> None:
+        """``nvme-fabrics`` and the transport's module, when /dev/nvme-fabrics is missing."""
+        if self.fabrics_ready():
+            return
+        self.executor.run(["modprobe", "-a", "nvme-fabrics", f"nvme-{transport}"], timeout=self.command_timeout)
+
+    # ------------------------------------------------------------------ controllers
+    def controller(self, name: str) -> Optional[Controller]:
+        base = self.paths.sys("class", "nvme", name)
+        nqn = self.paths.read(os.path.join(base, "subsysnqn"))
+        if nqn is None:
+            return None
+        addr = parse_address(self.paths.read(os.path.join(base, "address"), "") or "")
+        return Controller(
+            name=name, subsysnqn=nqn,
+            transport=self.paths.read(os.path.join(base, "transport"), "") or "",
+            traddr=addr.get("traddr", ""), trsvcid=addr.get("trsvcid", ""),
+            state=self.paths.read(os.path.join(base, "state"), "") or "",
+            hostnqn=self.paths.read(os.path.join(base, "hostnqn")),
+            host_traddr=addr.get("host_traddr"))
+
+    def controllers(self, nqn: Optional[str] = None) -> List[Controller]:
+        out = []
+        for name in self.paths.listdir(self.paths.sys("class", "nvme")):
+            c = self.controller(name)
+            if c is not None and (nqn is None or c.subsysnqn == nqn):
+                out.append(c)
+        return out
+
+    def find_controllers(self, nqn: str, portals: Sequence[NvmePortalSpec],
+                         hostnqn: Optional[str]) -> Dict[NvmePortalSpec, Controller]:
+        """The controller connecting ``hostnqn`` to ``nqn`` at each portal that has one."""
+        found: Dict[NvmePortalSpec, Controller] = {}
+        candidates = self.controllers(nqn)
+        for p in portals:
+            addrs = resolve_addresses(p.address)
+            for c in candidates:
+                if c.serves(nqn, p, hostnqn, addrs) and c.name not in {x.name for x in found.values()}:
+                    found[p] = c
+                    break
+        return found
+
+    # ------------------------------------------------------------------ namespaces
+    def _block_attr(self, name: str, attr: str) -> Optional[str]:
+        return self.paths.read(self.paths.sys("block", name, attr))
+
+    def namespaces(self, controller: str) -> List[Namespace]:
+        """The namespaces reachable through one controller, named by their /dev node."""
+        base = self.paths.sys("class", "nvme", controller)
+        out = []
+        for entry in self.paths.listdir(base):
+            m = _NS_DIR_RE.match(entry)
+            if not m:
+                continue
+            name = f"nvme{m.group(1)}n{m.group(3)}"
+            d = os.path.join(base, entry)
+            nsid_text = self.paths.read(os.path.join(d, "nsid")) or m.group(3)
+            size = self._block_attr(name, "size") or self.paths.read(os.path.join(d, "size"), "0") or "0"
+            out.append(Namespace(
+                name=name,
+                nsid=int(nsid_text) if nsid_text.isdigit() else int(m.group(3)),
+                uuid=normalize_uuid(self.paths.read(os.path.join(d, "uuid"))),
+                nguid=normalize_nguid(self.paths.read(os.path.join(d, "nguid"))),
+                wwid=self.paths.read(os.path.join(d, "wwid")),
+                size=int(size) * 512 if size.isdigit() else 0,
+                controllers=(controller,)))
+        return out
+
+    def find_namespace(self, controllers: Iterable[str], *, uuid: Optional[str] = None,
+                       nguid: Optional[str] = None, nsid: Optional[int] = None,
+                       need_dev: bool = True) -> Optional[Namespace]:
+        """The namespace with this identity behind any of ``controllers`` (merged over paths).
+
+        With ``need_dev`` only a usable one: its /dev node exists and its capacity is known.
+        """
+        hit: Optional[Namespace] = None
+        via: List[str] = []
+        for ctrl in controllers:
+            for ns in self.namespaces(ctrl):
+                if ns.matches(uuid, nguid, nsid):
+                    # a head device exists (size 0) a moment before its first path has set the capacity
+                    if need_dev and (ns.size == 0 or not self.paths.exists(self.paths.devpath(ns.name))):
+                        continue
+                    hit = hit or ns
+                    if ns.name == hit.name:
+                        via.append(ctrl)
+        if hit is None:
+            return None
+        return Namespace(hit.name, hit.nsid, hit.uuid, hit.nguid, hit.wwid, hit.size, tuple(via))
+
+    def device_size(self, name: str) -> Optional[int]:
+        v = self._block_attr(name, "size")
+        return int(v) * 512 if v and v.isdigit() else None
+
+    # ------------------------------------------------------------------ who uses a device
+    def device_users(self, name: str) -> List[str]:
+        """Why block device ``name`` is in use: holders (dm/md), mounts, processes holding it open."""
+        reasons = [f"held by {h}" for h in self.paths.listdir(self.paths.sys("block", name, "holders"))]
+        majmin = self._block_attr(name, "dev")
+        mountinfo = self.paths.read(self.paths.procpath("self", "mountinfo"), "") or ""
+        for line in mountinfo.splitlines():
+            f = line.split()
+            if majmin and len(f) > 4 and f[2] == majmin:
+                reasons.append(f"mounted on {f[4]}")
+        dev = f"/dev/{name}"
+        me = str(os.getpid())
+        for pid in self.paths.listdir(self.paths.proc):
+            if not pid.isdigit() or pid == me:
+                continue
+            fd_dir = self.paths.procpath(pid, "fd")
+            for fd in self.paths.listdir(fd_dir):
+                if self.paths.readlink(os.path.join(fd_dir, fd)) == dev:
+                    comm = self.paths.read(self.paths.procpath(pid, "comm"), "?")
+                    reasons.append(f"open by pid {pid} ({comm})")
+                    break
+        return reasons
+
+    # ------------------------------------------------------------------ nvme-cli
+    def connect(self, nqn: str, portal: NvmePortalSpec, *, hostnqn: Optional[str] = None,
+                hostid: Optional[str] = None, ctrl_loss_tmo: Optional[int] = None,
+                reconnect_delay: Optional[int] = None, keep_alive_tmo: Optional[int] = None,
+                nr_io_queues: Optional[int] = None, host_traddr: Optional[str] = None) -> bool:
+        """``nvme connect``; True when connected now, False when the kernel already had the connection.
+
+        A refusal by the target raises :class:`AuthenticationFailed` (host NQN not allowed, or no such
+        subsystem for this host), an unreachable portal :class:`ConnectionFailed`.
+        """
+        argv = [self.nvme_cmd, "connect", "-t", portal.transport, "-a", portal.address,
+                "-s", str(portal.port), "-n", nqn]
+        for opt, val in (("-q", hostnqn), ("-I", hostid), ("-l", ctrl_loss_tmo), ("-c", reconnect_delay),
+                         ("-k", keep_alive_tmo), ("-i", nr_io_queues), ("-w", host_traddr)):
+            if val is not None:
+                argv += [opt, str(val)]
+        try:
+            self.executor.run(argv, timeout=self.command_timeout)
+        except CommandFailed as e:
+            err = classify_connect_error(e, nqn, portal, hostnqn)
+            if err is None:
+                LOG.info("nvme: %s at %s was already connected", nqn, portal)
+                return False
+            raise err from None
+        LOG.info("nvme: connected %s at %s", nqn, portal)
+        return True
+
+    def disconnect(self, controller: str) -> None:
+        """``nvme disconnect -d nvmeX`` (deletes the controller; its namespaces' devices go with it)."""
+        self.executor.run([self.nvme_cmd, "disconnect", "-d", controller], timeout=self.command_timeout)
+        LOG.info("nvme: disconnected controller %s", controller)
+
+    def rescan(self, controller: str) -> None:
+        """``nvme ns-rescan`` (for targets that send no namespace-change notice)."""
+        self.executor.run([self.nvme_cmd, "ns-rescan", f"/dev/{controller}"], timeout=self.command_timeout)
+
+    def id_ns_size(self, device: str) -> Optional[int]:
+        """The namespace's size in bytes as the controller reports it now (``nvme id-ns -o json``)."""
+        res = self.executor.run([self.nvme_cmd, "id-ns", "-o", "json", device], check=False,
+                                timeout=self.command_timeout)
+        if res.exit_code != 0:
+            LOG.warning("nvme id-ns %s failed: %s", device, res.stderr.strip())
+            return None
+        return parse_id_ns_size(res.stdout)
+
+    def flush(self, device: str) -> None:
+        self.executor.run(["blockdev", "--flushbufs", device], timeout=self.command_timeout)
+
+
+# ---------------------------------------------------------------------------------------------
+# output parsing
+# ---------------------------------------------------------------------------------------------
+
+def parse_id_ns_size(text: str) -> Optional[int]:
+    """Bytes = NSZE x the LBA data size of the format in use (FLBAS bits 0-3, plus 5-6 for >16)."""
+    try:
+        data = json.loads(text)
+        nsze = int(data["nsze"])
+        flbas = int(data.get("flbas", 0))
+        idx = (flbas & 0xF) | ((flbas >> 1) & 0x30)
+        ds = int(data["lbafs"][idx]["ds"])
+    except (ValueError, KeyError, IndexError, TypeError):
+        return None
+    if ds < 9:  # LBADS below 9 (512 bytes) means the format is not supported
+        return None
+    return nsze << ds
+
+
+def parse_list_subsys(text: str) -> List[Dict[str, object]]:
+    """``nvme list-subsys -o json`` (nvme-cli 2.x) → [{"name", "nqn", "paths": [{"name", "transport",
+    "address", "state"}]}]; the 1.x shape (a dict with "Subsystems") is accepted too."""
+    try:
+        data = json.loads(text or "[]")
+    except ValueError:
+        return []
+    hosts = data if isinstance(data, list) else [data]
+    out: List[Dict[str, object]] = []
+    for h in hosts:
+        for s in (h or {}).get("Subsystems", []) or []:
+            paths = [{"name": p.get("Name"), "transport": p.get("Transport"), "address": p.get("Address"),
+                      "state": p.get("State")} for p in s.get("Paths", []) or []]
+            out.append({"name": s.get("Name"), "nqn": s.get("NQN"), "paths": paths})
+    return out
+
+
+_ALREADY = ("already connected", "operation already in progress")
+_REFUSED_BY_TARGET = ("input/output error",)
+_UNREACHABLE = ("connection refused", "no route to host", "network is unreachable", "connection timed out",
+                "timed out", "host is down", "cannot assign requested address")
+
+
+def classify_connect_error(e: CommandFailed, nqn: str, portal: NvmePortalSpec,
+                           hostnqn: Optional[str]) -> Optional[Exception]:
+    """The typed error for a failed ``nvme connect``, or None when it means "already connected"."""
+    text = f"{e.stderr}\n{e.stdout}".lower()
+    what = f"{nqn} at {portal}"
+    if e.exit_code in (70, 114) or any(s in text for s in _ALREADY):
+        return None
+    if e.exit_code == 5 or any(s in text for s in _REFUSED_BY_TARGET):
+        who = f"host NQN {hostnqn}" if hostnqn else "this host's NQN"
+        return AuthenticationFailed(
+            what, f"the target refused the connection: {who} is not among the subsystem's allowed hosts "
+                  "(or the subsystem does not exist at this portal)")
+    for s in _UNREACHABLE:
+        if s in text:
+            return ConnectionFailed(what, f"portal unreachable ({s})")
+    if "/dev/nvme-fabrics" in text and "no such file" in text:
+        return ConnectionFailed(what, "the nvme-fabrics kernel module is not loaded")
+    if e.exit_code is None and "cannot run" in str(e):
+        return ConnectionFailed(what, "nvme-cli is not installed (no 'nvme' command)")
+    last = (e.stderr or e.stdout or "").strip().splitlines()
+    return ConnectionFailed(what, f"nvme connect failed (exit {e.exit_code})" + (f": {last[0]}" if last else ""))
+
+
+def namespace_names(controllers: Iterable[Controller], host: NvmeHost) -> Set[str]:
+    return {ns.name for c in controllers for ns in host.namespaces(c.name)}
+
+
+__all__ = ["Controller", "Namespace", "NvmeHost", "NvmePortalSpec", "classify_connect_error", "normalize_nguid",
+           "normalize_uuid", "parse_address", "parse_id_ns_size", "parse_list_subsys", "resolve_addresses"]

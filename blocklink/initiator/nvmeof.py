@@ -1,0 +1,395 @@
+"""NVMe over Fabrics connector (TCP; RDMA/FC portals go through the same nvme-cli calls).
+
+``connect_volume`` connects this host to every portal of the subsystem (only the first reachable
+one when the kernel has no native NVMe multipath: separate per-path devices would need dm-multipath),
+finds the volume's namespace by its UUID, NGUID or, for legacy info, namespace id — never by
+guessing which ``/dev/nvmeXnY`` appeared — and waits for its device on kernel events.
+
+A controller (one connection to a subsystem) carries every namespace the subsystem shows this host,
+so ``disconnect_volume`` deletes it only when no other namespace behind it is in use: attached by
+blocklink on this host (a small record per subsystem under ``run_dir``) or used by someone (held
+by device-mapper, mounted, or open by a process). All work on one subsystem runs under that
+subsystem's inter-process lock; different subsystems proceed in parallel.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from contextlib import contextmanager
+from typing import Any, Dict, Iterator, List, Optional, Set
+
+from blocklink.connection import AttachedDevice, NvmeofInfo
+from blocklink.errors import (AuthenticationFailed, BlocklinkError, CommandFailed, ConnectionFailed,
+                              DetachIncomplete, DeviceBusy, DeviceMismatch, DeviceNotFound, InvalidConnectionInfo)
+from blocklink.executor import Executor
+from blocklink.hostpaths import HostPaths
+from blocklink.initiator.base import Connector, DeviceLike, InfoLike
+from blocklink.initiator.host.nvme import (Controller, Namespace, NvmeHost, NvmePortalSpec, normalize_nguid,
+                                           normalize_uuid)
+from blocklink.initiator.host.wait import wait_for
+from blocklink.initiator.properties import read_nvme_ids
+from blocklink.locks import LockFactory
+from blocklink.masking import get_logger
+
+LOG = get_logger(__name__)
+
+
+class _Identity:
+    """How the connection info names its namespace (normalised), and how to say it in messages."""
+
+    def __init__(self, info: NvmeofInfo) -> None:
+        self.uuid = normalize_uuid(info.vol_uuid)
+        if info.vol_uuid and self.uuid is None:
+            raise InvalidConnectionInfo("data.vol_uuid", f"{info.vol_uuid[:60]!r} is not a UUID")
+        self.nguid = normalize_nguid(info.volume_nguid)
+        if info.volume_nguid and self.nguid is None:
+            raise InvalidConnectionInfo("data.volume_nguid", f"{info.volume_nguid[:60]!r} is not a 128-bit NGUID")
+        self.nsid = info.ns_id
+        self.nqn = info.target_nqn
+
+    @property
+    def given(self) -> bool:
+        return bool(self.uuid or self.nguid or self.nsid is not None)
+
+    def record(self, ns: Namespace) -> Dict[str, Any]:
+        return {"uuid": ns.uuid, "nguid": ns.nguid, "nsid": ns.nsid}
+
+    def __str__(self) -> str:
+        if self.uuid:
+            return f"namespace uuid {self.uuid} of {self.nqn}"
+        if self.nguid:
+            return f"namespace nguid {self.nguid} of {self.nqn}"
+        if self.nsid is not None:
+            return f"namespace {self.nsid} of {self.nqn}"
+        return f"the namespace of {self.nqn}"
+
+
+class NVMeOFConnector(Connector):
+    """``connector_for("nvmeof", use_multipath=True, timeout=30.0, ...)``.
+
+    Options: ``use_multipath`` (connect every portal when the kernel has native NVMe multipath),
+    ``host_nqn``/``host_id`` (default: /etc/nvme/hostnqn and nvme-cli's own host id; the connection
+    info's ``host_nqn`` wins), ``ctrl_loss_tmo``/``reconnect_delay``/``keep_alive_tmo``/``nr_io_queues``
+    (nvme connect's ``-l``/``-c``/``-k``/``-i``; None keeps the kernel defaults), ``timeout`` for the
+    namespace to appear, ``run_dir`` for the per-subsystem attach records, ``lock_path``.
+    """
+
+    protocol = "nvmeof"
+    info_type = NvmeofInfo
+
+    def __init__(self, *, use_multipath: bool = True, host_nqn: Optional[str] = None, host_id: Optional[str] = None,
+                 ctrl_loss_tmo: Optional[int] = None, reconnect_delay: Optional[int] = None,
+                 keep_alive_tmo: Optional[int] = None, nr_io_queues: Optional[int] = None,
+                 timeout: float = 30.0, run_dir: str = "/run/blocklink", lock_path: Optional[str] = None,
+                 executor: Optional[Executor] = None, paths: Optional[HostPaths] = None) -> None:
+        super().__init__(executor=executor, paths=paths)
+        self.use_multipath = use_multipath
+        self.host_nqn = host_nqn
+        self.host_id = host_id
+        self.ctrl_loss_tmo = ctrl_loss_tmo
+        self.reconnect_delay = reconnect_delay
+        self.keep_alive_tmo = keep_alive_tmo
+        self.nr_io_queues = nr_io_queues
+        self.timeout = timeout
+        self.record_dir = os.path.join(run_dir, "nvme")
+        self.locks = LockFactory(lock_path or os.path.join(run_dir, "locks"))
+        self.host = NvmeHost(self.paths, self.executor)
+
+    # ------------------------------------------------------------------ connector properties
+    def get_connector_properties(self, **kwargs: Any) -> Dict[str, Any]:
+        ids = read_nvme_ids(self.paths)
+        out: Dict[str, Any] = {k: ids[k] for k in ("nqn", "nvme_hostid") if k in ids}
+        if self.host_nqn:
+            out["nqn"] = self.host_nqn
+        out["nvme_native_multipath"] = self.host.native_multipath()
+        return out
+
+    def _hostnqn(self, info: NvmeofInfo) -> str:
+        nqn = info.host_nqn or self.host_nqn or read_nvme_ids(self.paths).get("nqn")
+        if not nqn:
+            raise InvalidConnectionInfo("data.host_nqn", "missing, and this host has no /etc/nvme/hostnqn "
+                                                         "(create it with 'nvme gen-hostnqn')")
+        return nqn
+
+    @staticmethod
+    def _portals(info: NvmeofInfo) -> List[NvmePortalSpec]:
+        return [NvmePortalSpec(p.address, p.port, p.transport) for p in info.portals]
+
+    @contextmanager
+    def _subsystem_lock(self, nqn: str) -> Iterator[None]:
+        with self.locks.lock(f"nvme-{nqn}"):
+            yield
+
+    # ------------------------------------------------------------------ connect
+    def connect_volume(self, info: InfoLike) -> AttachedDevice:
+        ninfo: NvmeofInfo = self._info(info)
+        ident = _Identity(ninfo)
+        hostnqn = self._hostnqn(ninfo)
+        portals = self._portals(ninfo)
+        with self._subsystem_lock(ninfo.target_nqn):
+            existing = self.host.find_controllers(ninfo.target_nqn, portals, hostnqn)
+            created: List[str] = []
+            try:
+                ns = self._connect_and_find(ninfo, ident, hostnqn, portals, existing, created)
+                self._remember(ninfo.target_nqn, hostnqn, ident.record(ns))
+            except BaseException:
+                self._undo(created)
+                raise
+        LOG.info("nvme: %s attached at %s via %s", ident, ns.path, ", ".join(ns.controllers))
+        return AttachedDevice(protocol=self.protocol, path=ns.path, type="block", wwn=ns.wwid,
+                              extra={"nqn": ninfo.target_nqn, "nsid": ns.nsid, "uuid": ns.uuid,
+                                     "controllers": list(ns.controllers), "size": ns.size})
+
+    def _connect_and_find(self, info: NvmeofInfo, ident: _Identity, hostnqn: str, portals: List[NvmePortalSpec],
+                          existing: Dict[NvmePortalSpec, Controller], created: List[str]) -> Namespace:
+        all_paths = self.use_multipath and self.host.native_multipath()
+        live = [c for c in existing.values() if c.live]
+        for c in live:  # a target without namespace-change notices shows a new namespace only after a rescan
+            self._rescan(c.name)
+        failures: List[BlocklinkError] = []
+        if all_paths or not live:
+            self.host.load_modules(portals[0].transport)
+            for p in portals:
+                if p in existing:
+                    continue
+                before = {c.name for c in self.host.controllers(info.target_nqn)}
+                try:
+                    self.host.connect(info.target_nqn, p, hostnqn=hostnqn, hostid=self.host_id,
+                                      ctrl_loss_tmo=self.ctrl_loss_tmo, reconnect_delay=self.reconnect_delay,
+                                      keep_alive_tmo=self.keep_alive_tmo, nr_io_queues=self.nr_io_queues)
+                except (ConnectionFailed, CommandFailed) as e:
+                    LOG.warning("nvme: %s", e)
+                    failures.append(e if isinstance(e, ConnectionFailed) else ConnectionFailed(str(p), str(e)))
+                    continue
+                found = self.host.find_controllers(info.target_nqn, [p], hostnqn).get(p)
+                if found is not None:
+                    if found.name not in before:
+                        created.append(found.name)
+                    existing[p] = found
+                if not all_paths:
+                    break
+        if not existing:
+            raise _combined(ident, failures)
+        if failures:
+            LOG.warning("nvme: %s reachable on %d of %d portals", info.target_nqn, len(existing), len(portals))
+        ctrls = [c.name for c in existing.values()]
+        ns = self._wait_namespace(ident, ctrls)
+        if all_paths and len(existing) > 1:  # native multipath: wait until every path joined the head device
+            want = set(ctrls)
+            ns = wait_for(lambda: self._with_paths(ident, ctrls, want), timeout=self.timeout,
+                          watch=[self.paths.sys("class", "nvme")], what=f"all paths of {ident}")
+        return ns
+
+    def _with_paths(self, ident: _Identity, ctrls: List[str], want: Set[str]) -> Optional[Namespace]:
+        ns = self._find(ident, ctrls)
+        return ns if ns is not None and set(ns.controllers) >= want else None
+
+    def _find(self, ident: _Identity, ctrls: List[str]) -> Optional[Namespace]:
+        if ident.given:
+            return self.host.find_namespace(ctrls, uuid=ident.uuid, nguid=ident.nguid, nsid=ident.nsid)
+        # legacy info without any namespace identity: only an unambiguous subsystem will do
+        nsids = {ns.nsid for c in ctrls for ns in self.host.namespaces(c)}
+        if len(nsids) > 1:
+            raise ConnectionFailed(ident.nqn, f"the connection info names no namespace (no vol_uuid, volume_nguid "
+                                              f"or ns_id) and the subsystem shows {len(nsids)}: cannot tell which")
+        return self.host.find_namespace(ctrls, nsid=nsids.pop()) if nsids else None
+
+    def _wait_namespace(self, ident: _Identity, ctrls: List[str]) -> Namespace:
+        return wait_for(lambda: self._find(ident, ctrls), timeout=self.timeout,
+                        watch=[self.paths.dev, *(self.paths.sys("class", "nvme", c) for c in ctrls)],
+                        what=str(ident))
+
+    def _rescan(self, ctrl: str) -> None:
+        try:
+            self.host.rescan(ctrl)
+        except CommandFailed as e:
+            LOG.warning("nvme: rescan of %s failed: %s", ctrl, e)
+
+    def _undo(self, created: List[str]) -> None:
+        for ctrl in created:
+            try:
+                self.host.disconnect(ctrl)
+            except CommandFailed as e:
+                LOG.error("nvme: could not undo the connection %s: %s", ctrl, e)
+
+    # ------------------------------------------------------------------ disconnect
+    def disconnect_volume(self, info: InfoLike, device: DeviceLike = None, force: bool = False) -> None:
+        ninfo: NvmeofInfo = self._info(info)
+        dev = self._device(device)
+        ident = _Identity(ninfo)
+        hostnqn = self._hostnqn(ninfo)
+        failures: List[str] = []
+        with self._subsystem_lock(ninfo.target_nqn):
+            ctrls = list(self.host.find_controllers(ninfo.target_nqn, self._portals(ninfo), hostnqn).values())
+            names = [c.name for c in ctrls]
+            ns = self._find_for_detach(ident, names, dev)
+            if ns is not None:
+                try:
+                    self.host.flush(ns.path)
+                except CommandFailed as e:
+                    if not force:
+                        raise DeviceBusy(ns.path, f"flush failed: {e}") from None
+                    failures.append(f"flush {ns.path}: {e}")
+            records = self._forget(ninfo.target_nqn, hostnqn, ident, ns)
+            removed = []
+            for c in ctrls:
+                users = self._other_users(c.name, ns, records)
+                if users:
+                    LOG.info("nvme: keeping controller %s of %s: %s", c.name, ninfo.target_nqn, "; ".join(users))
+                    continue
+                try:
+                    self.host.disconnect(c.name)
+                    removed.append(c.name)
+                except CommandFailed as e:
+                    if not force:
+                        raise DeviceBusy(c.dev, f"nvme disconnect failed: {e}") from None
+                    failures.append(f"disconnect {c.name}: {e}")
+            if removed:
+                self._wait_gone(removed)
+        if failures:
+            raise DetachIncomplete(str(ident), failures)
+        LOG.info("nvme: %s detached", ident)
+
+    def _find_for_detach(self, ident: _Identity, ctrls: List[str],
+                         dev: Optional[AttachedDevice]) -> Optional[Namespace]:
+        ns = self._find(ident, ctrls) if ctrls else None
+        if dev is None or not dev.path or not ctrls:
+            return ns
+        given = os.path.basename(dev.path)
+        mine = {n.name: n for c in ctrls for n in self.host.namespaces(c)}
+        if ns is None:  # the info named nothing we can see: trust the device if it is behind our controllers
+            return mine.get(given)
+        if given != ns.name:
+            same = mine.get(given)
+            if same is None or not same.matches(ident.uuid, ident.nguid, ident.nsid):
+                found = same.wwid if same is not None else "no namespace of this subsystem"
+                raise DeviceMismatch(dev.path, ns.wwid or ns.path, found or "?")
+            return same  # another path's device of the same namespace (no native multipath)
+        return ns
+
+    def _other_users(self, ctrl: str, ns: Optional[Namespace], records: List[Dict[str, Any]]) -> List[str]:
+        out = []
+        for other in self.host.namespaces(ctrl):
+            if ns is not None and other.name == ns.name:
+                continue
+            if any(_record_matches(r, other) for r in records):
+                out.append(f"{other.path} is attached (namespace {other.nsid})")
+                continue
+            out += [f"{other.path} {u}" for u in self.host.device_users(other.name)]
+        return out
+
+    def _wait_gone(self, ctrls: List[str]) -> None:
+        def gone() -> Optional[bool]:
+            return True if all(self.host.controller(c) is None for c in ctrls) else None
+        try:
+            wait_for(gone, timeout=self.timeout, watch=[self.paths.sys("class", "nvme")],
+                     what=f"removal of {', '.join(ctrls)}")
+        except DeviceNotFound:
+            raise DeviceBusy(", ".join(ctrls), "controller still present after nvme disconnect") from None
+
+    # ------------------------------------------------------------------ extend, paths
+    def extend_volume(self, info: InfoLike) -> int:
+        ninfo: NvmeofInfo = self._info(info)
+        ident = _Identity(ninfo)
+        hostnqn = self._hostnqn(ninfo)
+        with self._subsystem_lock(ninfo.target_nqn):
+            ctrls = [c for c in self.host.find_controllers(ninfo.target_nqn, self._portals(ninfo), hostnqn).values()]
+            ns = self._find(ident, [c.name for c in ctrls]) if ctrls else None
+            if ns is None:
+                raise DeviceNotFound(str(ident))
+            for c in ctrls:
+                if c.live:
+                    self._rescan(c.name)
+            want = self.host.id_ns_size(ns.path)
+            name = ns.name
+
+            def sized() -> Optional[int]:
+                size = self.host.device_size(name)
+                if size is None:
+                    return None
+                return size if want is None or size == want else None
+
+            size = wait_for(sized, timeout=self.timeout, watch=[self.paths.sys("block", name)],
+                            what=f"{ns.path} at {want} bytes" if want else f"{ns.path} size")
+        LOG.info("nvme: %s is now %d bytes", ns.path, size)
+        return size
+
+    def get_volume_paths(self, info: InfoLike) -> List[str]:
+        ninfo: NvmeofInfo = self._info(info)
+        ident = _Identity(ninfo)
+        hostnqn = self._hostnqn(ninfo)
+        ctrls = [c.name for c in self.host.find_controllers(ninfo.target_nqn, self._portals(ninfo), hostnqn).values()]
+        if not ctrls:
+            return []
+        try:
+            ns = self._find(ident, ctrls)
+        except ConnectionFailed:
+            return []
+        return [ns.path] if ns else []
+
+    # ------------------------------------------------------------------ attach records
+    def _record_path(self, nqn: str, hostnqn: str) -> str:
+        return os.path.join(self.record_dir, LockFactory.lock_name(f"{nqn}@{hostnqn}") + ".json")
+
+    def _load(self, nqn: str, hostnqn: str) -> List[Dict[str, Any]]:
+        text = self.paths.read(self._record_path(nqn, hostnqn))
+        if not text:
+            return []
+        try:
+            data = json.loads(text)
+        except ValueError:
+            LOG.warning("nvme: ignoring an unreadable attach record for %s", nqn)
+            return []
+        return [r for r in data.get("namespaces", []) if isinstance(r, dict)] if isinstance(data, dict) else []
+
+    def _store(self, nqn: str, hostnqn: str, records: List[Dict[str, Any]]) -> None:
+        path = self._record_path(nqn, hostnqn)
+        if not records:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            return
+        os.makedirs(self.record_dir, mode=0o700, exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"nqn": nqn, "hostnqn": hostnqn, "namespaces": records}, f)
+        os.replace(tmp, path)
+
+    def _remember(self, nqn: str, hostnqn: str, rec: Dict[str, Any]) -> None:
+        records = [r for r in self._load(nqn, hostnqn) if not _same_record(r, rec)]
+        self._store(nqn, hostnqn, records + [rec])
+
+    def _forget(self, nqn: str, hostnqn: str, ident: _Identity, ns: Optional[Namespace]) -> List[Dict[str, Any]]:
+        """Drop the volume's record; returns the records of the other attached namespaces."""
+        mine = ident.record(ns) if ns is not None else {"uuid": ident.uuid, "nguid": ident.nguid, "nsid": ident.nsid}
+        records = [r for r in self._load(nqn, hostnqn) if not _same_record(r, mine)]
+        self._store(nqn, hostnqn, records)
+        return records
+
+
+def _same_record(a: Dict[str, Any], b: Dict[str, Any]) -> bool:
+    for key in ("uuid", "nguid"):
+        if a.get(key) and b.get(key):
+            return bool(a[key] == b[key])
+    return a.get("nsid") is not None and a.get("nsid") == b.get("nsid")
+
+
+def _record_matches(rec: Dict[str, Any], ns: Namespace) -> bool:
+    return _same_record(rec, {"uuid": ns.uuid, "nguid": ns.nguid, "nsid": ns.nsid})
+
+
+def _combined(ident: _Identity, failures: List[BlocklinkError]) -> BlocklinkError:
+    """One error for "no portal worked": a refusal by the target wins over unreachable portals."""
+    for f in failures:
+        if isinstance(f, AuthenticationFailed):
+            return f
+    if len(failures) == 1:
+        return failures[0]
+    reasons = "; ".join(str(f) for f in failures) or "no portal connected"
+    return ConnectionFailed(ident.nqn, reasons)
+
+
+__all__ = ["NVMeOFConnector"]
