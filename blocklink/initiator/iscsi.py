@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from blocklink.connection import AttachedDevice, IscsiInfo, IscsiTarget, Portal
-from blocklink.errors import (AuthenticationFailed, BlocklinkError, ConnectionFailed, DetachIncomplete, DeviceBusy,
+from blocklink.errors import (AuthenticationFailed, BlocklinkError, CommandFailed, ConnectionFailed, DetachIncomplete, DeviceBusy,
                               DeviceMismatch, DeviceNotFound, InvalidConnectionInfo, VolumeNotFound)
 from blocklink.executor import Executor
 from blocklink.hostpaths import HostPaths
@@ -76,7 +76,8 @@ class ISCSIConnector(Connector):
     ``iface`` (open-iscsi interface), ``device_timeout`` (seconds to wait for disks and maps),
     ``login_retries``/``login_timeout`` (node.session.initial_login_retry_max and
     node.conn[0].timeo.login_timeout for our node records; None keeps iscsid.conf's values),
-    ``node_startup`` (node.startup of our records), ``lock_path`` for the per-target locks.
+    ``node_startup`` (node.startup of our records), ``flush_timeout`` (how long a multipath map may
+    stay busy at disconnect), ``lock_path`` for the per-target locks.
     """
 
     protocol = "iscsi"
@@ -84,7 +85,7 @@ class ISCSIConnector(Connector):
 
     def __init__(self, *, use_multipath: bool = False, min_paths: int = 1, enforce_multipath: bool = False,
                  iface: str = "default", device_timeout: float = 30.0, login_retries: Optional[int] = None,
-                 login_timeout: Optional[int] = None, node_startup: str = "automatic",
+                 login_timeout: Optional[int] = None, node_startup: str = "automatic", flush_timeout: float = 15.0,
                  lock_path: Optional[str] = None, run_dir: str = "/run/blocklink",
                  iscsi_db_dirs: Optional[Sequence[str]] = None, executor: Optional[Executor] = None,
                  paths: Optional[HostPaths] = None) -> None:
@@ -100,6 +101,7 @@ class ISCSIConnector(Connector):
         self.login_retries = login_retries
         self.login_timeout = login_timeout
         self.node_startup = node_startup
+        self.flush_timeout = flush_timeout
         self.iscsiadm = Iscsiadm(self.executor, self.paths, iface=iface, db_dirs=iscsi_db_dirs)
         self.multipath = Multipath(self.executor, self.paths)
         self.locks = LockFactory(lock_path or os.path.join(run_dir, "locks"))
@@ -126,9 +128,9 @@ class ISCSIConnector(Connector):
                 continue
             good, bad, wwid = self._split_by_wwn(vol.wwn, [path])
             if bad:
+                err = self._mismatch(vol.wwn or "", bad[0])
                 self._release(bad)
-                raise DeviceMismatch(f"/dev/{bad[0].name}", vol.wwn or "", device_wwid(self.paths, bad[0].name or "")
-                                     or "")
+                raise err
             LOG.info("attached %s LUN %d at %s as /dev/%s", target.iqn, target.lun, target.portal.address, path.name)
             return AttachedDevice(self.protocol, path=f"/dev/{path.name}", wwn=wwid, paths=(f"/dev/{path.name}",))
         raise _most_telling(errors)
@@ -148,11 +150,12 @@ class ISCSIConnector(Connector):
         if not results:
             raise _most_telling(errors)
         good, bad, wwid = self._split_by_wwn(info.wwn, results)
+        err = self._mismatch(wwid, bad[0]) if bad else None
         if bad:
             LOG.warning("ignoring paths of another LU: %s", ", ".join(f"/dev/{p.name}" for p in bad))
             self._release(bad)
         if not good:
-            raise DeviceMismatch(f"/dev/{bad[0].name}", info.wwn or "", device_wwid(self.paths, bad[0].name or "") or "")
+            raise err or DeviceNotFound(f"{targets[0].iqn} LUN {targets[0].lun}")
         if len(good) < self.min_paths:
             self._release(good)
             what = f"{targets[0].iqn} LUN {targets[0].lun}"
@@ -210,7 +213,7 @@ class ISCSIConnector(Connector):
             if record.get("node.session.scan") != "manual":  # never risk surfacing other volumes' LUNs
                 raise ConnectionFailed(f"{iqn} at {portal.address}",
                                        "iscsiadm does not honour node.session.scan = manual")
-            self.iscsiadm.login(iqn, portal)
+            self.iscsiadm.login(iqn, portal, mutual_chap="node.session.auth.password_in" in settings)
         except BlocklinkError:
             self._quietly(self.iscsiadm.delete_node, iqn, portal)
             raise
@@ -255,6 +258,9 @@ class ISCSIConnector(Connector):
             if found is not None and len(set(names) & set(found.slaves)) >= self.min_paths:
                 return found  # some paths did not join in time; enough did
             return None
+
+    def _mismatch(self, expected: str, path: _Path) -> DeviceMismatch:
+        return DeviceMismatch(f"/dev/{path.name}", expected, device_wwid(self.paths, path.name or "") or "")
 
     def _split_by_wwn(self, expected: Optional[str], paths: List[_Path]) -> Tuple[List[_Path], List[_Path], str]:
         """Paths of the expected LU (or of the most common WWN if none is expected), the others, the WWN."""
@@ -328,12 +334,8 @@ class ISCSIConnector(Connector):
     def disconnect_volume(self, info: InfoLike, device: DeviceLike = None, force: bool = False) -> None:
         vol: IscsiInfo = self._info(info)
         dev = self._device(device)
-        expected = (dev.wwn if dev is not None and dev.wwn else None) or vol.wwn
         used = self._dev_name(dev.path) if dev is not None and dev.path else None
-        if used and expected:
-            self._check_used_device(used, expected)
-        if used and not expected and self.paths.exists(self.paths.sys("block", used)):
-            expected = self._wwn_of(used)
+        expected = self._expected_wwn(vol, dev.wwn if dev is not None else None, used)
         names, sessions = self._volume_devices(vol, expected, used)
         failures: List[str] = []
 
@@ -373,23 +375,57 @@ class ISCSIConnector(Connector):
         """Kernel name (sda, dm-3) of a device path, following /dev/disk/* and /dev/mapper/* links."""
         return os.path.basename(self.paths.realpath(self.paths.from_host(path)))
 
-    def _check_used_device(self, used: str, expected: str) -> None:
-        """The device the caller used must be this volume's: never flush another volume's disk."""
-        if not self.paths.exists(self.paths.sys("block", used)):
-            return  # already gone
-        found = self._wwn_of(used)
-        if found is not None and not same_wwn(expected, found):
-            raise DeviceMismatch(f"/dev/{used}", expected, found)
+    def _expected_wwn(self, vol: IscsiInfo, recorded: Optional[str], used: Optional[str]) -> Optional[str]:
+        """The WWN of the volume being detached, after checking that the caller's device, the WWN
+        recorded at connect, ``info.wwn`` and the LU now at the info's address all agree. A device
+        that belongs to another volume raises :class:`DeviceMismatch` before anything is touched."""
+        path = f"/dev/{used}" if used else "device"
+        present = bool(used) and self.paths.exists(self.paths.sys("block", used or ""))
+        found = self._wwn_of(used) if present and used else None
+        if recorded and found and not same_wwn(recorded, found):
+            raise DeviceMismatch(path, recorded, found)  # the name now holds another LU
+        mine = recorded or found
+        if vol.wwn and mine and not same_wwn(vol.wwn, mine):
+            if present:
+                raise DeviceMismatch(path, vol.wwn, mine)
+            mine = None  # our device is gone; the recorded WWN is not this info's volume
+        if present and mine and not vol.wwn:
+            at_address = [w for w in (device_wwid(self.paths, n) for n in self._address_devices(vol)) if w]
+            if at_address and not any(same_wwn(w, mine) for w in at_address):
+                raise DeviceMismatch(path, at_address[0], mine)  # the info names another LU than the device
+        return vol.wwn or mine
+
+    def _address_devices(self, vol: IscsiInfo) -> List[str]:
+        """Disk names at the info's (target, portal, LUN) addresses, whatever LU they hold."""
+        out = []
+        for s in scsi.iscsi_sessions(self.paths):
+            for t in vol.targets:
+                if s.matches(t.iqn, t.portal.host, t.portal.port):
+                    d = self._lun_device(s, lun_for_addressing(t.lun, vol.addressing_mode))
+                    if d is not None and d.name:
+                        out.append(d.name)
+        return out
 
     def _wwn_of(self, name: str) -> Optional[str]:
         m = read_map(self.paths, name) if name.startswith("dm-") else None
         return m.wwid if m is not None else device_wwid(self.paths, name)
 
     def _flush_map(self, m: DmMap) -> None:
+        """``multipath -f``, retried while the map is only briefly open (udev's blkid after the last
+        close, say); a map still in use after ``flush_timeout`` raises :class:`DeviceBusy`."""
+        def attempt() -> Optional[bool]:
+            try:
+                self.multipath.flush(m.name)
+                return True
+            except CommandFailed as e:
+                if "in use" in f"{e.stdout} {e.stderr}":
+                    return None
+                raise DeviceBusy(m.path, f"multipath -f {m.name} failed: {e}") from None
+
         try:
-            self.multipath.flush(m.name)
-        except BlocklinkError as e:
-            raise DeviceBusy(m.path, f"multipath -f {m.name} failed: {e}") from None
+            wait_for(attempt, timeout=self.flush_timeout, uevents=self._uevents, what=f"{m.path} to close")
+        except DeviceNotFound:
+            raise DeviceBusy(m.path, f"multipath map {m.name} still in use after {self.flush_timeout:.0f}s") from None
 
     def _logout_if_unused(self, session: IscsiSession) -> None:
         portal = Portal.of(session.address, session.port)

@@ -158,12 +158,12 @@ def parse_discoverydb(text: Optional[str]) -> Dict[str, List[Tuple[str, str, str
     return out
 
 
-def discoverydb_portals(text: Optional[str], discovery: Portal, iface: str = "default") -> List[Tuple[str, str]]:
-    """(portal, iqn) pairs the discovery at ``discovery`` found through ``iface`` (empty if none)."""
-    db = parse_discoverydb(text)
-    for addr, entries in db.items():
+def discoverydb_portals(text: Optional[str], discovery: str, iface: str = "default") -> List[Tuple[str, str]]:
+    """(portal, iqn) pairs the discovery at ``discovery`` (``ip:port``) found through ``iface``."""
+    want_host, want_port = split_portal(discovery)
+    for addr, entries in parse_discoverydb(text).items():
         host, _, port = addr.rpartition(",")
-        if port == str(discovery.port) and host.strip("[]").lower() == discovery.host.lower():
+        if port == want_port and host.strip("[]").lower() == want_host.lower():
             return [(p, q) for p, q, i in entries if i == iface]
     return []
 
@@ -375,8 +375,12 @@ class Iscsiadm:
         self.run(*self._node(iqn, portal), "-o", "delete", ok=(0, ERR_NO_OBJS_FOUND))
 
     # sessions -------------------------------------------------------------------------
-    def login(self, iqn: str, portal: Portal) -> None:
-        """Log in; an existing session counts as success. Failures become typed errors."""
+    def login(self, iqn: str, portal: Portal, *, mutual_chap: bool = False) -> None:
+        """Log in; an existing session counts as success. Failures become typed errors.
+
+        A target whose mutual-CHAP answer iscsid rejects makes iscsiadm exit 19 with no further
+        detail (iscsid logs "received incorrect CHAP response from target"), so with
+        ``mutual_chap`` an exit 19 is reported as :class:`AuthenticationFailed`."""
         what = f"{iqn} at {portal.address}"
         try:
             self.run(*self._node(iqn, portal), "--login", ok=(0, ERR_SESS_EXISTS))
@@ -386,6 +390,9 @@ class Iscsiadm:
                 raise AuthenticationFailed(what, "CHAP authentication refused by the target") from None
             if e.exit_code == ERR_ISCSID_NOTCONN:
                 raise ConnectionFailed(what, "iscsid is not running") from None
+            if e.exit_code == ERR_FATAL_LOGIN and mutual_chap:
+                raise AuthenticationFailed(what, "login refused; the target's mutual CHAP credentials "
+                                                 "(auth_username_in/auth_password_in) were not accepted") from None
             if e.exit_code == ERR_FATAL_LOGIN:
                 raise VolumeNotFound(what, f"the target refused the login: {detail}") from None
             if e.exit_code in (ERR_TRANS_TIMEOUT, ERR_PDU_TIMEOUT):
@@ -447,7 +454,8 @@ def _record_matches(rec: Mapping[str, str], portal: Portal, iface: str) -> bool:
 
 def _last_error(stderr: str) -> str:
     lines = [ln.strip() for ln in (stderr or "").splitlines() if ln.strip()]
-    errors = [ln for ln in lines if "error" in ln.lower() or "could not" in ln.lower()]
+    errors = ([ln for ln in lines if "reported error" in ln]
+              or [ln for ln in lines if "error" in ln.lower() or "could not" in ln.lower()])
     return mask_text((errors or lines or [""])[-1])[:300]
 
 
