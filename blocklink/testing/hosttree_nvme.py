@@ -1,0 +1,467 @@
+"""A fake NVMe-oF kernel on a plain directory tree: nvmet configfs, host sysfs, and nvme-cli.
+
+:class:`FakeNvmetConfigFS` behaves like the kernel's nvmet configfs on ordinary directories
+(``mkdir`` creates the attribute files and default groups, ``rmdir`` refuses an item that still has
+children or links, ``enable`` needs an openable ``device_path``). :class:`FakeNvmeKernel` adds the
+host side: it answers ``nvme connect/disconnect/ns-rescan/id-ns`` through a
+:class:`~blocklink.testing.fakes.FakeExecutor` by reading that configfs (ports, allowed hosts,
+enabled namespaces) and building ``/sys/class/nvme``, ``/sys/class/nvme-subsystem``, ``/sys/block``
+and ``/dev`` entries the way Linux 6.1 names them, with or without native multipath. The messages
+are the ones nvme-cli 2.3 printed in the real-kernel guest. Like a target that sends no
+namespace-change notices, the fake host sees new or resized namespaces only after a rescan.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import uuid as uuid_lib
+from typing import Dict, List, Optional, Tuple
+
+from blocklink.hostpaths import HostPaths
+from blocklink.target.nvmet_config import ConfigFS
+from blocklink.testing.fakes import FakeExecutor
+
+# what nvme-cli 2.3 printed in the guest (stderr)
+MSG_EIO = ("Failed to write to /dev/nvme-fabrics: Input/output error\n"
+           "could not add new controller: failed to write to nvme-fabrics device\n")
+MSG_REFUSED = ("Failed to write to /dev/nvme-fabrics: Connection refused\n"
+               "could not add new controller: connection refused\n")
+MSG_ALREADY = "already connected\n"
+
+_SUBSYS_ATTRS = {"attr_allow_any_host": "0", "attr_cntlid_max": "65519", "attr_cntlid_min": "1",
+                 "attr_model": "Linux", "attr_pi_enable": "0", "attr_qid_max": "128", "attr_version": "1.3"}
+_NS_ATTRS = {"ana_grpid": "1", "buffered_io": "0", "device_nguid": "00000000-0000-0000-0000-000000000000",
+             "device_path": "(null)", "enable": "0", "revalidate_size": ""}
+_PORT_ATTRS = {"addr_adrfam": "", "addr_traddr": "", "addr_treq": "not specified", "addr_trsvcid": "",
+               "addr_trtype": "", "param_inline_data_size": "-1", "param_pi_enable": "0"}
+
+
+def _w(path: str, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text + ("\n" if text and not text.endswith("\n") else ""))
+
+
+def _r(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+class FakeNvmetConfigFS(ConfigFS):
+    """nvmet configfs semantics on a plain directory (``<root>/sys/kernel/config/nvmet``)."""
+
+    def __init__(self, paths: HostPaths) -> None:
+        super().__init__(paths)
+        self.root = paths.sys("kernel", "config", "nvmet")
+        for d in ("subsystems", "ports", "hosts"):
+            os.makedirs(os.path.join(self.root, d), exist_ok=True)
+        self.sizes: Dict[str, int] = {}  # namespace dir -> size the target serves (set on enable/revalidate)
+        self.writes: List[Tuple[str, str]] = []
+
+    def _rel(self, path: str) -> List[str]:
+        rel = os.path.relpath(path, self.root)
+        if rel.startswith(".."):
+            raise PermissionError(errno.EPERM, "outside nvmet configfs", path)
+        return rel.split(os.sep)
+
+    def mkdir(self, path: str) -> None:
+        parts = self._rel(path)
+        if len(parts) == 2 and parts[0] == "subsystems":
+            os.mkdir(path)
+            for k, v in _SUBSYS_ATTRS.items():
+                _w(os.path.join(path, k), v)
+            _w(os.path.join(path, "attr_serial"), uuid_lib.uuid4().hex[:20])
+            os.mkdir(os.path.join(path, "namespaces"))
+            os.mkdir(os.path.join(path, "allowed_hosts"))
+        elif len(parts) == 4 and parts[0] == "subsystems" and parts[2] == "namespaces":
+            if not parts[3].isdigit() or not 0 < int(parts[3]) < 0xFFFFFFFF:
+                raise OSError(errno.EINVAL, "invalid namespace id", path)
+            os.mkdir(path)
+            for k, v in _NS_ATTRS.items():
+                _w(os.path.join(path, k), v)
+            _w(os.path.join(path, "device_uuid"), str(uuid_lib.uuid4()))
+        elif len(parts) == 2 and parts[0] == "ports":
+            if not parts[1].isdigit():
+                raise OSError(errno.EINVAL, "invalid port id", path)
+            os.mkdir(path)
+            for k, v in _PORT_ATTRS.items():
+                _w(os.path.join(path, k), v)
+            for d in ("subsystems", "referrals", "ana_groups"):
+                os.mkdir(os.path.join(path, d))
+        elif len(parts) == 2 and parts[0] == "hosts":
+            os.mkdir(path)
+        else:
+            raise PermissionError(errno.EPERM, "configfs does not allow mkdir here", path)
+
+    def rmdir(self, path: str) -> None:
+        parts = self._rel(path)
+        if not os.path.isdir(path):
+            raise FileNotFoundError(errno.ENOENT, "no such item", path)
+        groups = {"subsystems": ("namespaces", "allowed_hosts"), "ports": ("subsystems", "referrals")}
+        for g in groups.get(parts[0], ()) if len(parts) == 2 else ():
+            if os.listdir(os.path.join(path, g)):
+                raise OSError(errno.ENOTEMPTY, f"{g} is not empty", path)
+        if parts[0] in ("subsystems", "hosts") and len(parts) == 2 and self._linked_to(path):
+            raise OSError(errno.EBUSY, "item is the target of a link", path)
+        self.sizes.pop(path, None)
+        shutil.rmtree(path)
+
+    def _linked_to(self, path: str) -> bool:
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            for n in dirnames + filenames:
+                p = os.path.join(dirpath, n)
+                if os.path.islink(p) and os.path.realpath(p) == os.path.realpath(path):
+                    return True
+        return False
+
+    def symlink(self, target: str, link: str) -> None:
+        lp, tp = self._rel(link), self._rel(target)
+        ok = ((len(lp) == 4 and lp[0] == "subsystems" and lp[2] == "allowed_hosts" and tp[:1] == ["hosts"])
+              or (len(lp) == 4 and lp[0] == "ports" and lp[2] == "subsystems" and tp[:1] == ["subsystems"]))
+        if not ok or lp[-1] != tp[-1] or not os.path.isdir(target):
+            raise OSError(errno.EINVAL, "configfs refuses this link", link)
+        if os.path.lexists(link):
+            raise FileExistsError(errno.EEXIST, "link exists", link)
+        if lp[0] == "ports" and not _r(os.path.join(self.root, "ports", lp[1], "addr_trtype")):
+            raise OSError(errno.EINVAL, "port has no transport", link)
+        os.symlink(target, link)
+
+    def unlink(self, link: str) -> None:
+        self._rel(link)
+        if not os.path.islink(link):
+            raise FileNotFoundError(errno.ENOENT, "no such link", link)
+        os.unlink(link)
+
+    def write(self, path: str, data: str) -> None:
+        parts = self._rel(path)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(errno.ENOENT, "no such attribute", path)
+        value = data.strip()
+        self.writes.append((path, value))
+        d = os.path.dirname(path)
+        if len(parts) == 5 and parts[2] == "namespaces":
+            enabled = _r(os.path.join(d, "enable")) == "1"
+            name = parts[4]
+            if name in ("device_path", "device_uuid", "device_nguid", "buffered_io") and enabled:
+                raise OSError(errno.EBUSY, "namespace is enabled", path)
+            if name == "device_uuid":
+                uuid_lib.UUID(value)  # the kernel refuses what is not a UUID (EINVAL)
+            if name == "enable" and value == "1" and not enabled:
+                dev = _r(os.path.join(d, "device_path"))
+                if dev in ("", "(null)") or not os.path.exists(dev):
+                    raise OSError(errno.ENOENT, "cannot open device_path", path)
+                self.sizes[d] = _size_of(dev)
+            if name == "enable" and value == "0":
+                self.sizes.pop(d, None)
+            if name == "revalidate_size":
+                if not enabled:
+                    raise OSError(errno.EINVAL, "namespace is not enabled", path)
+                self.sizes[d] = _size_of(_r(os.path.join(d, "device_path")))
+                return
+        _w(path, value)
+
+    def read(self, path: str) -> Optional[str]:
+        return self.paths.read(path)
+
+    # what a host may see -------------------------------------------------------------------
+    def served(self, traddr: str, trsvcid: str, trtype: str, nqn: str, hostnqn: str) -> Optional[str]:
+        """None if the connect is admitted, else the nvme-cli error text."""
+        port = None
+        for pid in os.listdir(os.path.join(self.root, "ports")):
+            d = os.path.join(self.root, "ports", pid)
+            if (_r(os.path.join(d, "addr_traddr")) == traddr and _r(os.path.join(d, "addr_trsvcid")) == trsvcid
+                    and _r(os.path.join(d, "addr_trtype")) == trtype and os.listdir(os.path.join(d, "subsystems"))):
+                port = d
+        if port is None:
+            return MSG_REFUSED
+        if nqn not in os.listdir(os.path.join(port, "subsystems")):
+            return MSG_EIO
+        s = os.path.join(self.root, "subsystems", nqn)
+        if _r(os.path.join(s, "attr_allow_any_host")) != "1" and hostnqn not in os.listdir(
+                os.path.join(s, "allowed_hosts")):
+            return MSG_EIO
+        return None
+
+    def enabled_namespaces(self, nqn: str) -> Dict[int, Tuple[str, str, int]]:
+        """nsid -> (uuid, nguid, size) of the subsystem's enabled namespaces."""
+        out = {}
+        base = os.path.join(self.root, "subsystems", nqn, "namespaces")
+        for n in os.listdir(base) if os.path.isdir(base) else []:
+            d = os.path.join(base, n)
+            if _r(os.path.join(d, "enable")) == "1":
+                out[int(n)] = (_r(os.path.join(d, "device_uuid")), _r(os.path.join(d, "device_nguid")),
+                               self.sizes.get(d, 0))
+        return out
+
+
+def _size_of(path: str) -> int:
+    with open(path, "rb") as f:
+        return f.seek(0, os.SEEK_END)
+
+
+class FakeNvmeKernel:
+    """Host sysfs + nvme-cli answers for a :class:`FakeNvmetConfigFS` under ``root``."""
+
+    def __init__(self, root: str, *, multipath: bool = True, fabrics_loaded: bool = True,
+                 hostnqn: str = "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-0000-0000-0000000000b1",
+                 hostid: str = "1e62d188-1173-46c2-884d-1bd8399603fb") -> None:
+        self.root = root
+        self.paths = HostPaths.under(root)
+        self.configfs = FakeNvmetConfigFS(self.paths)
+        self.multipath = multipath
+        for d in (("sys", "class", "nvme"), ("sys", "class", "nvme-subsystem"), ("sys", "block"), ("dev",),
+                  ("etc", "nvme"), ("sys", "module", "nvme_core", "parameters"), ("proc", "self")):
+            os.makedirs(os.path.join(root, *d), exist_ok=True)
+        _w(self.paths.sys("module", "nvme_core", "parameters", "multipath"), "Y" if multipath else "N")
+        _w(self.paths.etcpath("nvme", "hostnqn"), hostnqn)
+        _w(self.paths.etcpath("nvme", "hostid"), hostid)
+        _w(self.paths.procpath("self", "mountinfo"), "")
+        if fabrics_loaded:
+            _w(self.paths.devpath("nvme-fabrics"), "")
+        self.hostnqn = hostnqn
+        self.hostid = hostid
+        self.flushed: List[str] = []
+        self._minor = 0
+
+    # ------------------------------------------------------------------ executor wiring
+    def install(self, ex: Optional[FakeExecutor] = None) -> FakeExecutor:
+        ex = ex or FakeExecutor()
+        ex.on(("nvme", "connect"), lambda argv, _in: self._connect(argv))
+        ex.on(("nvme", "disconnect"), lambda argv, _in: self._disconnect(argv))
+        ex.on(("nvme", "ns-rescan"), lambda argv, _in: self._rescan_cmd(argv))
+        ex.on(("nvme", "id-ns"), lambda argv, _in: self._id_ns(argv))
+        ex.on(("blockdev", "--flushbufs"), lambda argv, _in: self._flush(argv))
+        ex.on(("modprobe",), lambda argv, _in: self._modprobe(argv))
+        return ex
+
+    def _modprobe(self, argv: Tuple[str, ...]) -> str:
+        if any(a.startswith("nvme-") for a in argv[1:]):
+            _w(self.paths.devpath("nvme-fabrics"), "")
+        return ""
+
+    def _flush(self, argv: Tuple[str, ...]) -> Tuple[int, str, str]:
+        dev = argv[-1]
+        if not os.path.exists(self.paths.from_host(dev)):
+            return 1, "", f"blockdev: cannot open {dev}: No such file or directory\n"
+        self.flushed.append(dev)
+        return 0, "", ""
+
+    # ------------------------------------------------------------------ connect / disconnect
+    @staticmethod
+    def _opts(argv: Tuple[str, ...]) -> Dict[str, str]:
+        out, i = {}, 2
+        while i < len(argv):
+            if argv[i].startswith("-") and i + 1 < len(argv):
+                out[argv[i]] = argv[i + 1]
+                i += 2
+            else:
+                i += 1
+        return out
+
+    def _connect(self, argv: Tuple[str, ...]) -> Tuple[int, str, str]:
+        if not os.path.exists(self.paths.devpath("nvme-fabrics")):
+            return 1, "", "Failed to open /dev/nvme-fabrics: No such file or directory\n"
+        o = self._opts(argv)
+        nqn, traddr, trsvcid, trtype = o["-n"], o["-a"], o.get("-s", "4420"), o.get("-t", "tcp")
+        hostnqn = o.get("-q", self.hostnqn)
+        err = self.configfs.served(traddr, trsvcid, trtype, nqn, hostnqn)
+        if err:
+            return 1, "", err
+        for c in self.controllers():
+            a = _r(self.ctrl_path(c, "address"))
+            if (_r(self.ctrl_path(c, "subsysnqn")) == nqn and a.startswith(f"traddr={traddr},trsvcid={trsvcid},")
+                    and _r(self.ctrl_path(c, "hostnqn")) == hostnqn):
+                return 1, "", MSG_ALREADY
+        self.add_controller(nqn, traddr, trsvcid, trtype, hostnqn)
+        return 0, "", ""
+
+    def controllers(self) -> List[str]:
+        return sorted(os.listdir(self.paths.sys("class", "nvme")))
+
+    def ctrl_path(self, ctrl: str, *parts: str) -> str:
+        return self.paths.sys("class", "nvme", ctrl, *parts)
+
+    def add_controller(self, nqn: str, traddr: str, trsvcid: str, trtype: str, hostnqn: str,
+                       state: str = "live") -> str:
+        used = {int(c[4:]) for c in self.controllers()}
+        inst = next(i for i in range(1000) if i not in used)
+        ctrl = f"nvme{inst}"
+        d = self.ctrl_path(ctrl)
+        os.makedirs(d)
+        attrs = {"subsysnqn": nqn, "transport": trtype, "state": state, "hostnqn": hostnqn, "hostid": self.hostid,
+                 "address": f"traddr={traddr},trsvcid={trsvcid},src_addr=127.0.0.1", "cntlid": str(inst + 1),
+                 "model": "Linux", "dev": f"245:{inst}"}
+        for k, v in attrs.items():
+            _w(os.path.join(d, k), v)
+        _w(self.paths.devpath(ctrl), "")
+        sub = self._subsystem(nqn)
+        os.symlink(d, os.path.join(self.paths.sys("class", "nvme-subsystem", sub), ctrl))
+        self.scan(ctrl)
+        return ctrl
+
+    def _subsystem(self, nqn: str) -> str:
+        base = self.paths.sys("class", "nvme-subsystem")
+        for s in os.listdir(base):
+            if _r(os.path.join(base, s, "subsysnqn")) == nqn:
+                return s
+        used = {int(s[len("nvme-subsys"):]) for s in os.listdir(base)}
+        name = f"nvme-subsys{next(i for i in range(1000) if i not in used)}"
+        os.makedirs(os.path.join(base, name))
+        _w(os.path.join(base, name, "subsysnqn"), nqn)
+        _w(os.path.join(base, name, "iopolicy"), "numa")
+        return name
+
+    def _disconnect(self, argv: Tuple[str, ...]) -> Tuple[int, str, str]:
+        o = self._opts(argv)
+        if "-d" in o:
+            ctrl = os.path.basename(o["-d"])
+            if ctrl not in self.controllers():
+                return 0, f"Did not find device {ctrl}\n", ""
+            self.remove_controller(ctrl)
+            return 0, "", ""
+        nqn = o.get("-n", "")
+        gone = [c for c in self.controllers() if _r(self.ctrl_path(c, "subsysnqn")) == nqn]
+        for c in gone:
+            self.remove_controller(c)
+        return 0, f"NQN:{nqn} disconnected {len(gone)} controller(s)\n", ""
+
+    def remove_controller(self, ctrl: str) -> None:
+        nqn = _r(self.ctrl_path(ctrl, "subsysnqn"))
+        for entry in os.listdir(self.ctrl_path(ctrl)):
+            if entry.startswith("nvme"):
+                self._drop_path(ctrl, entry)
+        shutil.rmtree(self.ctrl_path(ctrl))
+        os.unlink(self.paths.devpath(ctrl))
+        sub = self._subsystem(nqn)
+        sdir = self.paths.sys("class", "nvme-subsystem", sub)
+        if os.path.islink(os.path.join(sdir, ctrl)):
+            os.unlink(os.path.join(sdir, ctrl))
+        if not any(e.startswith("nvme") and os.path.islink(os.path.join(sdir, e)) for e in os.listdir(sdir)):
+            shutil.rmtree(sdir)
+
+    # ------------------------------------------------------------------ namespaces
+    def _rescan_cmd(self, argv: Tuple[str, ...]) -> Tuple[int, str, str]:
+        ctrl = os.path.basename(argv[-1])
+        if ctrl not in self.controllers():
+            return 1, "", f"Failed to open {argv[-1]}: No such file or directory\n"
+        self.scan(ctrl)
+        return 0, "", ""
+
+    def _ns_entries(self, ctrl: str) -> Dict[int, str]:
+        """nsid -> entry name under the controller."""
+        out = {}
+        for e in os.listdir(self.ctrl_path(ctrl)):
+            if e.startswith("nvme") and os.path.isdir(self.ctrl_path(ctrl, e)):
+                out[int(_r(self.ctrl_path(ctrl, e, "nsid")))] = e
+        return out
+
+    def scan(self, ctrl: str) -> None:
+        """What the host kernel's namespace scan does: add new, drop gone, resize changed namespaces."""
+        nqn = _r(self.ctrl_path(ctrl, "subsysnqn"))
+        sub = self._subsystem(nqn)
+        want = self.configfs.enabled_namespaces(nqn)
+        have = self._ns_entries(ctrl)
+        for nsid, entry in have.items():
+            if nsid not in want:
+                self._drop_path(ctrl, entry)
+        for nsid, (uuid, nguid, size) in sorted(want.items()):
+            if nsid in have:
+                self._set_size(self._head_of(have[nsid]), have[nsid], ctrl, size)
+                continue
+            head = self._head_name(sub, nsid, ctrl)
+            entry = head if not self.multipath else f"nvme{sub[len('nvme-subsys'):]}c{ctrl[4:]}n{head.split('n')[-1]}"
+            d = self.ctrl_path(ctrl, entry)
+            os.makedirs(d)
+            self._ns_attrs(d, nsid, uuid, nguid, size)
+            bdir = self.paths.sys("block", head)
+            if not os.path.isdir(bdir):
+                os.makedirs(os.path.join(bdir, "holders"))
+                self._ns_attrs(bdir, nsid, uuid, nguid, size)
+                self._minor += 1
+                _w(os.path.join(bdir, "dev"), f"259:{self._minor}")
+                _w(self.paths.devpath(head), "")
+
+    @staticmethod
+    def _head_of(entry: str) -> str:
+        if "c" in entry[4:]:
+            pre, rest = entry.split("c", 1)
+            return pre + rest[rest.index("n"):]
+        return entry
+
+    def _head_name(self, sub: str, nsid: int, ctrl: str) -> str:
+        """Linux names a namespace nvme<subsys or ctrl instance>n<head instance>, not by nsid."""
+        prefix = f"nvme{sub[len('nvme-subsys'):]}" if self.multipath else ctrl
+        for c in self.controllers():
+            for n, e in self._ns_entries(c).items():
+                if n == nsid and _r(self.ctrl_path(c, "subsysnqn")) == _r(self.ctrl_path(ctrl, "subsysnqn")):
+                    head = self._head_of(e)
+                    if head.startswith(prefix + "n"):
+                        return head
+        used = {b for b in os.listdir(self.paths.sys("block")) if b.startswith(prefix + "n")}
+        i = next(i for i in range(1, 10000) if f"{prefix}n{i}" not in used)
+        return f"{prefix}n{i}"
+
+    @staticmethod
+    def _ns_attrs(d: str, nsid: int, uuid: str, nguid: str, size: int) -> None:
+        _w(os.path.join(d, "nsid"), str(nsid))
+        _w(os.path.join(d, "uuid"), uuid)
+        if nguid and nguid.replace("-", "").strip("0"):
+            _w(os.path.join(d, "nguid"), nguid)
+            wwid = f"eui.{nguid.replace('-', '')}"
+        else:
+            wwid = f"uuid.{uuid}"
+        _w(os.path.join(d, "wwid"), wwid)
+        _w(os.path.join(d, "size"), str(size // 512))
+
+    def _set_size(self, head: str, entry: str, ctrl: str, size: int) -> None:
+        for d in (self.ctrl_path(ctrl, entry), self.paths.sys("block", head)):
+            if os.path.isdir(d):
+                _w(os.path.join(d, "size"), str(size // 512))
+
+    def _drop_path(self, ctrl: str, entry: str) -> None:
+        shutil.rmtree(self.ctrl_path(ctrl, entry))
+        head = self._head_of(entry)
+        still = any(self._head_of(e) == head for c in self.controllers() for e in self._ns_entries(c).values())
+        if not still:
+            shutil.rmtree(self.paths.sys("block", head), ignore_errors=True)
+            if os.path.exists(self.paths.devpath(head)):
+                os.unlink(self.paths.devpath(head))
+
+    def _id_ns(self, argv: Tuple[str, ...]) -> Tuple[int, str, str]:
+        name = os.path.basename(argv[-1])
+        for c in self.controllers():
+            nqn = _r(self.ctrl_path(c, "subsysnqn"))
+            for nsid, e in self._ns_entries(c).items():
+                if self._head_of(e) == name:
+                    size = self.configfs.enabled_namespaces(nqn).get(nsid, ("", "", 0))[2]
+                    return 0, id_ns_json(size), ""
+        return 1, "", f"Failed to open {argv[-1]}: No such file or directory\n"
+
+    # ------------------------------------------------------------------ test helpers
+    def open_by(self, pid: int, dev: str, comm: str = "qemu-kvm") -> None:
+        """Pretend process ``pid`` holds ``dev`` open (a /proc/<pid>/fd link)."""
+        fd = self.paths.procpath(str(pid), "fd")
+        os.makedirs(fd, exist_ok=True)
+        _w(self.paths.procpath(str(pid), "comm"), comm)
+        os.symlink(dev, os.path.join(fd, str(3 + len(os.listdir(fd)))))
+
+    def devices(self) -> List[str]:
+        return sorted(d for d in os.listdir(self.paths.dev) if d.startswith("nvme") and "n" in d[4:])
+
+
+def id_ns_json(size: int, block_size: int = 4096) -> str:
+    """``nvme id-ns -o json`` as nvme-cli 2.3 prints it for an nvmet namespace (fields trimmed)."""
+    ds = block_size.bit_length() - 1
+    nsze = size // block_size
+    return json.dumps({"nsze": nsze, "ncap": nsze, "nuse": nsze, "nsfeat": 0, "nlbaf": 0, "flbas": 0, "mc": 0,
+                       "dpc": 0, "dps": 0, "nmic": 1, "anagrpid": 1, "eui64": "0000000000000000",
+                       "nguid": "00000000000000000000000000000000",
+                       "lbafs": [{"ms": 0, "ds": ds, "rp": 0}]}, indent=2)
+
+
+__all__ = ["FakeNvmeKernel", "FakeNvmetConfigFS", "MSG_ALREADY", "MSG_EIO", "MSG_REFUSED", "id_ns_json"]
