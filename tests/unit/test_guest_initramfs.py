@@ -94,8 +94,12 @@ def test_stale_image_of_the_same_kernel_is_replaced(tmp_path) -> None:
     kver = _kver()
     stale = tmp_path / f"initramfs-{kver}-0000000000000000.cpio.gz"
     stale.write_bytes(b"old")
+    recent = tmp_path / f"initramfs-{kver}-1111111111111111.cpio.gz"
+    recent.write_bytes(b"another session's")
+    os.utime(stale, (0, 0))
     fresh = ir.build_initramfs(kver, str(tmp_path))
     assert not stale.exists() and os.path.exists(fresh)
+    assert recent.exists()  # young: maybe about to be booted by a concurrent session
 
 
 def test_unknown_kernel_release_is_a_clear_error(tmp_path) -> None:

@@ -19,6 +19,7 @@ import shutil
 import stat
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass
 from typing import Iterable, List, Optional, Sequence, Tuple
 
@@ -225,12 +226,12 @@ def build_initramfs(kver: str, cache_dir: Optional[str] = None) -> str:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    # drop stale images of this kernel
+    # drop stale images of this kernel (not fresh ones: a concurrent session may be about to boot one)
     for name in os.listdir(cache_dir):
         p = os.path.join(cache_dir, name)
-        if name.startswith(f"initramfs-{kver}-") and p != out:
-            try:
+        try:
+            if name.startswith(f"initramfs-{kver}-") and p != out and time.time() - os.path.getmtime(p) > 600:
                 os.unlink(p)
-            except OSError:
-                pass
+        except OSError:
+            pass
     return out

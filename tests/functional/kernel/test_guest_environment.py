@@ -14,7 +14,7 @@ from blocklink.testing.guest.kernel_state import cleanup, snapshot
 pytestmark = pytest.mark.kernel
 
 MODULES = ["target_core_mod", "iscsi_target_mod", "target_core_file", "target_core_iblock", "iscsi_tcp",
-           "dm_multipath", "rbd", "nbd", "scsi_debug"]
+           "dm_multipath", "rbd", "nbd", "scsi_debug", "loop", "nvme_tcp", "nvmet_tcp"]
 
 
 def sh(*argv: str) -> str:
@@ -112,6 +112,7 @@ def test_leaks_are_seen_and_cleaned(modprobe, configfs, tmp_path) -> None:
 
     from blocklink.initiator.host.wait import wait_for
 
+    modprobe("loop")
     before = snapshot()
     modprobe.load("scsi_debug", add_host=0)
     with open("/sys/bus/pseudo/drivers/scsi_debug/add_host", "w") as f:
