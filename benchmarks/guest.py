@@ -38,12 +38,22 @@ def harness_missing() -> Optional[str]:
 
 def run_task(ctx: Context, task: str, args: List[str], timeout: float) -> Dict[str, Any]:
     """Boot a guest, run ``python -m benchmarks.guest_tasks <task> <args>``, power off; return its JSON."""
-    from blocklink.testing.guest import Guest
+    from blocklink.testing.guest import Guest, GuestError
 
     argv = [ctx.blocklink_python, "-m", "benchmarks.guest_tasks", task, "--osbrick-python", ctx.osbrick_python,
             *args]
-    ctx.log(f"booting the guest for {task} ...")
-    with Guest.boot() as g:
+    g = None
+    for attempt in (1, 2):  # a boot that fails before the agent answers is retried once
+        ctx.log(f"booting the guest for {task} ...")
+        try:
+            g = Guest.boot()
+            break
+        except (GuestError, OSError) as e:
+            if attempt == 2:
+                raise
+            ctx.log(f"guest boot failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); retrying")
+    assert g is not None
+    with g:
         ctx.log(f"guest up in {g.stats.get('boot_seconds', 0):.0f} s; running {task}")
         res = g.run(argv, cwd=REPO, timeout=timeout)
     log = f"{ctx.scratch('guest')}/{task}.log"

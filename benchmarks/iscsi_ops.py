@@ -8,7 +8,8 @@ three long-lived workers (worker.py), one per implementation, in rotating order:
 * ``os-brick``: ``InitiatorConnector.factory("ISCSI", ...)`` from its own venv, set up as a consumer
   must (oslo.config parsed, ``os_brick.setup``, lock_path, privsep in-process as root)
 * ``floor``: raw ``iscsiadm`` (node new, CHAP settings, login; logout, node delete) and waiting
-  for the by-path link with ``udevadm wait``
+  for the by-path link with ``udevadm wait``; concurrent iscsiadm runs can collide on the node
+  database (exit 6), which any caller must retry, so the floor retries those
 
 The worker functions (setup, attach_detach) are below as well.
 """
@@ -61,10 +62,18 @@ def _by_path(info: Dict[str, Any]) -> str:
     return f"/dev/disk/by-path/ip-{d['target_portal']}-iscsi-{d['target_iqn']}-lun-{d['target_lun']}"
 
 
-def _iscsiadm(*args: str) -> None:
-    p = subprocess.run(["iscsiadm", *args], capture_output=True, text=True)
-    if p.returncode != 0:
-        raise RuntimeError(f"iscsiadm {' '.join(a for a in args if 'password' not in a)[:120]}: {p.stderr.strip()}")
+ISCSI_ERR_IDBM = 6  # iscsiadm: node database busy/failed (concurrent iscsiadm processes)
+
+
+def _iscsiadm(*args: str, tries: int = 20) -> None:
+    for attempt in range(tries):
+        p = subprocess.run(["iscsiadm", *args], capture_output=True, text=True)
+        if p.returncode == 0:
+            return
+        if p.returncode != ISCSI_ERR_IDBM or attempt == tries - 1:
+            break
+        time.sleep(0.05 * (attempt + 1))  # bounded: concurrent iscsiadm runs collide on the node database
+    raise RuntimeError(f"iscsiadm {' '.join(args[:6])}: exit {p.returncode}: {p.stderr.strip()}")
 
 
 def _floor_attach(info: Dict[str, Any]) -> str:
