@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import atexit
 import ctypes
+import json
 import os
 import select
 import shutil
@@ -189,36 +190,22 @@ class Guest:
         cfg = self.config
         t0 = time.monotonic()
         kernel, self.kernel_release = find_kernel(cfg.kernel)
-        initrd = build_initramfs(self.kernel_release, cfg.cache_dir)
-        self.run_dir = tempfile.mkdtemp(prefix="blguest-", dir=cfg.run_base)
-        xfer = os.path.join(self.run_dir, "xfer")
-        os.makedirs(xfer)
-        spec = QemuSpec(kernel=kernel, initrd=initrd, console_log=self.console_log,
-                        agent_socket=os.path.join(self.run_dir, "agent.sock"), xfer_dir=xfer,
-                        rw_dirs=[os.path.realpath(d) for d in cfg.rw_dirs], mem_mb=cfg.mem_mb, smp=cfg.smp,
-                        tb_mb=cfg.tb_mb, machine=cfg.machine, nics=cfg.nics, debug=cfg.debug, qemu=cfg.qemu,
-                        extra_args=tuple(cfg.extra_args))
-        if len(spec.agent_socket) > 100:
-            raise GuestBootError(f"run dir path too long for a unix socket: {self.run_dir}")
-        for d in spec.rw_dirs:
+        rw_dirs = [os.path.realpath(d) for d in cfg.rw_dirs]
+        for d in rw_dirs:
             if not os.path.isdir(d):
                 raise GuestBootError(f"shared folder {d} is not a directory")
-        with open(os.path.join(xfer, os.path.basename(STAGE2)), "w") as f:
-            f.write(STAGE2_SCRIPT)
-        with open(os.path.join(xfer, "config.sh"), "w") as f:
-            f.write(config_sh(agent_python=cfg.python, agent=os.path.abspath(agent_mod.__file__),
-                              agent_port=agent_mod.PORT_NAME))
-        with open(os.path.join(xfer, "rwdirs"), "w") as f:
-            f.write(rwdirs_file(rw_tags(spec)))
-        argv = qemu_argv(spec)
-        with open(os.path.join(self.run_dir, "qemu.argv"), "w") as f:
-            f.write("\n".join(argv) + "\n")
-        main = threading.current_thread() is threading.main_thread()
-        with open(os.path.join(self.run_dir, "qemu.log"), "wb") as qlog:
-            self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=qlog, stderr=subprocess.STDOUT,
-                                          start_new_session=True, preexec_fn=_die_with_parent if main else None)
+        initrd = build_initramfs(self.kernel_release, cfg.cache_dir)
+        self.run_dir = tempfile.mkdtemp(prefix="blguest-", dir=cfg.run_base)
         _live.add(self)
         try:
+            spec = self._prepare(kernel, initrd, rw_dirs)
+            argv = qemu_argv(spec)
+            with open(os.path.join(self.run_dir, "qemu.argv"), "w") as f:
+                f.write("\n".join(argv) + "\n")
+            main = threading.current_thread() is threading.main_thread()
+            with open(os.path.join(self.run_dir, "qemu.log"), "wb") as qlog:
+                self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=qlog, stderr=subprocess.STDOUT,
+                                              start_new_session=True, preexec_fn=_die_with_parent if main else None)
             self._connect(spec.agent_socket, t0 + cfg.boot_timeout)
             ready = self._recv(t0 + cfg.boot_timeout, GuestBootError, "waiting for the guest to boot")
         except BaseException:
@@ -227,6 +214,26 @@ class Guest:
         self.stats["boot_seconds"] = time.monotonic() - t0
         self.stats["guest_uptime_at_ready"] = float(ready.get("uptime", -1))
         return self
+
+    def _prepare(self, kernel: str, initrd: str, rw_dirs: Sequence[str]) -> QemuSpec:
+        """The run directory's files: stage 2 and its settings in the exchange share."""
+        cfg = self.config
+        xfer = os.path.join(self.run_dir, "xfer")
+        os.makedirs(xfer)
+        spec = QemuSpec(kernel=kernel, initrd=initrd, console_log=self.console_log,
+                        agent_socket=os.path.join(self.run_dir, "agent.sock"), xfer_dir=xfer, rw_dirs=rw_dirs,
+                        mem_mb=cfg.mem_mb, smp=cfg.smp, tb_mb=cfg.tb_mb, machine=cfg.machine, nics=cfg.nics,
+                        debug=cfg.debug, qemu=cfg.qemu, extra_args=tuple(cfg.extra_args))
+        if len(spec.agent_socket) > 100:
+            raise GuestBootError(f"run dir path too long for a unix socket: {self.run_dir}")
+        with open(os.path.join(xfer, os.path.basename(STAGE2)), "w") as f:
+            f.write(STAGE2_SCRIPT)
+        with open(os.path.join(xfer, "config.sh"), "w") as f:
+            f.write(config_sh(agent_python=cfg.python, agent=os.path.abspath(agent_mod.__file__),
+                              agent_port=agent_mod.PORT_NAME))
+        with open(os.path.join(xfer, "rwdirs"), "w") as f:
+            f.write(rwdirs_file(rw_tags(spec)))
+        return spec
 
     def _connect(self, path: str, deadline: float) -> None:
         from blocklink.initiator.host.wait import wait_for
@@ -253,8 +260,6 @@ class Guest:
 
     def _recv(self, deadline: float, err: type = GuestTimeout, what: str = "waiting for the guest") -> Dict[str, Any]:
         """The next message from the agent; raises ``err`` at ``deadline`` or when qemu dies."""
-        import json
-
         while b"\n" not in self._buf:
             if self._sock is None:
                 raise self._error(GuestError, f"{what}: the guest is shut down")
@@ -294,11 +299,12 @@ class Guest:
             return False
 
     def run(self, command: Union[str, Sequence[str]], *, env: Optional[Mapping[str, str]] = None,
-            cwd: Optional[str] = None, timeout: float = 600.0, input: Optional[bytes] = None) -> GuestResult:
+            cwd: Optional[str] = None, timeout: float = 600.0, input: Optional[bytes] = None,
+            answer_grace: float = 30.0) -> GuestResult:
         """Run ``command`` (argv list, or a string for ``bash -c``) as root in the guest.
 
         The command's own timeout kills its process group and returns ``timed_out=True``; a guest that
-        does not answer ``30 s`` after that raises :class:`GuestTimeout`.
+        does not answer ``answer_grace`` seconds after that raises :class:`GuestTimeout` and is stopped.
         """
         argv = ["/bin/bash", "-c", command] if isinstance(command, str) else [str(a) for a in command]
         req: Dict[str, Any] = {"op": "run", "argv": argv, "env": dict(env or {}), "cwd": cwd or "/",
@@ -307,7 +313,11 @@ class Guest:
             req["input"] = agent_mod.b64(input)
         with self._lock:
             self._send(req)
-            resp = self._recv(time.monotonic() + timeout + 30, GuestTimeout, f"running {argv[:3]!r}")
+            try:
+                resp = self._recv(time.monotonic() + timeout + answer_grace, GuestTimeout, f"running {argv[:3]!r}")
+            except GuestTimeout:
+                self.shutdown(graceful=False)  # a hung guest; a late answer must not meet the next request
+                raise
         if "error" in resp:
             raise self._error(GuestError, f"agent refused the request: {resp['error']}")
         return GuestResult(argv=argv, exit_code=int(resp["exit_code"]), stdout_bytes=agent_mod.unb64(resp["stdout"]),

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from blocklink.testing.guest import Guest, GuestBootError, run_in_guest
+from blocklink.testing.guest import Guest, GuestBootError, GuestTimeout, run_in_guest
 from blocklink.testing.procs import alive
 
 pytestmark = pytest.mark.kernel(host=True)
@@ -40,6 +40,11 @@ def test_commands_status_output_input_env_timeout_and_shared_folder(tmp_path) ->
         assert (shared / "out.txt").read_text() == "from-guest\n"
 
         assert g.run(["/no/such/program"]).exit_code == 127
+
+        with pytest.raises(GuestTimeout) as ei:  # the agent itself stops answering: the guest is stopped
+            g.run("kill -STOP $PPID", timeout=1, answer_grace=2)
+        assert "guest console" in str(ei.value) and "blguest-agent: run" in str(ei.value)
+        assert not alive(pid)
     assert pid is not None and not alive(pid)
     assert not os.path.exists(run_dir)
     assert g.stats["boot_seconds"] > 0 and g.stats["max_rss_kib"] > 0
