@@ -255,7 +255,7 @@ class DiskAuth:
 
 
 def _validate_iotune(values: Mapping[str, Optional[int]], where: str) -> None:
-    """What libvirt's grammar and QEMU's throttling both insist on, with ``where`` naming the key."""
+    """What libvirt's grammar insists on, and what QEMU needs to apply the limits at all; ``where`` names the key."""
     for k, v in values.items():
         if v is not None:
             _uint(v, f"{where}.{k}", 0, _THROTTLE_MAX)
@@ -269,11 +269,14 @@ def _validate_iotune(values: Mapping[str, Optional[int]], where: str) -> None:
         if not k.endswith("_max"):
             continue
         burst, base = values.get(k), values.get(k[:-len("_max")])
+        # libvirt accepts both of these, and then QEMU applies no throttling at all (not even the base)
         if burst:
             if not base:
-                raise _err(f"{where}.{k}", f"a burst limit needs {k[:-len('_max')]} set (QEMU refuses it)")
+                raise _err(f"{where}.{k}", f"a burst limit needs {k[:-len('_max')]} set "
+                                           "(else QEMU throttles nothing)")
             if burst < base:
-                raise _err(f"{where}.{k}", f"burst {burst} is below the base limit {base} (QEMU refuses it)")
+                raise _err(f"{where}.{k}", f"burst {burst} is below the base limit {base} "
+                                           "(else QEMU throttles nothing)")
 
 
 @dataclass(frozen=True)

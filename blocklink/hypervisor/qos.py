@@ -11,9 +11,9 @@ Two steps, as in OpenStack:
    key with its second meaning.
 
 Unlike Nova, values must be non-negative integers and the combination must be one libvirt and
-QEMU accept (``total_*`` excludes ``read_*``/``write_*``; a burst needs its base limit); anything
-else raises :class:`~blocklink.hypervisor.disk.InvalidDiskConfig` naming the key, instead of
-producing XML that fails at attach time.
+QEMU act on: ``total_*`` excludes ``read_*``/``write_*`` (libvirt refuses the attach), a burst needs
+its base limit and must not be below it (libvirt accepts that, and QEMU then throttles nothing at
+all). Anything else raises :class:`~blocklink.hypervisor.disk.InvalidDiskConfig` naming the key.
 """
 
 from __future__ import annotations

@@ -25,13 +25,14 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 from blocklink.testing.procs import alive, read_pidfile, stop_pids
 
-__all__ = ["LibvirtDaemon", "LibvirtStartError", "tiny_domain_xml", "EMULATOR"]
+__all__ = ["LibvirtDaemon", "LibvirtStartError", "tiny_domain_xml", "tiny_initramfs", "EMULATOR"]
 
 LIBVIRTD = "/usr/sbin/libvirtd"
 EMULATOR = "/usr/bin/qemu-system-x86_64"
@@ -118,12 +119,23 @@ class LibvirtDaemon:
                 raise LibvirtStartError(f"libvirtd exited with {self._proc.returncode}: {self._log_tail()}")
             return True if os.path.exists(self.socket) else None
 
+        deadline = time.monotonic() + timeout
         try:
             wait_for(ready, timeout=timeout, watch=[os.path.dirname(self.socket)], uevents=False,
                      what="libvirtd socket")
         except DeviceNotFound:
             raise LibvirtStartError(f"libvirtd did not listen within {timeout:.0f}s: {self._log_tail()}") from None
-        conn = self.open()  # blocks until the drivers are initialised
+        # the socket is bound before libvirtd listens on it, and nothing observable happens when it
+        # starts to: try to connect until it accepts (a connection then waits for the drivers' init)
+        while True:
+            ready()
+            try:
+                conn = self.open()
+                break
+            except Exception as e:  # noqa: BLE001 - libvirtError: connection refused until listen()
+                if time.monotonic() > deadline:
+                    raise LibvirtStartError(f"libvirtd refused connections for {timeout:.0f}s: {e}") from None
+                time.sleep(0.05)  # bounded: until the deadline above
         try:
             conn.getVersion()
         finally:
@@ -258,6 +270,37 @@ def tiny_domain_xml(name: str, *, memory_mib: int = 64, scsi_controller: bool = 
         ET.SubElement(ser, "source", {"path": console_log})
     ET.SubElement(devs, "memballoon", {"model": "none"})
     return ET.tostring(dom, encoding="unicode")
+
+
+def tiny_initramfs(path: str, busybox: str = "/bin/busybox", marker: str = "BLOCKLINK-GUEST-READY") -> str:
+    """Write a gzip'd initramfs whose ``/init`` prints ``marker`` on ttyS0 and then idles (busybox-static).
+
+    Enough for a guest kernel to come up and answer ACPI PCI hot-unplug (acpiphp is built into
+    Debian's kernel), which a virtio-blk detach needs; a few MiB, boots in seconds under TCG.
+    """
+    import gzip
+    import stat
+
+    init = ("#!/bin/sh\n"
+            "/bin/busybox mount -t devtmpfs dev /dev\n"
+            "/bin/busybox mount -t proc proc /proc\n"
+            f"echo {marker} > /dev/ttyS0\n"
+            "while :; do /bin/busybox sleep 3600; done\n").encode()
+    with open(busybox, "rb") as f:
+        bb = f.read()
+    entries = [(".", stat.S_IFDIR | 0o755, b""), ("bin", stat.S_IFDIR | 0o755, b""),
+               ("dev", stat.S_IFDIR | 0o755, b""), ("proc", stat.S_IFDIR | 0o755, b""),
+               ("bin/busybox", stat.S_IFREG | 0o755, bb), ("bin/sh", stat.S_IFLNK | 0o777, b"busybox"),
+               ("init", stat.S_IFREG | 0o755, init)]
+    out = bytearray()
+    for ino, (name, mode, data) in enumerate(entries + [("TRAILER!!!", 0, b"")], start=1):
+        encoded = name.encode() + b"\0"
+        fields = (ino, mode, 0, 0, 1, 0, len(data), 0, 0, 0, 0, len(encoded), 0)
+        out += b"070701" + b"".join(b"%08X" % v for v in fields) + encoded
+        out += b"\0" * (-len(out) % 4) + data + b"\0" * (-len(data) % 4)
+    with gzip.open(path, "wb") as g:
+        g.write(bytes(out))
+    return path
 
 
 # ---------------------------------------------------------------------------------------------
