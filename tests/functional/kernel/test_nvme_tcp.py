@@ -1,7 +1,8 @@
 """NVMe/TCP end to end in the real-kernel guest: nvmet target (configfs) + nvme-tcp initiator over loopback.
 
-NvmetTarget exports files (buffered_io chosen by probing O_DIRECT: the guest's /tmp cannot) and loop
-devices on 127.0.0.1/127.0.0.2:4420; NVMeOFConnector attaches them with nvme-cli. Each test checks
+NvmetTarget exports files on tmpfs (buffered_io chosen by probing O_DIRECT, which tmpfs lacks) and
+loop devices on 127.0.0.1/127.0.0.2:4420 (files on overlayfs, like the guest's /tmp, are refused:
+nvmet would serve them with a 1-byte block size); NVMeOFConnector attaches them with nvme-cli. Each test checks
 what is left: no controller (``nvme list-subsys``), no nvmet object in configfs after remove_export.
 Connect/disconnect/extend times are recorded as junit properties and printed.
 """
@@ -11,7 +12,9 @@ from __future__ import annotations
 import json
 import mmap
 import os
+import shutil
 import subprocess
+import tempfile
 import time
 import uuid
 from typing import Any, Dict, Iterator, List
@@ -19,7 +22,7 @@ from typing import Any, Dict, Iterator, List
 import pytest
 
 from blocklink.connection import HostConnector, NvmeofInfo, NvmePortal
-from blocklink.errors import AuthenticationFailed, ConnectionFailed
+from blocklink.errors import AuthenticationFailed, ConnectionFailed, InvalidConnectionInfo
 from blocklink.initiator.host.nvme import parse_list_subsys
 from blocklink.initiator.nvmeof import NVMeOFConnector
 from blocklink.registry import connector_for
@@ -94,8 +97,11 @@ def timing(record_property: Any) -> Timings:
 
 
 @pytest.fixture
-def workdir(tmp_path: Any) -> str:
-    return str(tmp_path)
+def workdir() -> Iterator[str]:
+    """Backing files on tmpfs (/run): the guest's /tmp is overlayfs, which nvmet cannot serve files from."""
+    d = tempfile.mkdtemp(prefix="blocklink-nvme-", dir="/run")
+    yield d
+    shutil.rmtree(d)
 
 
 def make_target(workdir: str, *portals: str) -> NvmetTarget:
@@ -134,13 +140,14 @@ def assert_clean(nqn: str) -> None:
 
 @pytest.mark.parametrize("backing", ["file", "loop"])
 def test_connect_write_read_disconnect(target: NvmetTarget, connector: NVMeOFConnector, host: HostConnector,
-                                       workdir: str, timing: Timings, backing: str) -> None:
+                                       workdir: str, timing: Timings, backing: str, modprobe: Any) -> None:
     vid = str(uuid.uuid4())
     loop = None
     if backing == "file":
         export = target.create_export(vid, size=64 * MiB)
         assert export.buffered_io  # the guest's /tmp (overlay on tmpfs) has no O_DIRECT: probed
     else:
+        modprobe("loop")
         img = os.path.join(workdir, "loop.img")
         with open(img, "wb") as f:
             f.truncate(64 * MiB)
@@ -232,6 +239,17 @@ def test_host_without_acl_is_refused_clearly(target: NvmetTarget, connector: NVM
     target.terminate_connection(vid, {"host": "other", "nqn": other})
     assert target.get_export(vid).hosts == ()
     target.remove_export(vid)
+    assert nvmet_objects() == []
+
+
+def test_file_on_overlayfs_is_refused_before_anything_changes(target: NvmetTarget, tmp_path: Any) -> None:
+    with open("/proc/self/mountinfo") as f:
+        assert any(" /tmp " in line and " - overlay " in line for line in f)  # the guest's /tmp
+    img = str(tmp_path / "vol.img")
+    with pytest.raises(InvalidConnectionInfo) as e:
+        target.create_export(str(uuid.uuid4()), img, size=16 * MiB)
+    assert e.value.field == "device_path" and "overlay" in str(e.value) and "block size" in str(e.value)
+    assert not os.path.exists(img)  # the file it created is gone again
     assert nvmet_objects() == []
 
 
@@ -338,3 +356,20 @@ def test_list_subsys_parser_matches_sysfs(target: NvmetTarget, connector: NVMeOF
     finally:
         connector.disconnect_volume(info, dev)
         target.remove_export(vid)
+
+
+def test_repeated_attach_detach_cycles(target: NvmetTarget, connector: NVMeOFConnector, host: HostConnector,
+                                       timing: Timings) -> None:
+    """Attach/detach five times (the connect and disconnect times to report); nothing accumulates."""
+    vid = str(uuid.uuid4())
+    export = target.create_export(vid, size=16 * MiB)
+    info = target.initialize_connection(vid, host)
+    try:
+        for i in range(5):
+            dev = timing(f"connect_cycle{i}", connector.connect_volume, info)
+            assert device_size(dev.path) == 16 * MiB
+            timing(f"disconnect_cycle{i}", connector.disconnect_volume, info, dev)
+            assert_clean(export.nqn)
+    finally:
+        target.remove_export(vid)
+    assert nvmet_objects() == []
