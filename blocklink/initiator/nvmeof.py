@@ -177,8 +177,11 @@ class NVMeOFConnector(Connector):
         ns = self._wait_namespace(ident, ctrls)
         if all_paths and len(existing) > 1:  # native multipath: wait until every path joined the head device
             want = set(ctrls)
-            ns = wait_for(lambda: self._with_paths(ident, ctrls, want), timeout=self.timeout,
-                          watch=[self.paths.sys("class", "nvme")], what=f"all paths of {ident}")
+            try:
+                ns = wait_for(lambda: self._with_paths(ident, ctrls, want), timeout=self.timeout,
+                              watch=[self.paths.sys("class", "nvme")], what=f"all paths of {ident}")
+            except DeviceNotFound:  # usable already; a path that never shows it is the kernel's to retry
+                LOG.warning("nvme: %s is reachable through %s only", ident, ", ".join(ns.controllers))
         return ns
 
     def _with_paths(self, ident: _Identity, ctrls: List[str], want: Set[str]) -> Optional[Namespace]:
@@ -253,7 +256,12 @@ class NVMeOFConnector(Connector):
 
     def _find_for_detach(self, ident: _Identity, ctrls: List[str],
                          dev: Optional[AttachedDevice]) -> Optional[Namespace]:
-        ns = self._find(ident, ctrls) if ctrls else None
+        try:
+            ns = self._find(ident, ctrls) if ctrls else None
+        except ConnectionFailed:  # legacy info naming no namespace: only the device can tell
+            if dev is None or not dev.path:
+                raise
+            ns = None
         if dev is None or not dev.path or not ctrls:
             return ns
         given = os.path.basename(dev.path)

@@ -119,6 +119,11 @@ def test_legacy_info_without_identity(env):
     with pytest.raises(ConnectionFailed, match="cannot tell which"):
         env.conn.connect_volume(bare)
     assert env.ctrls() == []  # the controller made for this attempt was disconnected again
+    dev = env.conn.connect_volume({**bare, "ns_id": 2})
+    with pytest.raises(ConnectionFailed, match="cannot tell which"):
+        env.conn.disconnect_volume(bare)  # neither the info nor a device names the namespace
+    env.conn.disconnect_volume(bare, dev)  # the device does
+    assert env.ctrls() == [] and env.kernel.flushed[-1] == dev.path
 
 
 def test_host_not_allowed_is_refused(env):

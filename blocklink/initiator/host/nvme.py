@@ -22,7 +22,7 @@ import re
 import socket
 import uuid as uuid_lib
 from dataclasses import dataclass
-from typing import Dict, FrozenSet, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple
 
 from blocklink.errors import AuthenticationFailed, CommandFailed, ConnectionFailed
 from blocklink.executor import Executor
@@ -238,11 +238,13 @@ class NvmeHost:
                 continue
             name = f"nvme{m.group(1)}n{m.group(3)}"
             d = os.path.join(base, entry)
-            nsid_text = self.paths.read(os.path.join(d, "nsid")) or m.group(3)
+            nsid_text = self.paths.read(os.path.join(d, "nsid")) or ""
+            if not nsid_text.isdigit():  # going away right now (the N in nvmeXnN is not the nsid)
+                continue
             size = self._block_attr(name, "size") or self.paths.read(os.path.join(d, "size"), "0") or "0"
             out.append(Namespace(
                 name=name,
-                nsid=int(nsid_text) if nsid_text.isdigit() else int(m.group(3)),
+                nsid=int(nsid_text),
                 uuid=normalize_uuid(self.paths.read(os.path.join(d, "uuid"))),
                 nguid=normalize_nguid(self.paths.read(os.path.join(d, "nguid"))),
                 wwid=self.paths.read(os.path.join(d, "wwid")),
@@ -411,10 +413,6 @@ def classify_connect_error(e: CommandFailed, nqn: str, portal: NvmePortalSpec,
         return ConnectionFailed(what, "nvme-cli is not installed (no 'nvme' command)")
     last = (e.stderr or e.stdout or "").strip().splitlines()
     return ConnectionFailed(what, f"nvme connect failed (exit {e.exit_code})" + (f": {last[0]}" if last else ""))
-
-
-def namespace_names(controllers: Iterable[Controller], host: NvmeHost) -> Set[str]:
-    return {ns.name for c in controllers for ns in host.namespaces(c.name)}
 
 
 __all__ = ["Controller", "Namespace", "NvmeHost", "NvmePortalSpec", "classify_connect_error", "normalize_nguid",
