@@ -214,7 +214,13 @@ class ISCSIConnector(Connector):
                 raise ConnectionFailed(f"{iqn} at {portal.address}",
                                        "iscsiadm does not honour node.session.scan = manual")
             self.iscsiadm.login(iqn, portal, mutual_chap="node.session.auth.password_in" in settings)
-        except BlocklinkError:
+        except BlocklinkError as e:
+            # iscsiadm rewrites the record after logging in; if that fails (database busy) the
+            # session is up all the same
+            session = scsi.find_session(self.paths, iqn, portal.host, portal.port)
+            if session is not None:
+                LOG.warning("login to %s at %s reported %s, but the session is up", iqn, portal.address, e)
+                return session
             self._quietly(self.iscsiadm.delete_node, iqn, portal)
             raise
         session = scsi.find_session(self.paths, iqn, portal.host, portal.port)
@@ -229,11 +235,13 @@ class ISCSIConnector(Connector):
         return None
 
     def _wait_for_disk(self, path: _Path) -> str:
+        """The disk's name once its node exists in /dev and its identity (VPD 0x83) is readable."""
         def check() -> Optional[str]:
             dev = scsi.scsi_device(self.paths, path.hctl)
             if dev is None:
                 raise DeviceNotFound(f"SCSI device {path.hctl} (removed while waiting)")
-            return dev.name if dev.name and self.paths.exists(self.paths.devpath(dev.name)) else None
+            ready = dev.name and self.paths.exists(self.paths.devpath(dev.name)) and device_wwid(self.paths, dev.name)
+            return dev.name if ready else None
 
         return wait_for(check, timeout=self.device_timeout, watch=[self.paths.dev, self.paths.devpath("disk", "by-path")],
                         uevents=self._uevents, what=f"{path.target.iqn} LUN {path.target.lun} ({path.hctl})")
@@ -303,8 +311,14 @@ class ISCSIConnector(Connector):
         targets = list(info.targets)
         discover = bool(info.target_discovered) or (self.use_multipath and info.form == "single")
         if discover:
-            found = self._discover(info, targets[0].portal)
-            if self.use_multipath and info.form == "single":
+            try:
+                found = self._discover(info, targets[0].portal)
+            except AuthenticationFailed:
+                raise
+            except ConnectionFailed as e:  # the login may still work; it gives the better error if not
+                LOG.warning("sendtargets discovery at %s failed, using the given portal: %s", targets[0].portal, e)
+                found = []
+            if found and self.use_multipath and info.form == "single":
                 iqn, lun = targets[0].iqn, targets[0].lun
                 with_ours = {p.address for p, q in found if q == iqn}
                 # our IQN where it is offered; elsewhere (arrays with one IQN per portal) what is there

@@ -64,6 +64,8 @@ class FakeIscsiKernel:
         self.open_maps: Set[str] = set()  # map names whose flush fails (in use)
         self.fail_flush: Set[str] = set()  # device names whose blockdev --flushbufs fails
         self.login_delay = 0.0
+        self.db_busy = 0  # the next N iscsiadm calls fail with exit 6 (node database lock not obtained)
+        self.busy_after_login = False  # a login sets the session up, then fails rewriting the record
         self.in_flight = 0
         self.max_in_flight = 0
         self._sessions: Dict[int, Tuple[str, str, str]] = {}  # sid -> (iqn, portal address, iface)
@@ -99,6 +101,11 @@ class FakeIscsiKernel:
 
     # iscsiadm -------------------------------------------------------------------------------
     def _iscsiadm(self, argv: Tuple[str, ...], _input: Input) -> Resp:
+        with self._mu:
+            if self.db_busy > 0:
+                self.db_busy -= 1
+                return (6, "", "iscsiadm: Could not execute operation on all records: encountered iSCSI "
+                               "database failure\n")
         a = list(argv[1:])
         opt = {a[i]: a[i + 1] for i in range(len(a) - 1) if a[i].startswith("-")}
         mode, op = opt.get("-m"), opt.get("-o")
@@ -173,6 +180,9 @@ class FakeIscsiKernel:
             self.tree.add_iscsi_session(sid, iqn, portal.host, portal.port, luns=t.luns, iface=iface,
                                         scan=rec.get("node.session.scan", "auto") != "manual",
                                         username=rec.get("node.session.auth.username", ""))
+            if self.busy_after_login:
+                return (6, f"Logging in to {where}\nLogin to {where} successful.\n",
+                        "iscsiadm: Could not execute operation on all records: encountered iSCSI database failure\n")
             return (0, f"Logging in to {where}\nLogin to {where} successful.\n", "")
         finally:
             with self._mu:

@@ -105,7 +105,6 @@ class FakeHostTree:
         self.writes: List[Tuple[str, str]] = []
         # what each SCSI target (session dir or rport dir) reports: parent dir -> {lun: FakeLun}
         self.reported: Dict[str, Dict[int, FakeLun]] = {}
-        self._next_disk = 0
         self._next_dm = 0
         self._next_host = 0
         self.rescan_hooks: List[Callable[[str], None]] = []
@@ -219,8 +218,10 @@ class FakeHostTree:
                         state: str = "running", port_name: str = "") -> str:
         """A disk at ``hctl`` under ``parent`` (a session or rport dir); returns its name (sdX)."""
         with self.lock:
-            name = _disk_name(self._next_disk)
-            self._next_disk += 1
+            n = 0  # like the sd driver's ida: the lowest free name
+            while os.path.lexists(self.p("sys", "block", _disk_name(n))):
+                n += 1
+            name = _disk_name(n)
             ddir = os.path.join(parent, f"target{hctl.host}:{hctl.channel}:{hctl.target}", str(hctl))
             for k, v in (("state", state), ("vendor", f"{lun.vendor:<8}"), ("model", f"{lun.model:<16}"),
                          ("wwid", _sysfs_wwid(lun.wwid)), ("delete", ""), ("rescan", ""), ("lun_wwid", lun.wwid)):

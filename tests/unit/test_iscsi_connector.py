@@ -173,6 +173,20 @@ def test_single_path_tries_the_next_portal(tree, kernel, tmp_path) -> None:
     assert [r.endswith("10.0.0.2,3260") for r in records(tree)] == [True]  # the dead portal's record is gone
 
 
+def test_busy_node_database_is_retried_and_a_session_that_came_up_is_used(tree, kernel, tmp_path) -> None:
+    conn = make(kernel, tmp_path)
+    kernel.db_busy = 2  # iscsiadm exits 6 twice, then works
+    dev = conn.connect_volume(info(1))
+    conn.disconnect_volume(info(1), dev)
+    assert_clean(tree, kernel)
+    kernel.busy_after_login = True  # exit 6 on every login, after the session is up (seen in the guest)
+    dev = conn.connect_volume(info(1))
+    assert dev.path == "/dev/sda" and kernel.session_ids() == [2]
+    kernel.busy_after_login = False
+    conn.disconnect_volume(info(1), dev)
+    assert_clean(tree, kernel)
+
+
 # ------------------------------------------------------------------ shared targets and OSSA-2023-003
 def test_shared_target_detach_keeps_the_other_lun_and_session(tree, kernel, tmp_path) -> None:
     conn = make(kernel, tmp_path)

@@ -304,8 +304,9 @@ class Iscsiadm:
     """
 
     def __init__(self, executor: Executor, paths: HostPaths, *, iface: str = "default",
-                 db_dirs: Optional[Sequence[str]] = None, timeout: float = 300.0) -> None:
+                 db_dirs: Optional[Sequence[str]] = None, timeout: float = 300.0, db_retries: int = 5) -> None:
         self.executor = executor
+        self.db_retries = db_retries
         self.paths = paths
         self.iface = iface
         self.timeout = timeout
@@ -314,7 +315,16 @@ class Iscsiadm:
         self.db_dirs = tuple(db_dirs)
 
     def run(self, *args: str, ok: Sequence[int] = (0,), timeout: Optional[float] = None) -> CommandResult:
-        return self.executor.run(["iscsiadm", *args], ok_codes=ok, timeout=timeout or self.timeout)
+        """Run iscsiadm; exit 6 (node database busy: another iscsiadm held its lock past the
+        wait iscsiadm allows itself) is retried a bounded number of times."""
+        from tenacity import retry, retry_if_exception, stop_after_attempt, wait_random
+
+        @retry(retry=retry_if_exception(lambda e: isinstance(e, CommandFailed) and e.exit_code == ERR_IDBM),
+               stop=stop_after_attempt(self.db_retries), wait=wait_random(0.1, 1.0), reraise=True)
+        def once() -> CommandResult:
+            return self.executor.run(["iscsiadm", *args], ok_codes=ok, timeout=timeout or self.timeout)
+
+        return once()
 
     def _node(self, iqn: str, portal: Portal) -> List[str]:
         return ["-m", "node", "-T", iqn, "-p", portal.address, "-I", self.iface]
