@@ -31,7 +31,7 @@ from blocklink.hostpaths import HostPaths
 from blocklink.initiator.base import Connector, DeviceLike, InfoLike
 from blocklink.initiator.host import scsi
 from blocklink.initiator.host.iscsiadm import Iscsiadm, RecordValue, iter_portals
-from blocklink.initiator.host.multipath import DmMap, Multipath, map_for_wwid, map_holding, read_map
+from blocklink.initiator.host.multipath import DmMap, Multipath, map_for_wwid, map_holding, read_map, wait_for_map
 from blocklink.initiator.host.scsi import Hctl, IscsiSession
 from blocklink.initiator.host.wait import wait_for
 from blocklink.initiator.host.wwn import device_wwid, same_wwn
@@ -161,7 +161,8 @@ class ISCSIConnector(Connector):
             what = f"{targets[0].iqn} LUN {targets[0].lun}"
             raise ConnectionFailed(what, f"{len(good)} of {len(targets)} paths up, {self.min_paths} required")
         names = sorted(p.name for p in good if p.name)
-        dm = self._wait_for_map(wwid, names)
+        dm = wait_for_map(self.multipath, wwid, names, timeout=self.device_timeout, uevents=self._uevents,
+                          min_paths=self.min_paths)
         devices = tuple(f"/dev/{n}" for n in names)
         if dm is None:
             if self.enforce_multipath:
@@ -245,27 +246,6 @@ class ISCSIConnector(Connector):
 
         return wait_for(check, timeout=self.device_timeout, watch=[self.paths.dev, self.paths.devpath("disk", "by-path")],
                         uevents=self._uevents, what=f"{path.target.iqn} LUN {path.target.lun} ({path.hctl})")
-
-    def _wait_for_map(self, wwid: str, names: List[str]) -> Optional[DmMap]:
-        m = map_for_wwid(self.paths, wwid)
-        if m is None or not set(names) <= set(m.slaves):
-            self.multipath.add_wwid(wwid)  # find_multipaths strict/yes: make this WWID a multipath
-            for n in names:
-                if m is None or n not in m.slaves:
-                    self.multipath.add_path(self.paths.to_host(self.paths.devpath(n)))
-
-        def check() -> Optional[DmMap]:
-            found = map_for_wwid(self.paths, wwid)
-            return found if found is not None and set(names) <= set(found.slaves) else None
-
-        try:
-            return wait_for(check, timeout=self.device_timeout, watch=[self.paths.dev, self.paths.devpath("mapper")],
-                            uevents=self._uevents, what=f"multipath map mpath-{wwid}")
-        except DeviceNotFound:
-            found = map_for_wwid(self.paths, wwid)
-            if found is not None and len(set(names) & set(found.slaves)) >= self.min_paths:
-                return found  # some paths did not join in time; enough did
-            return None
 
     def _mismatch(self, expected: str, path: _Path) -> DeviceMismatch:
         return DeviceMismatch(f"/dev/{path.name}", expected, device_wwid(self.paths, path.name or "") or "")

@@ -7,6 +7,13 @@ iscsiadm reads: ``key = value`` lines) to a 0600 temporary file in the same 0700
 renames it over the record. Discovery CHAP goes the same way through the discovery record
 (``send_targets/<addr>,<port>/st_config``), which is deleted right after the discovery.
 
+Where the secrets still are, by design of open-iscsi: in the node record (0600, root, in a 0700
+directory) while the volume is attached, because iscsid re-reads it to log in again after a
+restart or reboot (``node.startup = automatic``); the record is deleted at logout. ``iscsiadm
+--login`` hands them to iscsid over its root-only abstract Unix socket, and the kernel shows them
+to root in ``/sys/class/iscsi_session/sessionN/password``. A discovery record that existed before
+(an administrator's) is updated in place and kept, secret included.
+
 Parsers accept what os-brick accepts and more: ``eui.``/``naa.`` target names, IPv6 portals,
 tpgt -1, flash/non-flash suffixes and log lines mixed into the output.
 """
