@@ -18,11 +18,12 @@ How it differs from os-brick's, on purpose:
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Set, Tuple
 
 from blocklink.connection import AttachedDevice, FcInfo, normalize_wwn
-from blocklink.errors import (BlocklinkError, ConnectionFailed, DetachIncomplete, DeviceBusy, DeviceMismatch,
+from blocklink.errors import (BlocklinkError, CommandFailed, ConnectionFailed, DetachIncomplete, DeviceBusy, DeviceMismatch,
                               DeviceNotFound, InvalidConnectionInfo, VolumeNotFound)
 from blocklink.executor import Executor
 from blocklink.hostpaths import HostPaths
@@ -68,15 +69,17 @@ class FibreChannelConnector(Connector):
     Options: ``use_multipath`` (scan every route and return the dm-multipath device),
     ``min_paths`` (paths needed for a multipath attach), ``enforce_multipath`` (fail instead of
     falling back to a single path when no map appears), ``device_timeout`` (seconds to wait for
-    remote ports, disks and maps), ``lock_path`` for the per-volume locks.
+    remote ports, disks and maps), ``flush_retry_seconds`` (how long a multipath map reported "in
+    use" is retried at disconnect), ``lock_path`` for the per-volume locks.
     """
 
     protocol = "fibre_channel"
     info_type = FcInfo
 
     def __init__(self, *, use_multipath: bool = False, min_paths: int = 1, enforce_multipath: bool = False,
-                 device_timeout: float = 30.0, lock_path: Optional[str] = None, run_dir: str = "/run/blocklink",
-                 executor: Optional[Executor] = None, paths: Optional[HostPaths] = None) -> None:
+                 device_timeout: float = 30.0, flush_retry_seconds: float = 10.0, lock_path: Optional[str] = None,
+                 run_dir: str = "/run/blocklink", executor: Optional[Executor] = None,
+                 paths: Optional[HostPaths] = None) -> None:
         super().__init__(executor=executor, paths=paths)
         if min_paths < 1:
             raise ValueError("min_paths must be at least 1")
@@ -84,6 +87,7 @@ class FibreChannelConnector(Connector):
         self.min_paths = min_paths
         self.enforce_multipath = enforce_multipath
         self.device_timeout = device_timeout
+        self.flush_retry_seconds = flush_retry_seconds
         self.multipath = Multipath(self.executor, self.paths)
         self.locks = LockFactory(lock_path or os.path.join(run_dir, "locks"))
         self._uevents = self.paths.sysfs == "/sys"  # a fake tree has no kernel behind it
@@ -205,12 +209,15 @@ class FibreChannelConnector(Connector):
                 dev = scsi.scsi_device(self.paths, hctl)
                 if dev is None and hctl not in scanned:
                     scanned.add(hctl)
+                    t0 = time.monotonic()
                     try:
                         fc.scan_lun(self.paths, p, r.lun)
                     except OSError as e:
                         probe.problems.append(f"scan of {hctl} failed: {e.strerror or e}")
                         continue
                     dev = scsi.scsi_device(self.paths, hctl)
+                    LOG.debug("scanned %s via %s in %.3fs: %s", hctl, p.name, time.monotonic() - t0,
+                              "found" if dev is not None else "no such LUN")
                     if dev is not None:
                         new.add(hctl)
                 if dev is None:
@@ -227,6 +234,7 @@ class FibreChannelConnector(Connector):
     def _finish_connect(self, vol: FcInfo, probe: _Probe, new: Set[Hctl],
                         targets: List[Tuple[str, int]]) -> AttachedDevice:
         found = sorted(probe.ready.items())
+        LOG.debug("devices ready: %s", ", ".join(f"{h}={n}" for h, n in found))
         good, bad, wwid = self._split_by_wwn(vol.wwn, found)
         if bad:
             mismatch = DeviceMismatch(f"/dev/{bad[0][1]}", vol.wwn or "", device_wwid(self.paths, bad[0][1]) or "")
@@ -338,8 +346,17 @@ class FibreChannelConnector(Connector):
         LOG.info("detached %s (%d device(s))", expected or _what(targets), len(names))
 
     def _flush_map(self, m: DmMap) -> None:
+        """``multipath -f``, retried for a few seconds while the map is "in use": right after I/O,
+        udev's probe of the map's change event holds it open briefly. A real holder stays and fails."""
+        import tenacity  # lazy: only needed for multipath detach
+
+        def in_use(e: BaseException) -> bool:
+            return isinstance(e, CommandFailed) and "in use" in (e.stderr + e.stdout)
+
         try:
-            self.multipath.flush(m.name)
+            tenacity.Retrying(retry=tenacity.retry_if_exception(in_use), reraise=True,
+                              stop=tenacity.stop_after_delay(self.flush_retry_seconds),
+                              wait=tenacity.wait_exponential(multiplier=0.1, max=1.0))(self.multipath.flush, m.name)
         except BlocklinkError as e:
             raise DeviceBusy(m.path, f"multipath -f {m.name} failed: {e}") from None
 

@@ -48,6 +48,7 @@ class Host:
 
     def connector(self, **kw: Any) -> FibreChannelConnector:
         kw.setdefault("device_timeout", 0.5)
+        kw.setdefault("flush_retry_seconds", 0.3)
         return FibreChannelConnector(executor=self.kernel.executor, paths=self.tree.paths, lock_path=self.lock_path,
                                      **kw)
 
@@ -351,12 +352,26 @@ def test_busy_map_is_kept_unless_forced(host):
     info = vector("NetApp ONTAP FC")
     dev = conn.connect_volume(info)
     host.kernel.open_maps.add(VOL.wwid)
+    t0 = time.monotonic()
     with pytest.raises(DeviceBusy):
         conn.disconnect_volume(info, dev)
+    assert time.monotonic() - t0 < 2  # retried only for flush_retry_seconds
     assert host.maps() == ["dm-0"] and len(host.disks()) == 4
     with pytest.raises(DetachIncomplete):
         conn.disconnect_volume(info, dev, force=True)
     assert host.maps() == [] and host.disks() == []
+
+
+def test_map_briefly_in_use_is_retried(host):
+    two_fabrics(host)
+    conn = host.connector(use_multipath=True, flush_retry_seconds=5)
+    info = vector("NetApp ONTAP FC")
+    dev = conn.connect_volume(info)
+    host.kernel.open_maps.add(VOL.wwid)  # udev's probe after the last write holds the map for a moment
+    threading.Timer(0.3, host.kernel.open_maps.discard, (VOL.wwid,)).start()
+    conn.disconnect_volume(info, dev)
+    assert host.maps() == [] and host.disks() == []
+    assert len([a for a in host.kernel.executor.argvs(("multipath", "-f"))]) >= 2
 
 
 def test_disconnect_finds_disks_by_path_when_the_port_left(host):
