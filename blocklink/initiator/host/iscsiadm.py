@@ -217,7 +217,8 @@ def parse_session_details(text: Optional[str]) -> List[SessionDetail]:
     for raw in (text or "").splitlines():
         line = raw.strip()
         if line.startswith("Target:"):
-            target = line.split(":", 1)[1].strip().split()[0]
+            name = line.split(":", 1)[1].split()
+            target = name[0] if name else None  # a truncated "Target:" line names nothing
             cur = None
         elif line.startswith("Current Portal:") and target is not None:
             portal, _, tpgt = line.split(":", 1)[1].strip().rpartition(",")
