@@ -297,6 +297,8 @@ class RBDConnector(Connector):
         except ValueError:
             return None
         for e in entries if isinstance(entries, list) else []:
+            if not isinstance(e, dict) or not str(e.get("device", "")).startswith("/dev/"):
+                continue  # not an entry rbd-nbd writes: never hand out its "device"
             if (e.get("pool") == info.pool and e.get("image") == info.image
                     and (e.get("namespace") or "") == info.namespace and e.get("snap", "-") in ("-", "")):
                 return str(e.get("device"))
