@@ -151,7 +151,10 @@ class RbdTarget:
         ret, out, err = self._rados().mon_command(json.dumps({"prefix": "mon dump", "format": "json"}), b"")
         if ret != 0:
             raise TargetError(self.spec.describe(), f"mon dump failed: {err}")
-        return parse_mon_dump(json.loads(out))
+        try:
+            return parse_mon_dump(json.loads(out))
+        except (ValueError, TypeError, AttributeError) as e:  # not the JSON a monitor writes
+            raise TargetError(self.spec.describe(), f"unreadable mon dump ({type(e).__name__})") from None
 
     def _client_keyring(self) -> Secret:
         key = self._client_key
