@@ -379,9 +379,13 @@ def parse_list_subsys(text: str) -> List[Dict[str, object]]:
     hosts = data if isinstance(data, list) else [data]
     out: List[Dict[str, object]] = []
     for h in hosts:
-        for s in (h or {}).get("Subsystems", []) or []:
+        if not isinstance(h, dict):
+            continue
+        for s in h.get("Subsystems") or []:
+            if not isinstance(s, dict):
+                continue  # malformed entries are skipped, never half-read
             paths = [{"name": p.get("Name"), "transport": p.get("Transport"), "address": p.get("Address"),
-                      "state": p.get("State")} for p in s.get("Paths", []) or []]
+                      "state": p.get("State")} for p in s.get("Paths") or [] if isinstance(p, dict)]
             out.append({"name": s.get("Name"), "nqn": s.get("NQN"), "paths": paths})
     return out
 
