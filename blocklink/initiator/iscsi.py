@@ -106,6 +106,7 @@ class ISCSIConnector(Connector):
         self.multipath = Multipath(self.executor, self.paths)
         self.locks = LockFactory(lock_path or os.path.join(run_dir, "locks"))
         self._uevents = self.paths.sysfs == "/sys"  # a fake tree has no kernel behind it
+        self._manual_scan_checked = False
 
     def get_connector_properties(self, **kwargs: Any) -> Dict[str, Any]:
         name = read_initiator_name(self.paths)
@@ -210,10 +211,12 @@ class ISCSIConnector(Connector):
         iqn, portal = target.iqn, target.portal
         self.iscsiadm.configure_node(iqn, portal, settings)
         try:
-            record = self.iscsiadm.node_record(iqn, portal) or {}
-            if record.get("node.session.scan") != "manual":  # never risk surfacing other volumes' LUNs
-                raise ConnectionFailed(f"{iqn} at {portal.address}",
-                                       "iscsiadm does not honour node.session.scan = manual")
+            if not self._manual_scan_checked:  # once: never risk surfacing other volumes' LUNs
+                record = self.iscsiadm.node_record(iqn, portal) or {}
+                if record.get("node.session.scan") != "manual":
+                    raise ConnectionFailed(f"{iqn} at {portal.address}",
+                                           "this iscsiadm does not read node.session.scan = manual from the record")
+                self._manual_scan_checked = True
             self.iscsiadm.login(iqn, portal, mutual_chap="node.session.auth.password_in" in settings)
         except BlocklinkError as e:
             # iscsiadm rewrites the record after logging in; if that fails (database busy) the

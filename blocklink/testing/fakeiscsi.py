@@ -66,6 +66,7 @@ class FakeIscsiKernel:
         self.login_delay = 0.0
         self.db_busy = 0  # the next N iscsiadm calls fail with exit 6 (node database lock not obtained)
         self.busy_after_login = False  # a login sets the session up, then fails rewriting the record
+        self.old_iscsiadm = False  # an iscsiadm that predates node.session.scan (drops the key)
         self.in_flight = 0
         self.max_in_flight = 0
         self._sessions: Dict[int, Tuple[str, str, str]] = {}  # sid -> (iqn, portal address, iface)
@@ -134,7 +135,7 @@ class FakeIscsiKernel:
             with open(path) as f:
                 lines = f.read().splitlines()
             masked = [ln.split(" = ")[0] + " = ********" if ln.split(" = ")[0].rsplit(".", 1)[-1] in _SECRET_KEYS
-                      else ln for ln in lines]
+                      else ln for ln in lines if not (self.old_iscsiadm and ln.startswith("node.session.scan"))]
             return (0, "\n".join(masked) + "\n", "")
         if op == "delete":
             os.unlink(path)

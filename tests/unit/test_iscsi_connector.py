@@ -187,6 +187,13 @@ def test_busy_node_database_is_retried_and_a_session_that_came_up_is_used(tree, 
     assert_clean(tree, kernel)
 
 
+def test_an_iscsiadm_without_manual_scan_is_refused(tree, kernel, tmp_path) -> None:
+    kernel.old_iscsiadm = True
+    with pytest.raises(ConnectionFailed, match="node.session.scan"):
+        make(kernel, tmp_path).connect_volume(info(1))
+    assert_clean(tree, kernel)  # no login happened: other volumes' LUNs never surfaced
+
+
 # ------------------------------------------------------------------ shared targets and OSSA-2023-003
 def test_shared_target_detach_keeps_the_other_lun_and_session(tree, kernel, tmp_path) -> None:
     conn = make(kernel, tmp_path)

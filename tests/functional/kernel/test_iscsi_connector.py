@@ -37,12 +37,26 @@ class RecordingExecutor(ProcessExecutor):
     def __init__(self) -> None:
         super().__init__()
         self.argvs: List[Tuple[str, ...]] = []
+        self.seconds: List[Tuple[str, float]] = []
         self._mu = threading.Lock()
 
     def run(self, argv: Sequence[str], **kw: Any) -> CommandResult:
-        with self._mu:
-            self.argvs.append(tuple(argv))
-        return super().run(argv, **kw)
+        t0 = time.monotonic()
+        try:
+            return super().run(argv, **kw)
+        finally:
+            with self._mu:
+                self.argvs.append(tuple(argv))
+                self.seconds.append((" ".join(a for a in argv[:5] if not a.startswith("iqn.")), time.monotonic() - t0))
+
+    def profile(self) -> str:
+        """Seconds spent per kind of command (count, total, max), slowest kinds first."""
+        kinds: Dict[str, List[float]] = {}
+        for what, secs in self.seconds:
+            key = " ".join(w for w in what.split() if not w[0].isdigit() and not w.startswith("/dev/"))
+            kinds.setdefault(key, []).append(secs)
+        rows = sorted(kinds.items(), key=lambda kv: -sum(kv[1]))
+        return "\n".join(f"  {len(v):3d} x {k:<45} total {sum(v):7.2f}s max {max(v):6.2f}s" for k, v in rows)
 
     def assert_never_on_argv(self, *secrets: Optional[Secret]) -> None:
         for s in secrets:
@@ -316,4 +330,5 @@ def test_sixteen_volumes_in_parallel(lio, iscsid, executor, tmp_path, record_pro
     with ThreadPoolExecutor(max_workers=n) as pool:
         list(pool.map(lambda pair: conn.disconnect_volume(*pair), zip(infos, devs)))
     print(f"16 parallel detaches: {time.monotonic() - t0:.3f}s")
+    print("commands (16 attaches and detaches):\n" + executor.profile())
     assert_host_clean(*(i.targets[0].iqn for i in infos))
