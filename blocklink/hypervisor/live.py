@@ -72,7 +72,8 @@ class VolumeAttachment:
 
     disk: DiskAttachment
     xml: str
-    secret_uuid: Optional[str] = None  # a secret this attachment defined (removed on detach)
+    secret_uuid: Optional[str] = None  # the cephx/CHAP secret this attachment defined (removed on detach)
+    encryption_secret_uuid: Optional[str] = None  # the LUKS passphrase secret it defined (removed on detach)
 
     @property
     def target_dev(self) -> str:
@@ -263,13 +264,14 @@ class LibvirtHost:
     def attach_volume(self, domain: Any, connection_info: Union[ConnectionInfo, Mapping[str, Any]],
                       device: Union[AttachedDevice, Mapping[str, Any], None] = None, *, bus: str = "virtio",
                       target_dev: Optional[str] = None, secret_value: Union[Secret, str, None] = None,
-                      **options: Any) -> VolumeAttachment:
-        """Attach one volume: pick the device name, define the secret it needs, hot-plug it.
+                      encryption_passphrase: Union[Secret, str, None] = None, **options: Any) -> VolumeAttachment:
+        """Attach one volume: pick the device name, define the secrets it needs, hot-plug it.
 
         For a QEMU-native disk the libvirt secret is made here when the value is known: the CHAP
         password of an iSCSI info, or the cephx key of an RBD info (``secret_value``, or the key in
         the info's ``keyring``). An existing secret with the info's UUID is used as is and kept.
-        Options are :func:`~blocklink.hypervisor.disk_xml`'s.
+        ``encryption_passphrase``: the volume is LUKS-encrypted and QEMU decrypts it (a ``volume``
+        secret plus ``<encryption format='luks'>``). Options are :func:`~blocklink.hypervisor.disk_xml`'s.
         """
         dom = self.lookup(domain)
         view = VolumeView(connection_info, options.get("protocol"))
@@ -277,16 +279,24 @@ class LibvirtHost:
         with self._lock(dom):
             dev = target_dev or self.next_device_name(dom, bus)
             created: Optional[str] = None
-            if network and "secret_uuid" not in options and "secret_usage" not in options:
-                created, options = self._make_secret(dom, view, secret_value, options)
+            luks: Optional[str] = None
             try:
+                if network and "secret_uuid" not in options and "secret_usage" not in options:
+                    created, options = self._make_secret(dom, view, secret_value, options)
+                if encryption_passphrase is not None and options.get("encryption_secret_uuid") is None:
+                    luks = define_secret(
+                        self._conn, "volume", f"/blocklink/luks/{view.volume_id or uuidlib.uuid4()}/{dom.UUIDString()}",
+                        encryption_passphrase, ephemeral=not dom.isPersistent(),
+                        description=f"LUKS passphrase of volume {view.volume_id or '?'}")
+                    options = {**options, "encryption_secret_uuid": luks}
                 xml = disk_xml(connection_info, device, target_dev=dev, bus=bus, **options)
                 att = self.attach_disk(dom, xml)
             except BaseException:
-                if created is not None:
-                    undefine_secret(self._conn, created)
+                for uuid in (created, luks):
+                    if uuid is not None:
+                        undefine_secret(self._conn, uuid)
                 raise
-        return VolumeAttachment(att, xml, created)
+        return VolumeAttachment(att, xml, created, luks)
 
     def _make_secret(self, dom: Any, view: VolumeView, value: Union[Secret, str, None],
                      options: Dict[str, Any]) -> Any:
@@ -321,11 +331,12 @@ class LibvirtHost:
         """Detach a volume's disk and remove the secret its attach defined; returns detach ms."""
         dom = self.lookup(domain)
         if isinstance(attachment, VolumeAttachment):
-            dev, secret = attachment.target_dev, attachment.secret_uuid
+            dev, secrets = attachment.target_dev, (attachment.secret_uuid, attachment.encryption_secret_uuid)
         else:
-            dev, secret = attachment, None
+            dev, secrets = attachment, (None, None)
         with self._lock(dom):
             elapsed = self.detach_disk(dom, dev, timeout=timeout)
-            if secret is not None:
-                undefine_secret(self._conn, secret)
+            for uuid in secrets:
+                if uuid is not None:
+                    undefine_secret(self._conn, uuid)
         return elapsed

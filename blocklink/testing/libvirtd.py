@@ -124,7 +124,8 @@ class LibvirtDaemon:
             wait_for(ready, timeout=timeout, watch=[os.path.dirname(self.socket)], uevents=False,
                      what="libvirtd socket")
         except DeviceNotFound:
-            raise LibvirtStartError(f"libvirtd did not listen within {timeout:.0f}s: {self._log_tail()}") from None
+            raise LibvirtStartError(f"libvirtd did not listen within {timeout:.0f}s: {self._log_tail()} "
+                                    f"(logs in {self.directory})") from None
         # the socket is bound before libvirtd listens on it, and nothing observable happens when it
         # starts to: try to connect until it accepts (a connection then waits for the drivers' init)
         while True:
@@ -134,7 +135,8 @@ class LibvirtDaemon:
                 break
             except Exception as e:  # noqa: BLE001 - libvirtError: connection refused until listen()
                 if time.monotonic() > deadline:
-                    raise LibvirtStartError(f"libvirtd refused connections for {timeout:.0f}s: {e}") from None
+                    raise LibvirtStartError(f"libvirtd refused connections for {timeout:.0f}s: {e} "
+                                            f"(logs in {self.directory})") from None
                 time.sleep(0.05)  # bounded: until the deadline above
         try:
             conn.getVersion()
@@ -155,9 +157,10 @@ class LibvirtDaemon:
         """A new connection (libvirt's event loop is started first, so events work on it)."""
         import libvirt
 
-        from blocklink.hypervisor.events import ensure_event_loop
+        from blocklink.hypervisor.events import ensure_event_loop, quiet_libvirt_errors
 
         ensure_event_loop()
+        quiet_libvirt_errors()  # errors are raised as exceptions; don't also print them
         return libvirt.open(self.uri)
 
     def qemu_pids(self) -> List[int]:
@@ -188,9 +191,10 @@ class LibvirtDaemon:
         try:
             for dom in conn.listAllDomains():
                 try:
+                    persistent = dom.isPersistent()  # (a transient domain is gone once destroyed)
                     if dom.isActive():
                         dom.destroy()
-                    if dom.isPersistent():
+                    if persistent:
                         dom.undefine()
                 except libvirt.libvirtError:
                     pass

@@ -282,3 +282,76 @@ def test_virtio_disk_detach_with_a_booted_guest(libvirt_host: Any, tmp_path: Any
         if dom.isActive():
             dom.destroy()
         dom.undefine()
+
+
+LUKS_PASSPHRASE = "luks-passphrase-0123"
+
+
+@pytest.fixture(scope="module")
+def luks_template(tmp_path_factory: Any) -> Any:
+    """A 16 MiB LUKS volume made once by qemu-img (passphrase through a 0600 file, never argv)."""
+    d = tmp_path_factory.mktemp("luks")
+    pw = d / "pw"
+    fd = os.open(pw, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(LUKS_PASSPHRASE)
+    img = d / "template.luks"
+    p = subprocess.run(["qemu-img", "create", "-q", "-f", "luks", "--object", f"secret,id=s0,file={pw}",
+                        "-o", "key-secret=s0,iter-time=10", str(img), "16M"], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    return img, pw
+
+
+def _luks_image(tmp_path: Any, template: Any) -> Any:
+    import shutil
+
+    img = tmp_path / "vol.luks"
+    shutil.copyfile(template[0], img)
+    return img, template[1]
+
+
+def test_luks_volume_decrypted_by_qemu(libvirt_host: Any, libvirt_domain: Any, tmp_path: Any,
+                                       luks_template: Any) -> None:
+    """<encryption format='luks'> + a private 'volume' secret: QEMU opens the LUKS volume, the guest sees
+    plaintext (16 MiB), the file holds ciphertext; detach removes the secret."""
+    import libvirt_qemu
+
+    from blocklink.masking import Secret
+
+    img, pw = _luks_image(tmp_path, luks_template)
+    info = {"driver_volume_type": "local", "data": {"volume_id": "luks-vol-1", "encrypted": True}}
+    att = libvirt_host.attach_volume(libvirt_domain, info, AttachedDevice("x", path=str(img), type="file"),
+                                     bus="scsi", encryption_passphrase=Secret(LUKS_PASSPHRASE))
+    assert att.encryption_secret_uuid is not None and att.secret_uuid is None
+    enc = ET.fromstring(att.xml).find("encryption/secret")
+    assert enc is not None and enc.attrib == {"type": "passphrase", "uuid": att.encryption_secret_uuid}
+    assert LUKS_PASSPHRASE not in att.xml and LUKS_PASSPHRASE not in libvirt_domain.XMLDesc(0)
+    sec = libvirt_host.connection.secretLookupByUUIDString(att.encryption_secret_uuid)
+    assert sec.usageType() == libvirt.VIR_SECRET_USAGE_TYPE_VOLUME
+    assert libvirt_domain.blockInfo("sda")[0] == 16 * MiB  # the LUKS payload, not the 18 MiB file
+    out = libvirt_qemu.qemuMonitorCommand(libvirt_domain, f'qemu-io -d {att.disk.alias} "write -P 0x77 0 65536"',
+                                          libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP)
+    assert "error" not in out.lower(), out
+    libvirt_host.detach_volume(libvirt_domain, att)
+    assert libvirt_host.connection.listSecrets() == []
+    assert b"\x77" * 4096 not in img.read_bytes()  # ciphertext on disk ...
+    check = subprocess.run(  # ... plaintext through the LUKS layer
+        ["qemu-io", "--object", f"secret,id=s0,file={pw}", "--image-opts",
+         f"driver=luks,key-secret=s0,file.filename={img}", "-c", "read -P 0x77 0 65536"],
+        capture_output=True, text=True)
+    assert check.returncode == 0 and "Pattern verification failed" not in check.stdout, check.stdout + check.stderr
+
+
+def test_luks_wrong_passphrase_fails_cleanly(libvirt_host: Any, libvirt_domain: Any, tmp_path: Any,
+                                             luks_template: Any) -> None:
+    from blocklink.masking import Secret
+
+    img, _ = _luks_image(tmp_path, luks_template)
+    with pytest.raises(HypervisorError) as ei:
+        libvirt_host.attach_volume(libvirt_domain, {"data": {"volume_id": "luks-vol-2"}},
+                                   AttachedDevice("x", path=str(img), type="file"), bus="scsi",
+                                   encryption_passphrase=Secret("not-the-luks-passphrase"))
+    assert "not-the-luks-passphrase" not in str(ei.value) and "attaching disk sda failed" in str(ei.value)
+    print(f"\n[libvirt] wrong LUKS passphrase: {ei.value}")
+    assert libvirt_host.connection.listSecrets() == []
+    assert _devs(libvirt_host, libvirt_domain) == [] == _devs(libvirt_host, libvirt_domain, True)

@@ -206,42 +206,64 @@ def test_detach_unknown_disk_and_unknown_domain() -> None:
     assert ei.value.domain == "nope"
 
 
-def test_failed_attach_removes_the_secret_it_defined() -> None:
-    defined: List[str] = []
-    removed: List[str] = []
+class SecretConn(FakeConn):
+    """Also keeps secrets (by UUID) like libvirtd."""
 
-    class SecretConn(FakeConn):
-        def secretLookupByUUIDString(self, uuid: str) -> Any:
+    def __init__(self) -> None:
+        super().__init__()
+        self.defined: List[str] = []
+        self.removed: List[str] = []
+
+    def secretLookupByUUIDString(self, uuid: str) -> Any:
+        if uuid not in self.defined or uuid in self.removed:
             e = libvirt.libvirtError("no secret")
             e.err = (libvirt.VIR_ERR_NO_SECRET, 0, "", 0, None, None, None, 0, 0)
-            if uuid not in defined or uuid in removed:
-                raise e
+            raise e
+        removed = self.removed
 
-            class S:
-                def undefine(self) -> int:
-                    removed.append(uuid)
-                    return 0
-            return S()
+        class S:
+            def undefine(self) -> int:
+                removed.append(uuid)
+                return 0
+        return S()
 
-        def secretDefineXML(self, xml: str) -> Any:
-            uuid = ET.fromstring(xml).findtext("uuid")
-            defined.append(uuid)  # type: ignore[arg-type]
+    def secretDefineXML(self, xml: str) -> Any:
+        self.defined.append(ET.fromstring(xml).findtext("uuid") or "")
 
-            class S:
-                def setValue(self, v: bytes) -> int:
-                    return 0
-            return S()
+        class S:
+            def setValue(self, v: bytes) -> int:
+                return 0
+        return S()
 
+
+ISCSI_CHAP = {"driver_volume_type": "iscsi", "data": {
+    "target_portal": "127.0.0.1:3260", "target_iqn": "iqn.2010-10.x:v1", "target_lun": 1, "auth_method": "CHAP",
+    "auth_username": "u1", "auth_password": "wrong-password-1", "volume_id": "v1"}}
+
+
+def test_failed_attach_removes_the_secrets_it_defined() -> None:
     conn = SecretConn()
     dom = conn.add("g")
     dom.fail_attach = "iSCSI: Failed to connect to LUN : Authorization failure"
-    iscsi = {"driver_volume_type": "iscsi", "data": {
-        "target_portal": "127.0.0.1:3260", "target_iqn": "iqn.2010-10.x:v1", "target_lun": 1, "auth_method": "CHAP",
-        "auth_username": "u1", "auth_password": "wrong-password-1", "volume_id": "v1"}}
     with pytest.raises(HypervisorError) as ei:
-        host(conn).attach_volume("g", iscsi, bus="scsi")
+        host(conn).attach_volume("g", ISCSI_CHAP, bus="scsi", encryption_passphrase="luks-pass-1")
     assert "Authorization failure" in str(ei.value) and "wrong-password-1" not in str(ei.value)
-    assert len(defined) == 1 and removed == defined and dom.live == [] and dom.config == []
+    assert len(conn.defined) == 2 and sorted(conn.removed) == sorted(conn.defined)  # CHAP and LUKS secrets
+    assert dom.live == [] and dom.config == []
+
+
+def test_detach_removes_the_secrets_the_attach_defined() -> None:
+    conn = SecretConn()
+    dom = conn.add("g")
+    h = host(conn)
+    att = h.attach_volume("g", ISCSI_CHAP, bus="scsi", encryption_passphrase="luks-pass-1")
+    assert att.secret_uuid and att.encryption_secret_uuid and conn.removed == []
+    disk = ET.fromstring(att.xml)
+    assert disk.find("auth/secret").get("uuid") == att.secret_uuid  # type: ignore[union-attr]
+    assert disk.find("encryption/secret").get("uuid") == att.encryption_secret_uuid  # type: ignore[union-attr]
+    h.detach_volume("g", att)
+    assert sorted(conn.removed) == sorted([att.secret_uuid, att.encryption_secret_uuid])
+    assert dom.live == [] and dom.config == []
 
 
 def test_schema_check_before_attach() -> None:
