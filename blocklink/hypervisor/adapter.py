@@ -77,7 +77,6 @@ class VolumeView:
         # "fake", "local" or no type at all (Nova's test shapes): only the generic keys matter
         self.envelope = {k: v for k, v in connection_info.items() if k != "data"}
         self.extra = data
-        self._data = data
 
     def get(self, key: str) -> Any:
         """A ``data`` key: from the typed model's attributes, else its unparsed extras."""
