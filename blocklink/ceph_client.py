@@ -51,9 +51,12 @@ def key_from_keyring(text: str, user: Optional[str] = None) -> Optional[Secret]:
     return None
 
 
-def mon_host_entry(host: str, port: int) -> str:
-    """A mon address for mon_host: v2 on 3300, otherwise the legacy v1 protocol (what Cinder hands out)."""
+def mon_host_entry(host: str, port: Optional[int]) -> str:
+    """A mon address for mon_host: v2 on 3300, otherwise the legacy v1 protocol (what Cinder hands out);
+    no port: the bare host, so the client tries the default ports of both protocols."""
     h = f"[{host}]" if ":" in host else host
+    if port is None:
+        return h
     return f"[v2:{h}:{port}]" if port == 3300 else f"[v1:{h}:{port}]"
 
 
@@ -62,7 +65,7 @@ class ClusterSpec:
     """How to reach a cluster: explicit monitors, or a ceph.conf; the user and its key."""
 
     user: str
-    monitors: Tuple[Tuple[str, int], ...] = ()
+    monitors: Tuple[Tuple[str, Optional[int]], ...] = ()
     conffile: Optional[str] = None
     key: Optional[Secret] = None
     keyring_file: Optional[str] = None
@@ -143,6 +146,7 @@ class CephFiles:
     """
 
     def __init__(self, spec: ClusterSpec, base_dir: Optional[str] = None) -> None:
+        _check_file_values(spec)  # one value must never become a second line or section of these files
         if base_dir:
             os.makedirs(base_dir, mode=0o700, exist_ok=True)
         self.dir = tempfile.mkdtemp(prefix="blocklink-ceph-", dir=base_dir)
@@ -185,6 +189,17 @@ class CephFiles:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _check_file_values(spec: ClusterSpec) -> None:
+    from blocklink.connection import check_ceph_name, check_host
+    from blocklink.errors import InvalidConnectionInfo
+
+    check_ceph_name(spec.user, "user")
+    for host, _ in spec.monitors:
+        check_host(host, "mon_host")
+    if spec.key is not None and not re.fullmatch(r"[A-Za-z0-9+/=]+", spec.key.reveal()):
+        raise InvalidConnectionInfo("key", "a cephx key is base64 text (no spaces, line breaks or control characters)")
 
 
 def _write_private(path: str, text: str) -> None:

@@ -145,7 +145,8 @@ def check_host(v: Any, where: str, err: _Err = InvalidConnectionInfo) -> str:
 
 def check_ceph_name(v: Any, where: str, err: _Err = InvalidConnectionInfo) -> str:
     v = _text(v, where, err)
-    if not v or v in (".", "..") or not _CEPH_NAME_RE.match(v) or len(v) > 255:
+    # a leading '-' would make "pool/image" an option of the rbd/rbd-nbd command line
+    if not v or v in (".", "..") or v.startswith("-") or not _CEPH_NAME_RE.match(v) or len(v) > 255:
         raise err(where, f"{v[:60]!r} is not a valid Ceph pool/namespace/image/user name")
     return v
 
@@ -425,7 +426,7 @@ class RbdInfo(ConnectionInfo):
 
     name: str
     hosts: Tuple[str, ...] = ()
-    ports: Tuple[str, ...] = ()
+    ports: Tuple[Optional[str], ...] = ()  # strings as Cinder sends them; None: the default ports
     cluster_name: Optional[str] = None
     auth_enabled: Optional[bool] = None
     auth_username: Optional[str] = None
@@ -467,8 +468,11 @@ class RbdInfo(ConnectionInfo):
         hosts = tuple(check_host(h, f"{_path(prefix, 'hosts')}[{i}]") for i, h in
                       enumerate(_list(d.get("hosts", []), _path(prefix, "hosts"), InvalidConnectionInfo)))
         ports_in = _list(d.get("ports", []), _path(prefix, "ports"), InvalidConnectionInfo)
-        ports = []
+        ports: list[Optional[str]] = []
         for i, p in enumerate(ports_in):
+            if p is None:  # Nova writes <host> without a port: the client's default monitor ports
+                ports.append(None)
+                continue
             where = f"{_path(prefix, 'ports')}[{i}]"
             _int(p, where, InvalidConnectionInfo, 1, 65535)
             ports.append(p if isinstance(p, str) else str(p))
@@ -512,13 +516,9 @@ class RbdInfo(ConnectionInfo):
         return self.name.split("/")[-1]
 
     @property
-    def monitors(self) -> Tuple[Tuple[str, int], ...]:
-        return tuple((h, int(p)) for h, p in zip(self.hosts, self.ports))
-
-    @property
-    def mon_host(self) -> str:
-        """``mon_host`` for ceph.conf / rados conf: ``[v1:]`` not forced, IPv6 bracketed."""
-        return ",".join((f"[{h}]:{p}" if ":" in h else f"{h}:{p}") for h, p in self.monitors)
+    def monitors(self) -> Tuple[Tuple[str, Optional[int]], ...]:
+        """(host, port) pairs; a port of None means the monitor's default ports (3300 and 6789)."""
+        return tuple((h, None if p is None else int(p)) for h, p in zip(self.hosts, self.ports))
 
     @property
     def read_only(self) -> bool:

@@ -115,7 +115,7 @@ def _source(view: VolumeView, device: Union[AttachedDevice, Mapping[str, Any], N
         return BlockSource(path), True
     info = view.typed
     if isinstance(info, RbdInfo):
-        hosts = tuple(NetworkHost(h, int(p)) for h, p in info.monitors)
+        hosts = tuple(NetworkHost(h, p) for h, p in info.monitors)
         return NetworkSource("rbd", info.name, hosts, config_file=rbd_config_file), False
     if isinstance(info, IscsiInfo):
         t = info.primary or info.targets[0]

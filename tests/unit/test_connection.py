@@ -206,3 +206,15 @@ def test_attached_device_os_brick_shape():
 def test_public_api_exports():
     assert blocklink.parse_connection_info is parse_connection_info
     assert callable(blocklink.connector_for)
+
+
+def test_rbd_port_none_means_default_ports():
+    """Nova's vectors carry ports [None, ...]: a monitor on its default ports (3300 and 6789)."""
+    from blocklink.ceph_client import mon_host_entry
+
+    d = {"name": "rbd/volume-1", "hosts": ["example.com", "1.2.3.4", "::1"], "ports": [None, "6790", "6791"]}
+    info = RbdInfo.from_dict(d)
+    assert info.monitors == (("example.com", None), ("1.2.3.4", 6790), ("::1", 6791))
+    assert info.data_dict() == d
+    assert [mon_host_entry(h, p) for h, p in info.monitors] == ["example.com", "[v1:1.2.3.4:6790]", "[v1:[::1]:6791]"]
+    assert mon_host_entry("::1", None) == "[::1]"

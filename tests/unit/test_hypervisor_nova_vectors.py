@@ -98,7 +98,8 @@ DIFFERENCES: Dict[str, Difference] = {
         "nova.iscsi.get_config_default_aio", "nova.fc.get_config")},
     **{cid: ALIAS_NONE_AND_ORDER for cid in (
         "nova.net.rbd_basic", "nova.net.rbd_auth_enabled", "nova.net.rbd_auth_enabled_flags",
-        "nova.net.rbd_secret_uuid_fallback", "nova.net.rbd_auth_disabled", "nova.net.rbd_auth_disabled_flags_override")},
+        "nova.net.rbd_secret_uuid_fallback", "nova.net.rbd_auth_disabled", "nova.net.rbd_auth_disabled_flags_override",
+        "nova.net.rbd_hosts")},
     "nova.volume.iotune_invalid_specs_ignored": Difference(
         "qos_specs that is not a dict ('bar') is refused with a typed error naming data.qos_specs; Nova logs "
         "a warning and attaches the volume without any limit, silently dropping the intended QoS.",
@@ -107,9 +108,6 @@ DIFFERENCES: Dict[str, Difference] = {
         "total_bytes_sec together with read_bytes_sec/write_bytes_sec is refused: libvirt's grammar and "
         "QEMU both reject the combination, so Nova's XML fails at attach time.",
         error_field="data.qos_specs.total_bytes_sec", nova_xml_fails_schema=True),
-    "nova.net.rbd_hosts": Difference(
-        "ports [None, ...] is refused by blocklink's RbdInfo (every monitor needs a port; Cinder always sends "
-        "one); Nova writes a <host> without port.", error_field="data.ports[0]"),
 }
 
 CONFIG_DIFFERENCES: Dict[str, Difference] = {
