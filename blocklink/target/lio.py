@@ -169,16 +169,26 @@ def _cred(user: Optional[str], password: Optional[str]) -> Optional[List[str]]:
 
 
 def _find_target(root: Any, iqn: str) -> Any:
-    for t in root.targets:
-        if t.wwn == iqn:
-            return t
-    return None
+    """A direct configfs lookup: O(1), not a walk over every target (that made 100 volumes crawl)."""
+    rts = _rts()
+    try:
+        return rts.Target(rts.FabricModule("iscsi"), iqn, "lookup")
+    except rts.RTSLibError:  # RTSLibNotInCFS
+        return None
 
 
 def _find_so(root: Any, name: str) -> Any:
+    """Our storage objects are block or fileio; others with the same name are not ours."""
     for so in root.storage_objects:
-        if so.name == name:
+        if so.name == name and so.plugin in ("block", "fileio"):
             return so
+    return None
+
+
+def _target_so(t: Any) -> Any:
+    for tpg in t.tpgs:
+        for lun in tpg.luns:
+            return lun.storage_object
     return None
 
 
@@ -214,15 +224,17 @@ def lio_find(iqn: str, pad: str) -> Optional[Dict[str, Any]]:
 
 @entrypoint
 def lio_list(prefix: str) -> List[str]:
-    return [t.wwn for t in _root().targets if t.wwn.startswith(prefix)]
+    _root()
+    rts = _rts()
+    return [t.wwn for t in rts.FabricModule("iscsi").targets if t.wwn.startswith(prefix)]
 
 
 @entrypoint
 def lio_create(spec: Dict[str, Any], pad: str) -> Dict[str, Any]:
     rts = _rts()
     root = _root()
-    if _find_target(root, spec["iqn"]) is not None or _find_so(root, spec["so_name"]) is not None:
-        raise LioError("exists", "target or storage object already exists")
+    if _find_target(root, spec["iqn"]) is not None:
+        raise LioError("exists", "target already exists")
     so = target = None
     try:
         if spec["backstore"] == "block":
@@ -261,16 +273,17 @@ def lio_create(spec: Dict[str, Any], pad: str) -> Dict[str, Any]:
 @entrypoint
 def lio_delete(iqn: str, so_name: str) -> bool:
     root = _root()
-    found = False
     t = _find_target(root, iqn)
+    so = _target_so(t) if t is not None else None
+    if so is not None and so.name != so_name:
+        so = None  # the target maps someone else's storage object: leave it
     if t is not None:
         t.delete()
-        found = True
-    so = _find_so(root, so_name)
+    if so is None:  # no target (a half-made export): look for a stray storage object of ours
+        so = _find_so(root, so_name)
     if so is not None:
         so.delete()
-        found = True
-    return found
+    return t is not None or so is not None
 
 
 @entrypoint
@@ -313,6 +326,47 @@ def lio_save(path: str) -> None:
     except Exception as e:  # rtslib raises OSError or a NameError from its own error path
         raise LioError("save", f"cannot save the configuration to {path}: {e}") from None
     os.chmod(path, stat.S_IRUSR | stat.S_IWUSR)
+
+
+@entrypoint
+def lio_save_volume(path: str, iqn: str, so_name: str) -> None:
+    """Update only this volume's storage object and target in the save file (rtslib's saveconfig
+    format), reading O(1) configfs objects instead of dumping the whole configuration."""
+    root = _root()
+    t = _find_target(root, iqn)
+    so = _target_so(t) if t is not None else None
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+    except FileNotFoundError:
+        saved = {"storage_objects": [], "targets": []}
+    except ValueError as e:
+        raise LioError("save", f"{path} is not a saved configuration: {e}") from None
+    saved["storage_objects"] = [s for s in saved.get("storage_objects", [])
+                                if not (s.get("name") == so_name and s.get("plugin") in ("block", "fileio"))]
+    saved["targets"] = [x for x in saved.get("targets", []) if x.get("wwn") != iqn]
+    if so is not None:
+        saved["storage_objects"].append(so.dump())
+    if t is not None:
+        saved["targets"].append(t.dump())
+    _write_private(path, json.dumps(saved, sort_keys=True, indent=2) + "\n")
+
+
+def _write_private(path: str, text: str) -> None:
+    d = os.path.dirname(path)
+    os.makedirs(d, mode=0o700, exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 @entrypoint
@@ -419,9 +473,8 @@ class LioTarget(IscsiTargetHelper):
         iqn = self.target_iqn(volume_id)
         with self._volume_lock(volume_id):
             with self._config_lock():
-                found = _call(iqn, lio_delete, iqn, self.volume_name(volume_id))
-                if found:
-                    self._save()
+                _call(iqn, lio_delete, iqn, self.volume_name(volume_id))
+                self._save(volume_id)  # also drops a stale entry, so a later restore cannot revive it
         LOG.info("lio: removed export %s", iqn)
 
     def get_export(self, volume_id: str) -> Optional[Export]:
@@ -462,7 +515,7 @@ class LioTarget(IscsiTargetHelper):
             pad = new_pad()
             with self._config_lock():
                 state = LioState.from_wire(_call(iqn, lio_add_acl, iqn, initiator, pad), pad)
-                self._save()
+                self._save(volume_id)
             return self._export(volume_id, state)
 
     def _deny_initiator(self, volume_id: str, initiator: str) -> None:
@@ -470,14 +523,16 @@ class LioTarget(IscsiTargetHelper):
         with self._volume_lock(volume_id):
             with self._config_lock():
                 if _call(iqn, lio_remove_acl, iqn, initiator):
-                    self._save()
+                    self._save(volume_id)
 
     # ------------------------------------------------------------------ mechanics
-    def _save(self) -> None:
-        """Persist after a change (caller holds the config lock). A failed save does not undo the change."""
+    def _save(self, volume_id: str) -> None:
+        """Persist one volume after a change (caller holds the config lock); a failed save does not
+        undo the change. ``save()`` writes the whole configuration instead."""
         if self.save_file is not None:
             try:
-                _call("LIO", lio_save, self.save_file)
+                _call("LIO", lio_save_volume, self.save_file, self.target_iqn(volume_id),
+                      self.volume_name(volume_id))
             except TargetError as e:
                 LOG.warning("lio: %s", e)
 
@@ -495,7 +550,7 @@ class LioTarget(IscsiTargetHelper):
         try:
             with self._config_lock():
                 state = LioState.from_wire(_call(iqn, lio_create, spec.to_wire(), pad), pad)
-                self._save()
+                self._save(volume_id)
         except BaseException:
             if created:
                 os.unlink(path)

@@ -49,6 +49,9 @@ class SO:
     def delete(self) -> None:
         CFG.sos.remove(self)
 
+    def dump(self) -> Dict[str, Any]:
+        return {"name": self.name, "plugin": self.plugin, "dev": self.udev_path, "size": self.size}
+
 
 class BlockStorageObject(SO):
     plugin = "block"
@@ -62,16 +65,35 @@ class FabricModule:
     def __init__(self, name: str) -> None:
         self.name = name
 
+    @property
+    def targets(self) -> List["Target"]:
+        return list(CFG.targets)
+
 
 class Target:
-    def __init__(self, fm: FabricModule, wwn: str, mode: str = "any") -> None:
+    def __new__(cls, fm: FabricModule, wwn: str, mode: str = "any") -> "Target":
+        found = next((t for t in CFG.targets if t.wwn == wwn), None)
+        if mode == "lookup":
+            if found is None:
+                raise RTSLibError(f"No such Target in configfs: {wwn}")
+            return found
+        if found is not None:
+            raise RTSLibError("This Target already exists in configFS")
         if not wwn.startswith("iqn.") or "_" in wwn:
             raise RTSLibError("WWN not valid as: iqn")
-        self.wwn, self.tpgs = wwn, []  # type: ignore[var-annotated]
-        CFG.targets.append(self)
+        t = super().__new__(cls)
+        t.wwn, t.tpgs = wwn, []
+        CFG.targets.append(t)
+        return t
+
+    def __init__(self, fm: FabricModule, wwn: str, mode: str = "any") -> None:
+        pass
 
     def delete(self) -> None:
         CFG.targets.remove(self)
+
+    def dump(self) -> Dict[str, Any]:
+        return {"wwn": self.wwn, "fabric": "iscsi", "tpgs": [RTSRoot._tpg(g) for g in self.tpgs]}
 
 
 class TPG:
@@ -135,10 +157,7 @@ class RTSRoot:
         return list(CFG.sos)
 
     def dump(self) -> Dict[str, Any]:
-        return {"storage_objects": [{"name": s.name, "plugin": s.plugin, "dev": s.udev_path, "size": s.size}
-                                    for s in CFG.sos],
-                "targets": [{"wwn": t.wwn, "fabric": "iscsi", "tpgs": [self._tpg(g) for g in t.tpgs]}
-                            for t in CFG.targets]}
+        return {"storage_objects": [s.dump() for s in CFG.sos], "targets": [t.dump() for t in CFG.targets]}
 
     @staticmethod
     def _tpg(g: TPG) -> Dict[str, Any]:
@@ -159,7 +178,7 @@ class RTSRoot:
         for s in config["storage_objects"]:
             (BlockStorageObject if s["plugin"] == "block" else FileIOStorageObject)(s["name"], s["dev"], s["size"])
         for t in config["targets"]:
-            target = Target(FabricModule("iscsi"), t["wwn"])
+            target = Target(FabricModule("iscsi"), t["wwn"], "create")
             for gd in t["tpgs"]:
                 g = TPG(target, gd["tag"])
                 g.attributes, g.enable = dict(gd["attributes"]), gd["enable"]
@@ -377,3 +396,33 @@ def test_through_privsep_no_secret_in_its_logs(tmp_path: Any) -> None:
     assert started is True and pw == info_pw == again_pw
     assert "privsep: reply" in out.stderr  # the daemon did log its replies ...
     assert pw not in out.stderr and mutual not in out.stderr  # ... without the secrets
+
+
+def test_save_file_is_updated_per_volume(helper: LioTarget) -> None:
+    os.makedirs(os.path.dirname(helper.save_file), exist_ok=True)
+    foreign = {"storage_objects": [{"name": "theirs", "plugin": "ramdisk"}],
+               "targets": [{"wwn": "iqn.2024-01.other:t1", "fabric": "iscsi", "tpgs": []}],
+               "fabric_modules": [{"name": "iscsi", "discovery_enable_auth": True}]}
+    with open(helper.save_file, "w") as f:
+        json.dump(foreign, f)
+    helper.create_export("v1", size=1 << 20)
+    helper.create_export("v2", size=1 << 20)
+    helper.initialize_connection("v1", conn(HOST_A))
+    with open(helper.save_file) as f:
+        saved = json.load(f)
+    assert [t["wwn"] for t in saved["targets"]] == ["iqn.2024-01.other:t1", helper.target_iqn("v2"),
+                                                  helper.target_iqn("v1")]
+    assert saved["fabric_modules"] == foreign["fabric_modules"]
+    assert saved["targets"][-1]["tpgs"][0]["acls"][0]["wwn"] == HOST_A
+    assert stat.S_IMODE(os.stat(helper.save_file).st_mode) == 0o600
+    CFG.targets.clear()
+    CFG.sos.clear()  # a reboot, then the volume is deleted before anyone restored it
+    helper.remove_export("v1")
+    with open(helper.save_file) as f:
+        saved = json.load(f)
+    assert helper.target_iqn("v1") not in {t["wwn"] for t in saved["targets"]}
+    assert "volume-v1" not in {s["name"] for s in saved["storage_objects"]}
+    assert helper.restore_all() == ["v2"]  # v1 is not revived
+    helper.save()  # the full dump (cinder-rtstool save)
+    with open(helper.save_file) as f:
+        assert [t["wwn"] for t in json.load(f)["targets"]] == [helper.target_iqn("v2")]

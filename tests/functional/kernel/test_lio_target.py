@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import subprocess
 import warnings
@@ -83,6 +84,12 @@ def iscsiadm(*args: str, check: bool = True) -> "subprocess.CompletedProcess[str
     return res
 
 
+def session_state() -> str:
+    out = iscsiadm("-m", "session", "-P", "1", check=False).stdout
+    m = re.search(r"iSCSI Session State:\s*(\S+)", out)
+    return m.group(1) if m else "NONE"
+
+
 def node_with_chap(iqn: str, data: dict) -> List[str]:
     node = ["-m", "node", "-T", iqn, "-p", PORTAL]
     iscsiadm(*node, "-o", "new")
@@ -114,8 +121,11 @@ def test_kernel_initiator_login_data_and_revocation(target_env: LioEnv, iscsid: 
         assert target_env.read_backing(export.device_path, 5 * MiB, MiB) == payload
         assert len(iscsid.sessions()) == 1
         # terminate_connection: LIO drops the NodeACL and with it the session; a new login is refused
+        assert session_state() == "LOGGED_IN"
         target_env.helper.terminate_connection(vid, _connector(iscsid.initiator_iqn))
-        iscsiadm(*node, "--logout", check=False)  # the session may already be gone; end its recovery
+        wait_for(lambda: True if session_state() != "LOGGED_IN" else None, timeout=30, uevents=False,
+                 what="the target dropping the session", recheck=0.2)
+        iscsiadm(*node, "--logout", check=False)  # end the initiator's recovery attempts
         wait_for(lambda: True if not os.path.exists(dev) else None, timeout=60, watch=["/dev"], what="removal")
         refused = iscsiadm(*node, "--login", check=False)
         assert refused.returncode != 0, refused.stdout
