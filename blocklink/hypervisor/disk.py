@@ -250,8 +250,8 @@ class DiskAuth:
             raise _err("auth.secret", "give exactly one of secret_uuid and secret_usage")
         if self.secret_uuid is not None:
             check_uuid(self.secret_uuid, "auth.secret.uuid")
-        if self.secret_usage is not None:
-            _text(self.secret_usage, "auth.secret.usage")
+        if self.secret_usage is not None and "/" in _text(self.secret_usage, "auth.secret.usage"):
+            raise _err("auth.secret.usage", "libvirt's grammar allows no '/' in a secret usage name")
 
 
 def _validate_iotune(values: Mapping[str, Optional[int]], where: str) -> None:
