@@ -60,7 +60,8 @@ _SERIAL_RE = re.compile(r"^[A-Za-z0-9_.+\- ]+$")
 _ALIAS_RE = re.compile(r"^ua-[a-zA-Z0-9_\-.]+$")
 _GENERIC_NAME_RE = re.compile(r"^[a-zA-Z0-9_+\-]+$")  # libvirt's genericName (auth usernames)
 _DNS_RE = re.compile(r"^[a-zA-Z0-9.\-]+$")
-_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+# control characters, and what XML 1.0 cannot carry at all (lone surrogates, U+FFFE/U+FFFF)
+_CONTROL_RE = re.compile("[\x00-\x1f\x7f\ud800-\udfff\ufffe\uffff]")
 
 
 def _err(where: str, reason: str) -> InvalidDiskConfig:
