@@ -14,6 +14,7 @@ from typing import Any, Callable, Dict, List
 
 import pytest
 
+from blocklink.errors import AuthenticationFailed, CommandFailed, ConnectionFailed, VolumeNotFound
 from blocklink.hostpaths import HostPaths
 from blocklink.initiator.host import iscsiadm as ia
 from blocklink.initiator.host.multipath import Multipath, parse_multipath
@@ -275,3 +276,42 @@ def test_sysfs_wwid_attribute_and_wwn_comparison() -> None:
     assert same_wwn("naa.6001405b177c7b35", "36001405b177c7b35")
     assert same_wwn("0x6001405b177c7b35", "mpath-36001405b177c7b35")
     assert not same_wwn("36001405b177c7b35", "36001405b177c7b36")
+
+
+# ------------------------------------------------------------------ command wrappers: exit codes and answers
+def test_multipath_commands_turn_answers_into_results() -> None:
+    ex = (FakeExecutor()
+          .on(("multipath", "-a"), (0, "wwid '36001405aa' added\n", ""))
+          .on(("multipath", "-f", "busy"), (1, "", "123.4 | busy: map in use\n"))
+          .on(("multipath", "-f"), (0, "", ""))
+          .on(("multipathd", "resize", "map", "bad"), (0, "fail\n", ""))
+          .on(("multipathd",), (0, "ok\n", "")))
+    m = Multipath(ex, HostPaths())
+    assert m.add_wwid("36001405aa") is True and m.add_path("/dev/sda") is True
+    m.flush("36001405aa")
+    with pytest.raises(CommandFailed) as exc:
+        m.flush("busy")
+    assert "in use" in exc.value.stderr
+    m.resize("good")
+    with pytest.raises(CommandFailed):
+        m.resize("bad")  # multipathd says "fail" with exit 0
+    assert [c.argv for c in ex.calls][:2] == [("multipath", "-a", "36001405aa"), ("multipathd", "add", "path", "/dev/sda")]
+
+
+@pytest.mark.parametrize("code, stderr, error, text", [
+    (24, "iscsiadm: initiator reported error (24 - iSCSI login failed due to authorization failure)\n",
+     AuthenticationFailed, "CHAP"),
+    (19, "iscsiadm: initiator reported error (19 - encountered non-retryable iSCSI login failure)\n",
+     VolumeNotFound, "non-retryable"),
+    (8, "iscsiadm: initiator reported error (8 - connection timed out)\n", ConnectionFailed, "timed out"),
+    (20, "iscsiadm: can not connect to iSCSI daemon (111)!\n", ConnectionFailed, "iscsid is not running"),
+])
+def test_login_exit_codes_become_typed_errors(code: int, stderr: str, error: type, text: str) -> None:
+    from blocklink.connection import Portal
+
+    ex = FakeExecutor().on(("iscsiadm",), (code, "", stderr + "iscsiadm: Could not log into all portals\n"))
+    with pytest.raises(error) as exc:
+        ia.Iscsiadm(ex, HostPaths(), db_retries=1).login("iqn.2003-01.x:y", Portal.parse("10.0.0.1:3260"))
+    assert text in str(exc.value) and "iqn.2003-01.x:y at 10.0.0.1:3260" in str(exc.value)
+    ok = FakeExecutor().on(("iscsiadm",), (15, "", "iscsiadm: default: 1 session requested, but 1 already present.\n"))
+    ia.Iscsiadm(ok, HostPaths()).login("iqn.2003-01.x:y", Portal.parse("10.0.0.1:3260"))  # exists: fine
