@@ -1,0 +1,255 @@
+"""Watch everything a secret could leak through while a flow runs.
+
+:class:`SecretWatch` (a context manager), given the secret values:
+
+- samples ``/proc/*/cmdline`` and ``/proc/*/environ`` of every process on the machine in a thread,
+  as fast as it can (each sweep takes a few ms), so a child that lives a few ms is still seen;
+- optionally runs ``strace -f -e trace=execve`` on this process, which records the argv and the
+  environment of every program its threads and descendants execute, however short-lived;
+- captures every log record at DEBUG on the root logger (message, arguments, exception text);
+- sweeps files modified since the start under /tmp, /run, /dev/shm, the venv and given run dirs,
+  during the flow and at the end, flagging files that others can read and that hold a secret;
+- lets the test add exception texts (:meth:`check_text`).
+
+Every finding is an :class:`Exposure` (where, what); :meth:`assert_clean` fails on any.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from typing import Iterable, List, Optional, Sequence, Set
+
+SWEEP_ROOTS = ("/tmp", "/run", "/dev/shm", sys.prefix)
+_MAX_FILE = 4 << 20
+
+
+@dataclass(frozen=True)
+class Exposure:
+    where: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.detail}"
+
+
+class _Capture(logging.Handler):
+    def __init__(self, watch: "SecretWatch") -> None:
+        super().__init__(logging.DEBUG)
+        self.watch = watch
+        self.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = self.format(record)
+        except Exception:  # noqa: BLE001 - a broken record still gets its raw parts scanned
+            text = f"{record.msg!r} {record.args!r}"
+        self.watch.records += 1
+        self.watch.check_text(f"log record {record.name}", text)
+
+
+def _others_can_read(path: str) -> bool:
+    """The file is o+r and every directory above it is o+x (a local user can open it)."""
+    try:
+        if not os.stat(path).st_mode & stat.S_IROTH:
+            return False
+        d = os.path.dirname(path)
+        while d and d != "/":
+            if not os.stat(d).st_mode & stat.S_IXOTH:
+                return False
+            d = os.path.dirname(d)
+    except OSError:
+        return False
+    return True
+
+
+class SecretWatch:
+    def __init__(self, secrets: Iterable[str], *, run_dirs: Sequence[str] = (), strace: bool = True,
+                 sweep_roots: Sequence[str] = SWEEP_ROOTS) -> None:
+        self.secrets = sorted({s for s in secrets if s and len(s) >= 6}, key=len, reverse=True)
+        assert self.secrets, "nothing to watch for"
+        self._needles = [s.encode() for s in self.secrets]
+        self.run_dirs = list(run_dirs)
+        self.sweep_roots = [r for r in sweep_roots if os.path.isdir(r)] + self.run_dirs
+        self.exposures: List[Exposure] = []
+        self._seen: Set[str] = set()
+        self.proc_samples = 0
+        self.sweeps = 0
+        self.pids_seen: Set[int] = set()
+        self.records = 0
+        self.files_checked = 0
+        self.execs = 0
+        self.texts = 0
+        self._stop = threading.Event()
+        self._threads: List[threading.Thread] = []
+        self._t0 = 0.0
+        self._use_strace = strace and shutil.which("strace") is not None
+        self._strace: Optional["subprocess.Popen[bytes]"] = None
+        self._strace_dir = ""
+        self._handler = _Capture(self)
+        self._old_level = logging.WARNING
+
+    # ------------------------------------------------------------------ findings
+    def _found(self, where: str, detail: str) -> None:
+        key = f"{where}|{detail}"
+        if key not in self._seen:
+            self._seen.add(key)
+            self.exposures.append(Exposure(where, detail))
+
+    def _hit(self, data: bytes) -> Optional[int]:
+        for i, n in enumerate(self._needles):
+            if n in data:
+                return i
+        return None
+
+    def check_text(self, where: str, text: str) -> None:
+        self.texts += 1
+        for i, s in enumerate(self.secrets):
+            if s in text:
+                self._found(where, f"secret #{i} ({len(s)} chars) in text")
+
+    # ------------------------------------------------------------------ /proc sampling
+    def _sample_procs(self) -> None:
+        me = os.getpid()
+        environ_done: Set[int] = set()  # a process's environment is fixed at exec: read it once
+        while not self._stop.is_set():
+            try:
+                pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+            except OSError:
+                continue
+            for pid in pids:
+                if pid == me:
+                    continue
+                if pid not in self.pids_seen:
+                    self.pids_seen.add(pid)
+                    environ_done.discard(pid)
+                for what in ("cmdline", "environ"):
+                    if what == "environ" and pid in environ_done:
+                        continue
+                    try:
+                        with open(f"/proc/{pid}/{what}", "rb") as f:
+                            data = f.read()
+                    except OSError:
+                        continue
+                    if what == "environ":
+                        environ_done.add(pid)
+                    i = self._hit(data)
+                    if i is not None:
+                        comm = data.split(b"\0", 1)[0].decode(errors="replace") if what == "cmdline" else ""
+                        self._found(f"/proc/{pid}/{what}", f"secret #{i} in {comm or 'process environment'}")
+            self.proc_samples += 1
+
+    # ------------------------------------------------------------------ file sweeps
+    def _sweep_files(self, final: bool = False) -> None:
+        for root in self.sweep_roots:
+            for d, subdirs, files in os.walk(root):
+                if d.startswith(("/proc", "/sys")) or (self._strace_dir and d.startswith(self._strace_dir)):
+                    subdirs[:] = []
+                    continue
+                for name in files:
+                    p = os.path.join(d, name)
+                    try:
+                        st = os.lstat(p)
+                    except OSError:
+                        continue
+                    if not stat.S_ISREG(st.st_mode) or st.st_mtime < self._t0 or st.st_size > _MAX_FILE:
+                        continue
+                    self.files_checked += 1
+                    try:
+                        with open(p, "rb") as f:
+                            data = f.read()
+                    except OSError:
+                        continue
+                    i = self._hit(data)
+                    if i is not None and _others_can_read(p):
+                        self._found(p, f"secret #{i} in a file others can read (mode {oct(st.st_mode & 0o777)})")
+        self.sweeps += 1
+
+    def _sweeper(self) -> None:
+        while not self._stop.wait(2.0):
+            self._sweep_files()
+
+    # ------------------------------------------------------------------ strace
+    def _start_strace(self) -> None:
+        self._strace_dir = tempfile.mkdtemp(prefix="bl-strace.")
+        out = os.path.join(self._strace_dir, "execve.log")
+        self._strace = subprocess.Popen(
+            ["strace", "-f", "-qq", "-e", "trace=execve", "-v", "-s", "65536", "-o", out, "-p", str(os.getpid())],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # attached once it reports the first syscall or the file exists
+            if os.path.exists(out) or self._strace.poll() is not None:
+                break
+            time.sleep(0.01)  # bounded: strace gives no other signal that it attached
+        time.sleep(0.2)  # bounded: let the attach of every thread finish
+        if self._strace.poll() is not None:
+            err = self._strace.stderr.read().decode(errors="replace") if self._strace.stderr else ""
+            raise RuntimeError(f"strace could not attach: {err.strip()[-300:]}")
+
+    def _stop_strace(self) -> None:
+        if self._strace is None:
+            return
+        self._strace.send_signal(signal.SIGINT)  # detaches cleanly from every traced thread
+        try:
+            self._strace.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self._strace.kill()
+            self._strace.wait()
+        path = os.path.join(self._strace_dir, "execve.log")
+        try:
+            with open(path, "rb") as f:
+                lines = f.read().splitlines()
+        finally:
+            shutil.rmtree(self._strace_dir, ignore_errors=True)
+        for line in lines:
+            if b"execve(" not in line:
+                continue
+            self.execs += 1
+            i = self._hit(line)
+            if i is not None:
+                prog = line.split(b"execve(", 1)[1].split(b",", 1)[0].decode(errors="replace")
+                self._found(f"execve {prog}", f"secret #{i} in the argv or environment of an executed program")
+        self._strace = None
+
+    # ------------------------------------------------------------------ lifecycle
+    def __enter__(self) -> "SecretWatch":
+        self._t0 = time.time() - 1
+        root = logging.getLogger()
+        self._old_level = root.level
+        root.setLevel(logging.DEBUG)
+        root.addHandler(self._handler)
+        if self._use_strace:
+            self._start_strace()
+        for fn in (self._sample_procs, self._sweeper):
+            t = threading.Thread(target=fn, daemon=True)
+            t.start()
+            self._threads.append(t)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(30)
+        try:
+            self._stop_strace()
+        finally:
+            root = logging.getLogger()
+            root.removeHandler(self._handler)
+            root.setLevel(self._old_level)
+        self._sweep_files(final=True)
+
+    def summary(self) -> str:
+        return (f"{self.proc_samples} /proc sweeps over {len(self.pids_seen)} processes, {self.execs} execve traced, "
+                f"{self.records} log records, {self.texts} texts, {self.files_checked} files in {self.sweeps} sweeps")
+
+    def assert_clean(self) -> None:
+        assert not self.exposures, "secret exposed: " + "; ".join(map(str, self.exposures))
