@@ -49,10 +49,10 @@ class RecordingExecutor(ProcessExecutor):
                 self.argvs.append(tuple(argv))
                 self.seconds.append((" ".join(a for a in argv[:5] if not a.startswith("iqn.")), time.monotonic() - t0))
 
-    def profile(self) -> str:
+    def profile(self, start: int = 0) -> str:
         """Seconds spent per kind of command (count, total, max), slowest kinds first."""
         kinds: Dict[str, List[float]] = {}
-        for what, secs in self.seconds:
+        for what, secs in self.seconds[start:]:
             key = " ".join(w for w in what.split() if not w[0].isdigit() and not w.startswith("/dev/"))
             kinds.setdefault(key, []).append(secs)
         rows = sorted(kinds.items(), key=lambda kv: -sum(kv[1]))
@@ -137,10 +137,11 @@ def test_single_path_attach_io_detach(lio, iscsid, executor, tmp_path, record_pr
     assert dev.wwn == scsi_id(dev.path)  # our VPD parsing agrees with udev's scsi_id
     conn.disconnect_volume(info, dev)
     t0 = time.monotonic()  # again, now that imports and caches are warm
+    mark = len(executor.seconds)
     dev = conn.connect_volume(info)
     warm_s = time.monotonic() - t0
     record_property("single_attach_warm_seconds", round(warm_s, 3))
-    print(f"single attach (warm): {warm_s:.3f}s")
+    print(f"single attach (warm): {warm_s:.3f}s, of which in commands:\n" + executor.profile(mark))
     assert block_size(dev.path) == 32 * MiB
     assert conn.get_volume_paths(info) == [dev.path]
     rec = glob.glob(f"/etc/iscsi/nodes/{info.targets[0].iqn}/*")
