@@ -215,6 +215,38 @@ def test_wrong_chap_refused(lio, iscsid, executor, tmp_path) -> None:
     executor.assert_never_on_argv(bad.auth_password, wrong_mutual.auth_password_in)
 
 
+def test_sendtargets_discovery_with_chap(lio, iscsid, multipathd, executor, tmp_path) -> None:
+    """target_discovered + the single-portal form + multipath: discovery (with discovery CHAP)
+    finds the second portal; the discovery record holding the secret does not outlive it."""
+    from rtslib_fb import FabricModule
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fabric = FabricModule("iscsi")
+    fabric.discovery_userid, fabric.discovery_password = "discuser", "disc-secret-123"
+    fabric.discovery_enable_auth = True
+    try:
+        conn = connector(executor, tmp_path, use_multipath=True, enforce_multipath=True)
+        info = export(lio, conn, "disc1").replace(
+            target_discovered=True, discovery_auth_method="CHAP", discovery_auth_username="discuser",
+            discovery_auth_password=Secret("disc-secret-123"))
+        iqn = info.targets[0].iqn
+        assert info.form == "single"
+        with pytest.raises(AuthenticationFailed):
+            conn.connect_volume(info.replace(discovery_auth_password=Secret("wrong-disc-secret")))
+        assert_host_clean(iqn)
+        dev = conn.connect_volume(info)
+        assert dev.path and dev.path.startswith("/dev/dm-") and len(dev.paths) == 2  # 127.0.0.2 was discovered
+        assert glob.glob("/etc/iscsi/send_targets/*") == []
+        check_io(dev, str(tmp_path / "volume-disc1"))
+        conn.disconnect_volume(info, dev)
+        assert_host_clean(iqn)
+        executor.assert_never_on_argv(info.discovery_auth_password, info.auth_password)
+    finally:
+        fabric.discovery_enable_auth = False
+        fabric.discovery_userid = fabric.discovery_password = ""
+
+
 # ---------------------------------------------------------------------------------------------
 SHARED_IQN = "iqn.2003-01.org.blocklink.test:shared"
 
