@@ -18,7 +18,9 @@ How it differs from os-brick's, on purpose:
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import socket
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -308,12 +310,19 @@ class ISCSIConnector(Connector):
                 pairs = [(p, q) for p, q in found if q == iqn or p.address not in with_ours]
                 if pairs:
                     targets = [IscsiTarget(p, q, lun) for p, q in pairs]
+        return self._addressed(targets, info.addressing_mode)
+
+    @staticmethod
+    def _addressed(targets: Sequence[IscsiTarget], mode: Optional[str]) -> List[IscsiTarget]:
+        """De-duplicated targets with Linux LUN numbers and host names resolved to addresses, as the
+        kernel shows a session's portal (so sessions, locks and records match)."""
         out, seen = [], set()
         for t in targets:
-            key = (t.iqn, t.portal.address)
+            portal = _resolved(t.portal)
+            key = (t.iqn, portal.address)
             if key not in seen:
                 seen.add(key)
-                out.append(IscsiTarget(t.portal, t.iqn, lun_for_addressing(t.lun, info.addressing_mode)))
+                out.append(IscsiTarget(portal, t.iqn, lun_for_addressing(t.lun, mode)))
         return out
 
     def _discover(self, info: IscsiInfo, portal: Portal) -> List[Tuple[Portal, str]]:
@@ -396,9 +405,9 @@ class ISCSIConnector(Connector):
         """Disk names at the info's (target, portal, LUN) addresses, whatever LU they hold."""
         out = []
         for s in scsi.iscsi_sessions(self.paths):
-            for t in vol.targets:
+            for t in self._addressed(vol.targets, vol.addressing_mode):
                 if s.matches(t.iqn, t.portal.host, t.portal.port):
-                    d = self._lun_device(s, lun_for_addressing(t.lun, vol.addressing_mode))
+                    d = self._lun_device(s, t.lun)
                     if d is not None and d.name:
                         out.append(d.name)
         return out
@@ -442,7 +451,7 @@ class ISCSIConnector(Connector):
         plus the sessions of the info's targets (which may have no disk left)."""
         sessions: Dict[int, IscsiSession] = {}
         by_addr: Dict[str, IscsiSession] = {}
-        targets = [IscsiTarget(t.portal, t.iqn, lun_for_addressing(t.lun, info.addressing_mode)) for t in info.targets]
+        targets = self._addressed(info.targets, info.addressing_mode)
         all_sessions = scsi.iscsi_sessions(self.paths)
         for t in targets:
             for s in all_sessions:
@@ -545,6 +554,21 @@ def node_auth(user: Optional[str], secret: Optional[Secret], user_field: str, se
         if any(ord(c) < 32 or ord(c) == 127 for c in value):
             raise InvalidConnectionInfo(where, "contains a control character or line break")
     return {"node.session.auth.username": user, "node.session.auth.password": secret}
+
+
+def _resolved(portal: Portal) -> Portal:
+    """``portal`` with a host name replaced by its first address (unchanged if it is an address or
+    does not resolve: the login then reports the problem)."""
+    try:
+        ipaddress.ip_address(portal.host.split("%")[0])
+        return portal
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(portal.host, portal.port, type=socket.SOCK_STREAM)
+    except OSError:
+        return portal
+    return Portal.of(str(infos[0][4][0]), portal.port) if infos else portal
 
 
 def _lock_name(iqn: str, portal: Portal) -> str:

@@ -194,6 +194,23 @@ def test_an_iscsiadm_without_manual_scan_is_refused(tree, kernel, tmp_path) -> N
     assert_clean(tree, kernel)  # no login happened: other volumes' LUNs never surfaced
 
 
+def test_a_portal_given_by_host_name_matches_the_session(tree, kernel, tmp_path, monkeypatch) -> None:
+    import socket
+
+    def fake_getaddrinfo(host: str, port: int, *a: Any, **kw: Any) -> list:
+        assert host == "array.example"
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.0.0.2", port))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", fake_getaddrinfo)
+    conn = make(kernel, tmp_path)
+    d = info(1, target_portal="array.example:3260")
+    dev = conn.connect_volume(d)
+    assert conn.connect_volume(d) == dev and kernel.session_ids() == [1]  # the session was recognised
+    assert conn.get_volume_paths(d) == ["/dev/sda"]
+    conn.disconnect_volume(d, dev)
+    assert_clean(tree, kernel)
+
+
 # ------------------------------------------------------------------ shared targets and OSSA-2023-003
 def test_shared_target_detach_keeps_the_other_lun_and_session(tree, kernel, tmp_path) -> None:
     conn = make(kernel, tmp_path)
