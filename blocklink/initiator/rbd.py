@@ -9,11 +9,12 @@ directory that is removed right after the command.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import threading
-from typing import Any, List, Optional
+from typing import Any, Iterator, List, Optional
 
 from blocklink.ceph_client import (CephFiles, ClusterSpec, connect, import_rados, iter_keyring_candidates,
                                    key_from_keyring, open_image, open_ioctx)
@@ -27,6 +28,22 @@ from blocklink.locks import LockFactory
 from blocklink.masking import Secret, get_logger
 
 LOG = get_logger(__name__)
+
+
+class RbdIOError(ConnectionFailed, OSError):
+    """librbd failed an I/O on an open handle (OSD unreachable, op timeout, client blocklisted).
+
+    A :class:`ConnectionFailed` naming the image, and an :class:`OSError` for file-object callers."""
+
+
+@contextlib.contextmanager
+def _librbd(name: str, op: str) -> Iterator[None]:
+    try:
+        yield
+    except Exception as e:
+        if type(e).__module__ in ("rbd", "rados"):  # librbd/librados errors become typed ones
+            raise RbdIOError(name, f"{op} failed: {type(e).__name__}: {e}") from None
+        raise
 
 
 class RbdHandle(io.RawIOBase):
@@ -56,7 +73,8 @@ class RbdHandle(io.RawIOBase):
 
     def size(self) -> int:
         self._check_open()
-        return int(self._image.size())
+        with _librbd(self.name, "size"):
+            return int(self._image.size())
 
     def readinto(self, b: Any) -> int:
         self._check_open()
@@ -66,7 +84,8 @@ class RbdHandle(io.RawIOBase):
             n = max(0, min(len(view), remaining))
             if n == 0:
                 return 0
-            data = self._image.read(self._pos, n)
+            with _librbd(self.name, "read"):
+                data = self._image.read(self._pos, n)
             view[:len(data)] = data
             self._pos += len(data)
             return len(data)
@@ -79,7 +98,8 @@ class RbdHandle(io.RawIOBase):
             n = max(0, min(size, self.size() - self._pos))
             if n == 0:
                 return b""
-            data: bytes = self._image.read(self._pos, n)
+            with _librbd(self.name, "read"):
+                data: bytes = self._image.read(self._pos, n)
             self._pos += len(data)
             return data
 
@@ -91,7 +111,8 @@ class RbdHandle(io.RawIOBase):
         with self._lock:
             if self._pos + len(data) > self.size():
                 raise OSError(28, f"write beyond the end of {self.name} ({self.size()} bytes)")
-            n = int(self._image.write(data, self._pos))
+            with _librbd(self.name, "write"):
+                n = int(self._image.write(data, self._pos))
             self._pos += n
             return n
 
@@ -117,7 +138,8 @@ class RbdHandle(io.RawIOBase):
 
     def flush(self) -> None:
         if not self.closed and self._image is not None:
-            self._image.flush()
+            with _librbd(self.name, "flush"):
+                self._image.flush()
 
     def truncate(self, size: Optional[int] = None) -> int:
         raise io.UnsupportedOperation("truncate is not supported on an RBD volume; extend the volume instead")
@@ -132,9 +154,11 @@ class RbdHandle(io.RawIOBase):
             if self._image is not None:
                 try:
                     if not self._read_only:
-                        self._image.flush()
+                        with _librbd(self.name, "flush at close"):
+                            self._image.flush()
                 finally:
-                    self._image.close()
+                    with _librbd(self.name, "close"):
+                        self._image.close()
         finally:
             self._image = None
             try:
@@ -362,4 +386,4 @@ def _map_error(name: str, e: CommandFailed) -> Exception:
     return ConnectionFailed(name, (e.stderr or str(e)).strip().splitlines()[-1] if (e.stderr or "").strip() else str(e))
 
 
-__all__ = ["RBDConnector", "RbdHandle", "import_rados"]
+__all__ = ["RBDConnector", "RbdHandle", "RbdIOError", "import_rados"]
