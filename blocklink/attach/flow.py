@@ -195,7 +195,7 @@ class AttachFlow:
                 if current == "export":
                     run.export_created = run.export_created or self._export_absent_before(run)
                 if current == "hypervisor" and run.device_name and \
-                        self.hypervisor.find_disk(instance, run.device_name) is None:
+                        not self._disk_plugged(instance, run.device_name):
                     run.done.remove("hypervisor")
             failures = self._rollback(run, instance)
             try:
@@ -230,6 +230,18 @@ class AttachFlow:
         if "export" in done and run.export_created and target is not None:
             undo("export", lambda: target.remove_export(spec.volume_id))
         return failures
+
+    def _disk_plugged(self, instance: str, device_name: str) -> bool:
+        """Whether a failed hot-plug left the disk in the domain; a domain that is gone has none.
+
+        Never raises: the rollback of every earlier step must run whatever libvirt answers here."""
+        try:
+            return self.hypervisor.find_disk(instance, device_name) is not None
+        except BlocklinkError as e:
+            gone = "domain not found" in str(e).lower() or "no domain with matching" in str(e).lower()
+            LOG.warning("cannot tell whether %s still has %s (%s): %s", instance, device_name,
+                        "domain gone" if gone else "will try to unplug", mask_text(str(e)))
+            return not gone
 
     @staticmethod
     def _export_absent_before(run: _Run) -> bool:
