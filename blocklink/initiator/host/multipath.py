@@ -76,7 +76,8 @@ def parse_multipath(text: Optional[str]) -> List[MultipathMap]:
             continue
         if line.lstrip().startswith("size="):
             if cur is not None:
-                cur.size = line.split("size=", 1)[1].split()[0]
+                size = line.split("size=", 1)[1].split()
+                cur.size = size[0] if size else ""  # a line cut short by a killed command
             continue
         if line[:1] in (" ", "|", "`", "\t") or "policy=" in line or "=" in line.split(" ", 1)[0]:
             continue  # path-group lines and wrapped continuation of the size line (" wp=rw")
