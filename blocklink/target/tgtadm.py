@@ -171,7 +171,7 @@ class _TargetBuilder:
     cid: Optional[int] = None
 
     def close_lun(self) -> None:
-        if self.lun is not None:
+        if self.lun is not None and self.lun["LUN"].isdigit():  # a LUN line without a number is no LUN
             d, n = self.lun, int(self.lun["LUN"])
             path = d.get("Backing store path", "None")
             size = re.match(r"(\d+) MB", d.get("Size", ""))
@@ -212,11 +212,11 @@ class _TargetBuilder:
         elif section == "I_T nexus information":
             if key == "I_T nexus":
                 self.close_session()
-                self.sid = int(value)
+                self.sid = int(value) if value.isdigit() else None  # unreadable: the nexus is skipped
             elif key == "Initiator":
                 self.initiator = value.split(" alias:")[0].strip()
             elif key == "Connection":
-                self.cid = int(value)
+                self.cid = int(value) if value.isdigit() else None
             elif key == "IP Address" and self.cid is not None:
                 self.conns.append((self.cid, value))
 
