@@ -379,13 +379,14 @@ def parse_list_subsys(text: str) -> List[Dict[str, object]]:
     hosts = data if isinstance(data, list) else [data]
     out: List[Dict[str, object]] = []
     for h in hosts:
-        if not isinstance(h, dict):
-            continue
-        for s in h.get("Subsystems") or []:
+        subsystems = h.get("Subsystems") if isinstance(h, dict) else None
+        for s in subsystems if isinstance(subsystems, list) else []:
             if not isinstance(s, dict):
                 continue  # malformed entries are skipped, never half-read
+            paths = s.get("Paths")
             paths = [{"name": p.get("Name"), "transport": p.get("Transport"), "address": p.get("Address"),
-                      "state": p.get("State")} for p in s.get("Paths") or [] if isinstance(p, dict)]
+                      "state": p.get("State")} for p in (paths if isinstance(paths, list) else [])
+                     if isinstance(p, dict)]
             out.append({"name": s.get("Name"), "nqn": s.get("NQN"), "paths": paths})
     return out
 
