@@ -262,7 +262,8 @@ def _check_value(key: str, value: RecordValue) -> str:
 
 def rewrite_record(text: str, settings: Mapping[str, RecordValue]) -> str:
     """The record ``text`` with ``settings`` replaced or appended (before ``# END RECORD``)."""
-    pending = {k: _check_value(k, v) for k, v in settings.items()}
+    values = {k: _check_value(k, v) for k, v in settings.items()}
+    pending = dict(values)
     lines: List[str] = []
     end_seen = False
     for raw in text.splitlines():
@@ -273,8 +274,9 @@ def rewrite_record(text: str, settings: Mapping[str, RecordValue]) -> str:
             end_seen = True
         elif " = " in stripped and not stripped.startswith("#"):
             key = stripped.partition(" = ")[0].strip()
-            if key in pending:
-                lines.append(f"{key} = {pending.pop(key)}")
+            if key in values:  # a repeated key is dropped: iscsiadm would take the last, stale value
+                if key in pending:
+                    lines.append(f"{key} = {pending.pop(key)}")
                 continue
         lines.append(raw)
     lines.extend(f"{k} = {v}" for k, v in pending.items())
