@@ -103,7 +103,7 @@ def store(tmp_path: Any) -> Iterator[AttachmentStore]:
 def leak_checker(*, run_dirs: tuple = (), tgtd: Any = None, target: Any = None, ceph: Any = None,
                  images: tuple = (), libvirt_host: Any = None, domain: Any = None, store: Any = None) -> LeakChecker:
     return LeakChecker(run_dirs=run_dirs, tgt_admins=[tgtd.admin] if tgtd is not None else [],
-                       tgt_config_dirs=[target.store.directory] if target is not None and target.store.directory
+                       tgt_config_dirs=[target.store.volumes_dir] if target is not None and target.store.directory
                        else [], ceph=ceph, images=images,
                        libvirt=libvirt_host.connection if libvirt_host is not None else None,
                        domains=[domain.name()] if domain is not None else [], store=store)

@@ -464,3 +464,23 @@ def test_found_nvme_list_subsys_with_non_object_entries() -> None:
     assert nvme.parse_list_subsys("[[null]]") == []
     assert nvme.parse_list_subsys('[{"Subsystems": [1, {"Name": "s", "NQN": "n", "Paths": [null]}]}]') == [
         {"name": "s", "nqn": "n", "paths": []}]
+
+
+def test_found_by_the_long_run() -> None:
+    # multipath: "size=" cut short (IndexError)
+    (m,) = parse_multipath("360014053dd9 dm-0 LIO-ORG,FILEIO\nsize=")
+    assert m.size == ""
+    # tgtadm: "I_T nexus:"/"Connection:"/"LUN:" without a number (ValueError); the rest still parses
+    (t,) = parse_show_targets("Target 1: iqn.2010-10.org.x:v\n    I_T nexus information:\n        I_T nexus:\n"
+                              "            Initiator: iqn.a:b alias: none\n            Connection:\n"
+                              "        I_T nexus: 9\n            Initiator: iqn.c:d alias: none\n"
+                              "    LUN information:\n        LUN:\n            Type: disk\n        LUN: 1\n"
+                              "            Type: disk\n")
+    assert [(s.sid, s.initiator) for s in t.sessions] == [(9, "iqn.c:d")] and list(t.luns) == [1]
+    # nvme list-subsys: "Subsystems"/"Paths" that are not lists (TypeError)
+    assert nvme.parse_list_subsys('{"Subsystems": 1.0}') == []
+    assert nvme.parse_list_subsys('[{"Subsystems": [{"Name": "s", "Paths": 3}]}]')[0]["paths"] == []
+    # iscsiadm records: a repeated key kept its old value after rewrite (iscsiadm reads the last one)
+    text = "# BEGIN RECORD 2.1.8\nnode.session.scan = auto\nnode.session.scan = auto\n# END RECORD\n"
+    out = ia.rewrite_record(text, {"node.session.scan": "manual"})
+    assert ia.parse_records(out) == [{"node.session.scan": "manual"}] and out.count("node.session.scan") == 1
