@@ -39,6 +39,7 @@ LOG = get_logger(__name__)
 Creds = Union[bool, ChapCredentials, Tuple[str, str], None]
 _BSTYPES = ("rdwr", "aio")
 _MAX_TID_TRIES = 32
+_SESSION_SWEEPS = 5
 
 
 class TgtTarget(IscsiTargetHelper):
@@ -187,7 +188,12 @@ class TgtTarget(IscsiTargetHelper):
                 return
             if initiator in live.acl_names:
                 self._ignore(("ACL_NOEXIST",), self.admin.unbind_initiator_name, live.tid, initiator)
-            self._close_sessions(live, [initiator])
+            # a login that passed the ACL check just before the unbind can still complete: re-read
+            for _ in range(_SESSION_SWEEPS):
+                state = self.admin.find(iqn)
+                if state is None or not any(s.initiator == initiator for s in state.sessions):
+                    break
+                self._close_sessions(state, [initiator])
 
     # ------------------------------------------------------------------ mechanics
     def _record(self, volume_id: str, iqn: str, path: str, incoming: Optional[ChapCredentials],
