@@ -187,6 +187,7 @@ def test_removed_export_is_gone_from_the_save_file(target_env: LioEnv) -> None:
     assert not os.path.isdir(f"/sys/kernel/config/target/iscsi/{export.iqn}/tpgt_1/acls/{HOST_A}")
 
 
+@pytest.mark.slow  # about 3-4 minutes under TCG emulation (1-2 s per export + connect there)
 def test_hundred_volumes_exported_and_connected(target_env: LioEnv, record_property: Any) -> None:
     import time
 
