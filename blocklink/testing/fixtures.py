@@ -4,7 +4,7 @@ Use in a consumer project's ``conftest.py``::
 
     pytest_plugins = ["blocklink.testing.fixtures"]
 
-    def test_attach(ceph_cluster):            # session-scoped, real mon + osd on 127.0.0.1
+    def test_attach(ceph_cluster):            # session-scoped, real mon + osd on 127.0.0.1 (also: tgt_daemon)
         target = ceph_cluster.rbd_target()
         target.create_volume("vol1", 64 << 20)
         info = target.initialize_connection("vol1")
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 
@@ -43,6 +43,20 @@ def ceph_cluster() -> Iterator[CephCluster]:
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture
+def tgt_daemon() -> Iterator[Any]:
+    """A real tgtd (userspace iSCSI target) on 127.0.0.1 and a free port; stopped (by PID) after the test.
+
+    ``tgt_daemon.target(backing_dir=...)`` gives a :class:`blocklink.target.tgt.TgtTarget` on it.
+    """
+    if shutil.which("tgtd") is None:
+        _missing("tgtd")
+    from blocklink.testing.tgt import TgtDaemon
+
+    with TgtDaemon.start() as d:
+        yield d
 
 
 @pytest.fixture
