@@ -125,3 +125,33 @@ def test_nics_are_the_largest_request() -> None:
 
     assert pp.guest_nics([item({}), item({"nics": 2}), item({"nics": 1})]) == 2  # type: ignore[list-item]
     assert pp.guest_nics([item({})]) == 0  # type: ignore[list-item]
+
+
+def _finished_run(pytestconfig, tmp_path, nodeids, reported):
+    path = tmp_path / "reports.jsonl"
+    path.write_text("".join(f'{{"$report_type": "TestReport", "nodeid": "{n}", "when": "teardown"}}\n'
+                            for n in reported))
+    run = make_run(pytestconfig, path, done=False)
+    run.nodeids = list(nodeids)
+    run.results_dir = ""  # nothing to remove
+    return run
+
+
+def test_stop_lets_a_finished_guest_run_write_its_results(pytestconfig, tmp_path) -> None:
+    import threading
+    import time
+
+    run = _finished_run(pytestconfig, tmp_path, ["a", "b"], ["a", "b"])
+    threading.Timer(0.5, run._done.set).start()  # the guest's pytest exits a moment after its last report
+    start = time.monotonic()
+    run.stop()
+    assert run._done.is_set() and time.monotonic() - start >= 0.4
+
+
+def test_stop_does_not_wait_for_a_run_the_host_abandoned(pytestconfig, tmp_path) -> None:
+    import time
+
+    run = _finished_run(pytestconfig, tmp_path, ["a", "b"], ["a"])  # e.g. -x stopped the host after "a"
+    start = time.monotonic()
+    run.stop()
+    assert time.monotonic() - start < 5 and not run._done.is_set()

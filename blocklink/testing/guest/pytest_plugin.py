@@ -168,6 +168,11 @@ class GuestTestRun:
     def stop(self) -> None:
         if self._sigterm_installed and signal.getsignal(signal.SIGTERM) is _interrupt:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if not self._done.is_set():
+            self._read_new()
+            if all(n in self._finished for n in self.nodeids):
+                # every result is in: the guest's pytest is writing junit.xml and exiting; let it
+                self._done.wait(60)
         if self.guest is not None:
             self.guest.shutdown(graceful=self._done.is_set())
         if self._thread is not None:
