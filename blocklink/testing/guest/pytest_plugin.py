@@ -14,7 +14,7 @@ pytest's own ``pytest_report_to_serializable`` and appended as one JSON line to 
 Environment knobs (host): ``BLOCKLINK_GUEST_KEEP=1`` keeps the run dir (console.log, qemu.log,
 results/pytest.log, results/junit.xml, results/reports.jsonl); ``BLOCKLINK_GUEST_DEBUG=1`` full
 kernel log; ``BLOCKLINK_GUEST_TIMEOUT`` seconds for the whole guest run (default 1800);
-``BLOCKLINK_GUEST_MEM_MB`` (2048), ``BLOCKLINK_GUEST_TB_MB`` (256).
+``BLOCKLINK_GUEST_MEM_MB`` (2048), ``BLOCKLINK_GUEST_TB_MB`` (128).
 """
 
 from __future__ import annotations
@@ -128,7 +128,7 @@ class GuestTestRun:
             self.guest = Guest.boot(rw_dirs=[self.results_dir], nics=self.nics, keep=self.keep,
                                     debug=env.get("BLOCKLINK_GUEST_DEBUG") == "1",
                                     mem_mb=int(env.get("BLOCKLINK_GUEST_MEM_MB", "2048")),
-                                    tb_mb=int(env.get("BLOCKLINK_GUEST_TB_MB", "256")))
+                                    tb_mb=int(env.get("BLOCKLINK_GUEST_TB_MB", "128")))
         except Exception as e:  # reported on every kernel item
             self.error = f"the kernel test guest did not boot: {e}"
             self._done.set()

@@ -57,7 +57,7 @@ class QemuSpec:
     rw_dirs: Sequence[str] = ()
     mem_mb: int = 2048
     smp: int = 2
-    tb_mb: int = 256
+    tb_mb: int = 128
     machine: str = "q35"
     nics: int = 0
     debug: bool = False
