@@ -65,15 +65,21 @@ def _by_path(info: Dict[str, Any]) -> str:
 ISCSI_ERR_IDBM = 6  # iscsiadm: node database busy/failed (concurrent iscsiadm processes)
 
 
+ISCSI_ERR_NO_OBJS_FOUND = 21
+
+
 def _iscsiadm(*args: str, tries: int = 20) -> None:
     for attempt in range(tries):
         p = subprocess.run(["iscsiadm", *args], capture_output=True, text=True)
-        if p.returncode == 0:
-            return
+        if p.returncode == 0 or (attempt > 0 and p.returncode == ISCSI_ERR_NO_OBJS_FOUND):
+            return  # (an earlier attempt that reported the collision had done the job)
         if p.returncode != ISCSI_ERR_IDBM or attempt == tries - 1:
             break
         time.sleep(0.05 * (attempt + 1))  # bounded: concurrent iscsiadm runs collide on the node database
-    raise RuntimeError(f"iscsiadm {' '.join(args[:6])}: exit {p.returncode}: {p.stderr.strip()}")
+    nodes = sorted(os.listdir("/etc/iscsi/nodes")) if os.path.isdir("/etc/iscsi/nodes") else []
+    shown = [("***" if i and args[i - 1] == "-v" else a) for i, a in enumerate(args)]  # values may be secrets
+    raise RuntimeError(f"iscsiadm {' '.join(shown)[:200]}: exit "
+                       f"{p.returncode} after {attempt + 1} tries: {p.stderr.strip()} ({len(nodes)} node records left)")
 
 
 def _floor_attach(info: Dict[str, Any]) -> str:
