@@ -155,3 +155,15 @@ def test_stop_does_not_wait_for_a_run_the_host_abandoned(pytestconfig, tmp_path)
     start = time.monotonic()
     run.stop()
     assert time.monotonic() - start < 5 and not run._done.is_set()
+
+
+def test_a_guest_that_reports_nothing_is_declared_hung(pytestconfig, tmp_path) -> None:
+    import time
+
+    run = _finished_run(pytestconfig, tmp_path, ["a"], [])
+    run.results_dir = str(tmp_path)
+    run.idle_timeout = 0.3
+    start = time.monotonic()
+    assert run.wait_for("a") is None
+    assert time.monotonic() - start < 10
+    assert "no test result from the guest for 0s" in run.missing_text("a")

@@ -13,7 +13,8 @@ pytest's own ``pytest_report_to_serializable`` and appended as one JSON line to 
 
 Environment knobs (host): ``BLOCKLINK_GUEST_KEEP=1`` keeps the run dir (console.log, qemu.log,
 results/pytest.log, results/junit.xml, results/reports.jsonl); ``BLOCKLINK_GUEST_DEBUG=1`` full
-kernel log; ``BLOCKLINK_GUEST_TIMEOUT`` seconds for the whole guest run (default 1800);
+kernel log; ``BLOCKLINK_GUEST_TIMEOUT`` seconds for the whole guest run (default 4 h);
+``BLOCKLINK_GUEST_IDLE_TIMEOUT`` seconds without any result before the guest counts as hung (900);
 ``BLOCKLINK_GUEST_MEM_MB`` (2048), ``BLOCKLINK_GUEST_TB_MB`` (128).
 """
 
@@ -99,7 +100,8 @@ class GuestTestRun:
         self.nodeids = list(nodeids)
         self.nics = nics
         self.keep = env.get("BLOCKLINK_GUEST_KEEP") == "1"
-        self.timeout = float(env.get("BLOCKLINK_GUEST_TIMEOUT", "1800"))
+        self.timeout = float(env.get("BLOCKLINK_GUEST_TIMEOUT", str(4 * 3600)))
+        self.idle_timeout = float(env.get("BLOCKLINK_GUEST_IDLE_TIMEOUT", "900"))
         self.results_dir = ""
         self.reports_path = ""
         self.guest: Optional[Guest] = None
@@ -115,6 +117,7 @@ class GuestTestRun:
         self.t_start = time.monotonic()
         self.t_first_report: Optional[float] = None
         self.t_end: Optional[float] = None
+        self._last_activity = time.monotonic()
         self._sigterm_installed = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -133,6 +136,7 @@ class GuestTestRun:
             self.error = f"the kernel test guest did not boot: {e}"
             self._done.set()
             return
+        self._last_activity = time.monotonic()
         self._thread = threading.Thread(target=self._run, name="blocklink-guest-pytest", daemon=True)
         self._thread.start()
 
@@ -148,14 +152,31 @@ class GuestTestRun:
             with open(os.path.join(self.results_dir, "pytest.log"), "wb") as f:
                 f.write(self.result.stdout_bytes + self.result.stderr_bytes)
             if self.result.timed_out:
-                self.error = f"the guest's pytest run exceeded BLOCKLINK_GUEST_TIMEOUT={self.timeout:.0f}s"
+                self._fail(f"the guest's pytest run exceeded BLOCKLINK_GUEST_TIMEOUT={self.timeout:.0f}s")
         except GuestError as e:
-            self.error = f"the kernel test guest failed: {e}"
+            self._fail(f"the kernel test guest failed: {e}")
         except Exception as e:  # socket closed by a shutdown from the main thread, ...
-            self.error = f"the kernel test guest run was interrupted: {e!r}"
+            self._fail(f"the kernel test guest run was interrupted: {e!r}")
         finally:
             self.t_end = time.monotonic()
             self._done.set()
+
+    def _fail(self, reason: str) -> None:
+        if self.error is None:  # the first reason is the real one
+            self.error = reason
+
+    def _check_idle(self) -> bool:
+        """A guest that reports nothing for ``idle_timeout`` seconds is hung: stop it (True if so)."""
+        if self._done.is_set() or time.monotonic() - self._last_activity <= self.idle_timeout:
+            return False
+        tail = self.guest.console_tail() if self.guest is not None else ""
+        self._fail(f"no test result from the guest for {self.idle_timeout:.0f}s (BLOCKLINK_GUEST_IDLE_TIMEOUT): "
+                   f"a hung test or guest; stopped it\n--- guest console (last lines) ---\n{tail}")
+        if self.guest is not None:
+            self.guest.shutdown(graceful=False)
+        if self._thread is not None:
+            self._thread.join(30)  # its guest.run() fails now that qemu is gone
+        return True
 
     def _catch_sigterm(self) -> None:
         """``timeout pytest ...`` sends SIGTERM, which would end Python without any cleanup: turn it into
@@ -189,6 +210,8 @@ class GuestTestRun:
         except OSError:
             return
         self._offset += len(chunk)
+        if chunk:
+            self._last_activity = time.monotonic()
         data = self._partial + chunk
         *lines, self._partial = data.split(b"\n")
         for line in lines:
@@ -214,7 +237,7 @@ class GuestTestRun:
             self._read_new()
             if nodeid in self._finished:
                 return True
-            return False if done else None
+            return False if done or self._check_idle() else None
 
         if self.error is None or not self._done.is_set():
             wait_for(check, timeout=self.timeout + 600, watch=[self.results_dir] if self.results_dir else [],
