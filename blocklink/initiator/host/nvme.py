@@ -366,6 +366,8 @@ def parse_id_ns_size(text: str) -> Optional[int]:
         return None
     if ds < 9:  # LBADS below 9 (512 bytes) means the format is not supported
         return None
+    if nsze < 0 or ds > 32:  # not what a controller reports (and a huge shift would not end)
+        return None
     return nsze << ds
 
 
