@@ -484,3 +484,11 @@ def test_found_by_the_long_run() -> None:
     text = "# BEGIN RECORD 2.1.8\nnode.session.scan = auto\nnode.session.scan = auto\n# END RECORD\n"
     out = ia.rewrite_record(text, {"node.session.scan": "manual"})
     assert ia.parse_records(out) == [{"node.session.scan": "manual"}] and out.count("node.session.scan") == 1
+
+
+def test_found_nvme_id_ns_negative_size_or_absurd_format() -> None:
+    # was a negative size (nsze -1) or a shift by billions of bits (ds huge) handed to extend_volume
+    base = json.loads(ID_NS_64MIB)
+    assert nvme.parse_id_ns_size(json.dumps(base)) == 64 * 1024 * 1024
+    assert nvme.parse_id_ns_size(json.dumps(dict(base, nsze="-1"))) is None
+    assert nvme.parse_id_ns_size(json.dumps(dict(base, lbafs=[{"ds": 10 ** 12}]))) is None
