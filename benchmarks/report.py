@@ -146,8 +146,10 @@ def render(meta: Mapping[str, Any], outcomes: Sequence[Outcome], chart: Optional
               "*vs os-brick* and *vs floor* say, from the same per-round ratios, how many times better (bold) "
               "or worse blocklink is, for the metric's direction (time: lower is better; MiB/s and IOPS: "
               "higher is better; counts: fewer is better).")
-    md.append("- **floor** is the bare minimum that does the same job without a library (raw librbd calls, "
-              "raw iscsiadm, raw tgtadm/rtslib): the limit neither library can beat.")
+    md.append("- **floor** is the bare sequence of tool or library calls that does the same job without a "
+              "library (raw librbd calls, raw iscsiadm, raw tgtadm, rtslib-fb objects): what a minimal script "
+              "costs. A library beats it only by doing the job differently (e.g. blocklink talks to tgtd's "
+              "socket instead of starting tgtadm processes); where it is slower, that is its own overhead.")
     md.append("- os-brick runs from its own virtualenv (benchmarks/.venv-osbrick, `pip install os-brick==7.1.1`),"
               " never installed into blocklink's; both venvs are Debian's python3 with system site packages, "
               "so both use the same interpreter, librbd and oslo libraries' code paths where they share them.")

@@ -80,6 +80,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     ctx = Context(blocklink_python=blocklink_python, osbrick_python=osbrick_python, results_dir=out_dir,
                   quick=args.quick)
     started = datetime.datetime.now()
+    described = machine.describe(), machine.versions(osbrick_python)  # the tree as it was when the run began
     outcomes = []
     for name, title in BENCHMARKS:
         if (args.only and name not in args.only) or name in args.skip:
@@ -96,8 +97,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         "quick": args.quick,
         "command": " ".join(shlex.quote(a) for a in [os.path.relpath(sys.executable, REPO), "-m", "benchmarks",
                                                      *(argv if argv is not None else sys.argv[1:])]),
-        "machine": machine.describe(),
-        "versions": machine.versions(osbrick_python),
+        "machine": described[0],
+        "versions": described[1],
     }
     report.write(out_dir, meta, outcomes, None)
     chart = "ratios.png"
