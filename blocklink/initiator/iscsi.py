@@ -18,6 +18,7 @@ How it differs from os-brick's, on purpose:
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
 import socket
@@ -246,7 +247,9 @@ class ISCSIConnector(Connector):
             dev = scsi.scsi_device(self.paths, path.hctl)
             if dev is None:
                 raise DeviceNotFound(f"SCSI device {path.hctl} (removed while waiting)")
-            ready = dev.name and self.paths.exists(self.paths.devpath(dev.name)) and device_wwid(self.paths, dev.name)
+            if not dev.name or not self.paths.exists(self.paths.devpath(dev.name)):
+                return None
+            ready = device_wwid(self.paths, dev.name) and _openable(self.paths.devpath(dev.name))
             return dev.name if ready else None
 
         return wait_for(check, timeout=self.device_timeout, watch=[self.paths.dev, self.paths.devpath("disk", "by-path")],
@@ -586,5 +589,20 @@ def _most_telling(errors: List[BlocklinkError]) -> BlocklinkError:
             if isinstance(e, kind):
                 return e
     return errors[0] if errors else ConnectionFailed("iSCSI", "no target to connect to")
+
+
+def _openable(path: str) -> bool:
+    """Whether the block device can be opened yet. The kernel creates the /dev node and the sysfs
+    entries (device_add) before it registers the block device (bdev_add): in between, open() fails
+    with ENXIO. The "add" uevent follows the registration, so the event-driven wait re-checks."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno in (errno.ENXIO, errno.ENODEV, errno.ENOENT):
+            return False
+        return True  # e.g. EACCES when not root: readiness cannot be told this way
+    os.close(fd)
+    return True
+
 
 __all__ = ["ISCSIConnector", "lun_for_addressing", "node_auth"]
