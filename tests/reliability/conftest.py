@@ -14,7 +14,10 @@ import pytest
 
 from tests.reliability.results import RESULTS
 
-pytest_plugins = ["blocklink.testing.fixtures", "blocklink.testing.libvirt_fixtures"]
+# the real-service fixtures, imported (pytest refuses pytest_plugins in a conftest below the top level
+# when the run starts above it, as `pytest tests` does)
+from blocklink.testing.fixtures import ceph_cluster, rbd_volume  # noqa: E402,F401
+from blocklink.testing.libvirt_fixtures import libvirt_domain, libvirt_host, libvirtd  # noqa: E402,F401
 
 _T0 = time.monotonic()
 
