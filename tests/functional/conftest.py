@@ -1,3 +1,5 @@
-"""Functional tests run against real components; a component that cannot start fails the test."""
+"""Functional tests run against real components; a component that cannot start fails the test.
 
-pytest_plugins = ["blocklink.testing.fixtures", "blocklink.testing.libvirt_fixtures"]
+The service fixtures (``ceph_cluster``, ``rbd_volume``, ``tgt_daemon``, ``libvirtd``, ``libvirt_host``,
+``libvirt_domain``) come from the plugins the root ``conftest.py`` loads.
+"""
