@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from typing import Any
 
 import pytest
@@ -59,6 +60,10 @@ def test_scoped_probes_see_processes_mounts_and_files_in_their_run_dir(tmp_path:
     assert checker.new_since(before) == {}
     p = subprocess.Popen(["sleep", "30", str(run)])  # a daemon naming the run dir
     try:
+        # Popen returns once exec has begun; the new program's argv shows in /proc a moment later
+        deadline = time.monotonic() + 10
+        while str(run) not in open(f"/proc/{p.pid}/cmdline").read() and time.monotonic() < deadline:
+            time.sleep(0.01)  # bounded
         (run / "vol-1").mkdir()
         (run / "vol-1" / "qsd.pid").write_text(str(p.pid))
         leaks = checker.new_since(before)
