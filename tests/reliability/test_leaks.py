@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 from typing import Any
 
@@ -58,7 +59,7 @@ def test_scoped_probes_see_processes_mounts_and_files_in_their_run_dir(tmp_path:
     (run / "locks").mkdir()
     (run / "locks" / "x.lock").write_text("")  # lock files are not counted
     assert checker.new_since(before) == {}
-    p = subprocess.Popen(["sleep", "30", str(run)])  # a daemon naming the run dir
+    p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", str(run)])  # names the run dir
     try:
         # Popen returns once exec has begun; the new program's argv shows in /proc a moment later
         deadline = time.monotonic() + 10
