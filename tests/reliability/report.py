@@ -39,7 +39,7 @@ def merge(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
 
 
 def _table(title: str, counts: Counter, unit: str) -> List[str]:
-    lines = [f"{title}: {sum(counts.values())} {unit}"]
+    lines = [f"{title}: {sum(counts.values())} {unit}" if unit else f"{title}:"]
     width = max((len(k) for k in counts), default=0)
     lines += [f"  {k:<{width}}  {v:>8}" for k, v in sorted(counts.items())]
     return lines
