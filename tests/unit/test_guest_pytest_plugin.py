@@ -167,3 +167,4 @@ def test_a_guest_that_reports_nothing_is_declared_hung(pytestconfig, tmp_path) -
     assert run.wait_for("a") is None
     assert time.monotonic() - start < 10
     assert "no test result from the guest for 0s" in run.missing_text("a")
+

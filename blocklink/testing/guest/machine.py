@@ -22,6 +22,7 @@ import atexit
 import ctypes
 import json
 import os
+import re
 import select
 import shutil
 import signal
@@ -41,6 +42,7 @@ from blocklink.testing.guest.qemu import QemuSpec, find_kernel, qemu_argv, rw_ta
 from blocklink.testing.guest.stage2 import STAGE2_SCRIPT, config_sh, rwdirs_file
 
 CONSOLE_TAIL_LINES = 40
+_NOTABLE = re.compile(r"Kernel panic|BUG:|Oops|general protection|FATAL|Out of memory|hung_task|blocked for more than")
 
 
 class GuestError(RuntimeError):
@@ -171,7 +173,12 @@ class Guest:
         except OSError:
             return "(no console log)"
         qlog = os.path.join(self.run_dir, "qemu.log")
-        tail = "\n".join(text.splitlines()[-lines:])
+        all_lines = text.splitlines()
+        tail = "\n".join(all_lines[-lines:])
+        # a panic's first line scrolls away behind its call trace: keep such lines in view
+        notable = [ln for ln in all_lines[:-lines] if _NOTABLE.search(ln)]
+        if notable:
+            tail = "\n".join(notable[-10:]) + "\n[...]\n" + tail
         try:
             with open(qlog, errors="replace") as f:
                 q = f.read().strip()

@@ -191,7 +191,7 @@ class GuestTestRun:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
         if not self._done.is_set():
             self._read_new()
-            if all(n in self._finished for n in self.nodeids):
+            if self.nodeids and all(n in self._finished for n in self.nodeids):
                 # every result is in: the guest's pytest is writing junit.xml and exiting; let it
                 self._done.wait(60)
         if self.guest is not None:
@@ -301,10 +301,6 @@ def _longrepr_text(rep: Dict[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------------------- host hooks (called by conftest)
-def is_kernel_item(item: pytest.Item) -> bool:
-    return item.get_closest_marker("kernel") is not None
-
-
 def guest_nics(items: Sequence[pytest.Item]) -> int:
     """NICs the session's guest needs: the largest ``@pytest.mark.kernel(nics=N)`` among ``items``."""
     n = 0
@@ -318,7 +314,7 @@ def _session_run(item: pytest.Item) -> GuestTestRun:
     config = item.config
     run = config.stash.get(_STASH_KEY, None)
     if run is None:
-        items = [i for i in item.session.items if is_kernel_item(i) and _delegated(i)]
+        items = [i for i in item.session.items if _delegated(i)]
         run = GuestTestRun(config, [i.nodeid for i in items], nics=guest_nics(items))
         config.stash[_STASH_KEY] = run
         run.start()

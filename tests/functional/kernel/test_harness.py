@@ -140,6 +140,7 @@ def _inner_env() -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BLOCKLINK_GUEST_", "PYTEST_"))}
     env["PYTHONPATH"] = ROOT
     env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONFAULTHANDLER"] = "1"
     return env
 
 
@@ -180,7 +181,13 @@ def test_no_qemu_outlives_an_interrupted_session(tmp_path, sig: int) -> None:
         assert qemu, "the inner session runs a guest"
         dirs = _shared_dirs(qemu)
         p.send_signal(sig)
-        p.wait(60)
+        signalled = time.monotonic()
+        try:
+            p.wait(90)
+            print(f"pytest ended {time.monotonic() - signalled:.1f}s after signal {sig}")
+        except subprocess.TimeoutExpired:  # show where it hangs (PYTHONFAULTHANDLER dumps every thread)
+            p.send_signal(signal.SIGABRT)
+            pytest.fail(f"pytest did not end after signal {sig}:\n{''.join(seen)}{p.stdout.read()}")
         deadline = time.monotonic() + 15
         while any(alive(q) for q in qemu) and time.monotonic() < deadline:
             time.sleep(0.1)  # bounded: PDEATHSIG/SIGTERM delivery to qemu is asynchronous
