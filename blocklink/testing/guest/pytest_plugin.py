@@ -330,8 +330,12 @@ def mark_delegated(items: Sequence[pytest.Item]) -> None:
         it._blocklink_in_guest = True  # type: ignore[attr-defined]
 
 
-def run_item_in_guest(item: pytest.Item) -> bool:
-    """``pytest_runtest_protocol`` for a delegated item: log the guest's reports for it."""
+def run_item_in_guest(item: pytest.Item, nextitem: Optional[pytest.Item] = None) -> bool:
+    """``pytest_runtest_protocol`` for a delegated item: log the guest's reports for it.
+
+    Collectors that host-run items set up (a kernel package, a module) are torn down as the
+    normal protocol would, so the next host item does not find them still on the setup stack.
+    """
     run = _session_run(item)
     ihook = item.ihook
     ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
@@ -349,6 +353,7 @@ def run_item_in_guest(item: pytest.Item) -> bool:
                                       "call"),
                     pytest.TestReport(item.nodeid, item.location, keywords, "passed", None, "teardown")):
             ihook.pytest_runtest_logreport(report=rep)
+    item.session._setupstate.teardown_exact(nextitem)
     ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
     return True
 

@@ -47,7 +47,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
 def pytest_runtest_protocol(item: pytest.Item, nextitem: Any) -> Any:
     if in_guest() or not _runs_in_guest(item):
         return None
-    return delegation.run_item_in_guest(item)
+    return delegation.run_item_in_guest(item, nextitem)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
