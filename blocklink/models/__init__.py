@@ -1,0 +1,1 @@
+"""The connection models, one module per protocol; :mod:`blocklink.connection` is their public face."""
