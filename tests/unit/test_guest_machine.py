@@ -35,3 +35,27 @@ def test_missing_shared_folder_is_refused_before_anything_starts(tmp_path) -> No
     with pytest.raises(GuestBootError, match="not a directory"):
         Guest.boot(rw_dirs=[str(tmp_path / "nope")], cache_dir=str(tmp_path / "cache"))
     assert not [d for d in set(os.listdir("/tmp")) - before if d.startswith("blguest-")]
+
+
+def test_run_dirs_of_dead_sessions_are_swept(tmp_path) -> None:
+    import subprocess
+
+    from blocklink.testing.guest.machine import OWNER_FILE, _start_time, make_run_dir, sweep_stale_run_dirs
+
+    mine = make_run_dir("blguest-", str(tmp_path))
+    kept = make_run_dir("blguest-", str(tmp_path), keep=True)
+    assert not os.path.exists(os.path.join(kept, OWNER_FILE))
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = tmp_path / "blguest-results-stale"
+    stale.mkdir()
+    (stale / OWNER_FILE).write_text(f"{dead.pid} 12345\n")
+    reused = tmp_path / "blguest-reused"  # our pid, but another start time: a recycled pid
+    reused.mkdir()
+    (reused / OWNER_FILE).write_text(f"{os.getpid()} {int(_start_time(os.getpid()) or 0) + 1}\n")
+    other = tmp_path / "not-ours"
+    other.mkdir()
+    (other / OWNER_FILE).write_text(f"{dead.pid} 1\n")
+    removed = sweep_stale_run_dirs(str(tmp_path))
+    assert sorted(removed) == sorted([str(stale), str(reused)])
+    assert os.path.isdir(mine) and os.path.isdir(kept) and other.is_dir()

@@ -34,7 +34,7 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, Dict, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 from blocklink.testing.guest import agent as agent_mod
 from blocklink.testing.guest.initramfs import STAGE2, build_initramfs
@@ -121,6 +121,49 @@ def _stop_all() -> None:
         g.shutdown(graceful=False)
 
 
+OWNER_FILE = ".owner"
+
+
+def _start_time(pid: int) -> Optional[str]:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def make_run_dir(prefix: str, base: Optional[str] = None, keep: bool = False) -> str:
+    """A fresh directory for one guest; unless ``keep``, marked with its owner (this process) so that
+    :func:`sweep_stale_run_dirs` can remove it should this process be SIGKILLed."""
+    base = base or tempfile.gettempdir()
+    sweep_stale_run_dirs(base)
+    d = tempfile.mkdtemp(prefix=prefix, dir=base)
+    if not keep:
+        with open(os.path.join(d, OWNER_FILE), "w") as f:
+            f.write(f"{os.getpid()} {_start_time(os.getpid())}\n")
+    return d
+
+
+def sweep_stale_run_dirs(base: str) -> List[str]:
+    """Remove ``blguest-*`` directories whose owner process is gone (a SIGKILLed session); kept ones
+    (no owner mark) stay. Returns what was removed."""
+    removed = []
+    for name in os.listdir(base) if os.path.isdir(base) else []:
+        d = os.path.join(base, name)
+        if not name.startswith("blguest-"):
+            continue
+        try:
+            with open(os.path.join(d, OWNER_FILE)) as f:
+                pid_text, start = f.read().split()
+        except (OSError, ValueError):
+            continue
+        if pid_text.isdigit() and _start_time(int(pid_text)) == start:
+            continue  # its owner still runs
+        shutil.rmtree(d, ignore_errors=True)
+        removed.append(d)
+    return removed
+
+
 def _die_with_parent() -> None:
     # runs in the child between fork and exec: SIGKILL qemu when the thread that forked it exits
     try:
@@ -202,7 +245,7 @@ class Guest:
             if not os.path.isdir(d):
                 raise GuestBootError(f"shared folder {d} is not a directory")
         initrd = build_initramfs(self.kernel_release, cfg.cache_dir)
-        self.run_dir = tempfile.mkdtemp(prefix="blguest-", dir=cfg.run_base)
+        self.run_dir = make_run_dir("blguest-", cfg.run_base, keep=cfg.keep)
         _live.add(self)
         try:
             spec = self._prepare(kernel, initrd, rw_dirs)

@@ -26,14 +26,13 @@ import shlex
 import shutil
 import signal
 import sys
-import tempfile
 import threading
 import time
 from typing import Any, Dict, List, Literal, Optional, Sequence
 
 import pytest
 
-from blocklink.testing.guest.machine import Guest, GuestError, GuestResult
+from blocklink.testing.guest.machine import Guest, GuestError, GuestResult, make_run_dir
 
 REPORTS_ENV = "BLOCKLINK_GUEST_REPORTS"
 _STASH_KEY = pytest.StashKey["GuestTestRun"]()
@@ -124,7 +123,7 @@ class GuestTestRun:
     def start(self) -> None:
         env = os.environ
         self._catch_sigterm()
-        self.results_dir = tempfile.mkdtemp(prefix="blguest-results-")
+        self.results_dir = make_run_dir("blguest-results-", keep=self.keep)
         self.reports_path = os.path.join(self.results_dir, "reports.jsonl")
         open(self.reports_path, "w").close()
         try:

@@ -6,16 +6,17 @@ These run on the host (``kernel(host=True)``) and boot their own guests.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 
 import pytest
 
 from blocklink.testing.guest import Guest, GuestBootError, GuestTimeout, run_in_guest
+from blocklink.testing.guest.machine import sweep_stale_run_dirs
 from blocklink.testing.procs import alive
 
 pytestmark = pytest.mark.kernel(host=True)
@@ -193,14 +194,13 @@ def test_no_qemu_outlives_an_interrupted_session(tmp_path, sig: int) -> None:
             time.sleep(0.1)  # bounded: PDEATHSIG/SIGTERM delivery to qemu is asynchronous
         assert not any(alive(q) for q in qemu), f"qemu {qemu} outlived pytest after signal {sig}"
     finally:
-        if p.poll() is None:
+        if p.poll() is None:  # a failed test: SIGKILL it and remove what it leaves
             p.kill()
             p.wait(30)
-        for q in _qemu_children(p.pid):
-            os.kill(q, signal.SIGKILL)
-    if sig == signal.SIGKILL:  # nobody could clean up after a SIGKILLed session: its folders are ours to remove
-        for folder in dirs:
-            shutil.rmtree(folder, ignore_errors=True)
+            sweep_stale_run_dirs(tempfile.gettempdir())
+    if sig == signal.SIGKILL:  # the session could not clean up; the next guest start sweeps its folders
+        sweep_stale_run_dirs(tempfile.gettempdir())
+        assert not [f for f in dirs if os.path.exists(f)], "folders of a dead session are swept"
     else:
         assert not [f for f in dirs if os.path.exists(f)], "the session removed its run and results folders"
 
