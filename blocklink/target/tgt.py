@@ -32,7 +32,8 @@ from blocklink.masking import get_logger
 from blocklink.target.base import DEFAULT_IQN_PREFIX, Export, IscsiTargetHelper, check_volume_id
 from blocklink.target.chap import ChapCredentials
 from blocklink.target.persistence import RecordStore, TgtRecord
-from blocklink.target.tgtadm import SOCKET_DIR, TgtAdmError, TgtAdmin, TgtTargetState
+from blocklink.target.tgtadm import (SOCKET_DIR, TgtAdmError, TgtAdmin, TgtTargetState, bound_accounts,
+                                     find_target, target_ids)
 
 LOG = get_logger(__name__)
 
@@ -94,7 +95,7 @@ class TgtTarget(IscsiTargetHelper):
         incoming = self._credentials(chap, "chap")
         outgoing = self._credentials(mutual_chap, "mutual_chap")
         with self._volume_lock(volume_id):
-            if self.store.load(volume_id) is not None or self.admin.find(iqn) is not None:
+            if self.store.load(volume_id) is not None or iqn in target_ids(self.admin.show()):
                 raise TargetError(iqn, "already exported (use ensure_export to re-apply)")
             return self._create(volume_id, iqn, path, size, incoming, outgoing)
 
@@ -120,8 +121,7 @@ class TgtTarget(IscsiTargetHelper):
             self.store.save(volume_id, rec)
             if live is None:
                 LOG.info("tgt: re-creating %s from its record", iqn)
-            state = self._apply(rec, live)
-            return self._export(volume_id, rec, state.tid)
+            return self._export(volume_id, rec, self._apply(rec, live))
 
     def remove_export(self, volume_id: str) -> None:
         check_volume_id(volume_id)
@@ -148,8 +148,8 @@ class TgtTarget(IscsiTargetHelper):
 
     def list_exports(self) -> List[str]:
         ids = set(self.store.volume_ids())
-        for t in self.admin.show_targets():
-            vid = self.volume_id_of(t.iqn)
+        for iqn in target_ids(self.admin.show()):
+            vid = self.volume_id_of(iqn)
             if vid is not None:
                 ids.add(vid)
         return sorted(ids)
@@ -174,7 +174,7 @@ class TgtTarget(IscsiTargetHelper):
                 self.store.save(volume_id, rec)
             live = self.admin.find(iqn)
             if live is None or initiator not in live.acl_names or self.volume_lun not in live.luns:
-                live = self._apply(rec, live)  # also re-creates a target tgtd lost
+                return self._export(volume_id, rec, self._apply(rec, live))  # also re-creates a lost target
             return self._export(volume_id, rec, live.tid)
 
     def _deny_initiator(self, volume_id: str, initiator: str) -> None:
@@ -208,15 +208,15 @@ class TgtTarget(IscsiTargetHelper):
         rec = self._record(volume_id, iqn, path, incoming, outgoing)
         self.store.save(volume_id, rec)  # first the record, so a crash leaves something to clean up
         try:
-            state = self._apply(rec, None)
+            tid = self._apply(rec, None)
         except BaseException:
             self._teardown(iqn, rec, quiet=True)
             self.store.delete(volume_id)
             if created_file:
                 os.unlink(path)
             raise
-        LOG.info("tgt: exported %s as %s (tid %d)", path, iqn, state.tid)
-        return self._export(volume_id, rec, state.tid)
+        LOG.info("tgt: exported %s as %s (tid %d)", path, iqn, tid)
+        return self._export(volume_id, rec, tid)
 
     def _export(self, volume_id: str, rec: TgtRecord, tid: Optional[int], extra: Optional[dict] = None) -> Export:
         return Export(volume_id=volume_id, iqn=rec.iqn, lun=self.volume_lun, portals=self.portals,
@@ -226,12 +226,10 @@ class TgtTarget(IscsiTargetHelper):
     def _new_target(self, iqn: str) -> int:
         """Create the target under the per-daemon lock: pick the next free tid (tgt-admin: max + 1)."""
         with self.locks.lock(f"tgt-{self.lock_scope()}-tid"):
-            tids = set()
-            for t in self.admin.show_targets():
-                if t.iqn == iqn:
-                    return t.tid
-                tids.add(t.tid)
-            tid = max(tids, default=0) + 1
+            ids = target_ids(self.admin.show())
+            if iqn in ids:
+                return ids[iqn]
+            tid = max(ids.values(), default=0) + 1
             for _ in range(_MAX_TID_TRIES):  # another client (not using our lock) may take a tid
                 try:
                     self.admin.new_target(tid, iqn)
@@ -245,8 +243,10 @@ class TgtTarget(IscsiTargetHelper):
                     tid += 1
             raise TargetError(iqn, "no free target id found")
 
-    def _apply(self, rec: TgtRecord, live: Optional[TgtTargetState]) -> TgtTargetState:
-        """Make tgtd's target match ``rec``: target, LUN, accounts and bindings, initiator ACLs."""
+    def _apply(self, rec: TgtRecord, live: Optional[TgtTargetState]) -> int:
+        """Make tgtd's target match ``rec`` (target, LUN, accounts and bindings, initiator ACLs) from
+        its state ``live`` (None: no target yet); returns the tid. Only what differs is sent, and
+        every request is checked, so nothing is read back afterwards."""
         a = self.admin
         tid = live.tid if live is not None else self._new_target(rec.iqn)
         lun = live.luns.get(self.volume_lun) if live is not None else None
@@ -260,18 +260,15 @@ class TgtTarget(IscsiTargetHelper):
                 params["thin_provisioning"] = "1"
             if params:
                 a.update_lun(tid, self.volume_lun, params)
-        accounts = set(a.accounts())
         bound = {False: set(live.incoming) if live else set(), True: set(live.outgoing) if live else set()}
         for creds, outgoing in ((rec.incoming, False), (rec.outgoing, True)):
             wanted = {creds.username} if creds else set()
             for user in bound[outgoing] - wanted:
                 self._ignore(("NO_USER", "NO_BINDING"), a.unbind_account, tid, user, outgoing)
-            if creds is None:
-                continue
-            if creds.username not in accounts:
-                a.new_account(creds.username, creds.password)
-            if creds.username not in bound[outgoing]:
-                self._ignore(("BINDING_EXIST",), a.bind_account, tid, creds.username, outgoing)
+            if creds is None or creds.username in bound[outgoing]:
+                continue  # a bound account exists (tgtd unbinds an account it deletes)
+            self._ignore(("USER_EXIST",), a.new_account, creds.username, creds.password)
+            self._ignore(("BINDING_EXIST",), a.bind_account, tid, creds.username, outgoing)
         names = set(live.acl_names) if live else set()
         for name in rec.initiators:
             if name not in names:
@@ -279,18 +276,17 @@ class TgtTarget(IscsiTargetHelper):
         stale = [n for n in names if n not in rec.initiators]
         for name in stale:
             self._ignore(("ACL_NOEXIST",), a.unbind_initiator_name, tid, name)
-        state = a.find(rec.iqn)
-        if state is None or state.tid != tid or self.volume_lun not in state.luns:
-            raise TargetError(rec.iqn, "target or its LUN is missing right after it was configured")
-        if stale:
-            self._close_sessions(state, stale)
-        return state
+        if stale:  # sessions opened before the unbind: read them now and close them
+            state = a.find(rec.iqn)
+            if state is not None:
+                self._close_sessions(state, stale)
+        return tid
 
     def _teardown(self, iqn: str, rec: Optional[TgtRecord], quiet: bool = False) -> None:
         """Delete the target (closing its sessions) and the accounts no other target uses."""
         a = self.admin
-        targets = a.show_targets()
-        live = next((t for t in targets if t.iqn == iqn), None)
+        text = a.show()
+        live = find_target(text, iqn)
         users = set()
         if rec is not None:
             users |= {c.username for c in (rec.incoming, rec.outgoing) if c is not None}
@@ -301,15 +297,17 @@ class TgtTarget(IscsiTargetHelper):
             except TgtAdmError as e:
                 if e.code != "NO_TARGET" and not quiet:
                     raise
-            if a.find(iqn) is not None:  # Cinder saw --force fail silently on some tgt versions
+            # Cinder saw --force fail silently on some tgt versions: check the tid (O(1)), and only
+            # if it is still taken, whether it is still our target
+            if a.target_exists(live.tid) and a.find(iqn) is not None:
                 self._ignore(("NO_TARGET",), a.delete_target, live.tid, False)
                 if a.find(iqn) is not None and not quiet:
                     raise TargetError(iqn, "tgtd did not delete the target")
-        in_use = {u for t in targets if t.iqn != iqn for u in t.incoming + t.outgoing}
-        existing = set(a.accounts())
+        if not users:
+            return
+        in_use = {u for t, bound in bound_accounts(text).items() if t != iqn for u in bound}
         for user in sorted(users - in_use):
-            if user in existing:
-                self._ignore(("NO_USER",), a.delete_account, user)
+            self._ignore(("NO_USER",), a.delete_account, user)  # tgtd also unbinds it everywhere
 
     def _close_sessions(self, state: TgtTargetState, initiators: Iterable[str]) -> None:
         names = set(initiators)

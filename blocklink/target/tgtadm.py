@@ -24,7 +24,7 @@ import re
 import socket
 import struct
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from blocklink.errors import TargetError
 from blocklink.masking import Secret, get_logger
@@ -221,6 +221,10 @@ class _TargetBuilder:
                 self.conns.append((self.cid, value))
 
 
+_TARGET_LINE_RE = re.compile(r"^Target (\d+): (\S+)$", re.MULTILINE)
+_ACCOUNTS_RE = re.compile(r"^    Account information:\n((?:        .*(?:\n|$))*)", re.MULTILINE)
+
+
 def parse_show_targets(text: str) -> List[TgtTargetState]:
     """Parse ``tgtadm --lld iscsi --op show --mode target`` output."""
     targets: List[TgtTargetState] = []
@@ -230,7 +234,7 @@ def parse_show_targets(text: str) -> List[TgtTargetState]:
         line = raw.strip()
         if not line:
             continue
-        m = re.match(r"^Target (\d+): (\S+)$", raw)
+        m = _TARGET_LINE_RE.match(raw)
         if m:
             if cur is not None:
                 targets.append(cur.build())
@@ -246,6 +250,42 @@ def parse_show_targets(text: str) -> List[TgtTargetState]:
     if cur is not None:
         targets.append(cur.build())
     return targets
+
+
+def _blocks(text: str) -> Iterator[Tuple[int, str, str]]:
+    """(tid, iqn, text) of each target in a ``show`` reply, found by their header lines only."""
+    heads = list(_TARGET_LINE_RE.finditer(text))
+    for i, m in enumerate(heads):
+        end = heads[i + 1].start() if i + 1 < len(heads) else len(text)
+        yield int(m.group(1)), m.group(2), text[m.start():end]
+
+
+def find_target(text: str, iqn: str) -> Optional[TgtTargetState]:
+    """The one target named ``iqn`` in a ``show`` reply, parsing only its own lines.
+
+    With many targets a full parse per lookup made every call O(targets) in Python; locating the
+    header line is a C-speed scan of the text."""
+    m = re.search(r"^Target \d+: " + re.escape(iqn) + "$", text, re.MULTILINE)
+    if m is None:
+        return None
+    nxt = _TARGET_LINE_RE.search(text, m.end())
+    found = parse_show_targets(text[m.start():nxt.start() if nxt else len(text)])
+    return found[0] if found else None
+
+
+def target_ids(text: str) -> Dict[str, int]:
+    """iqn -> tid for every target in a ``show`` reply (header lines only)."""
+    return {m.group(2): int(m.group(1)) for m in _TARGET_LINE_RE.finditer(text)}
+
+
+def bound_accounts(text: str) -> Dict[str, Tuple[str, ...]]:
+    """iqn -> the CHAP users bound to that target (incoming and outgoing) in a ``show`` reply."""
+    out: Dict[str, Tuple[str, ...]] = {}
+    for _tid, iqn, block in _blocks(text):
+        m = _ACCOUNTS_RE.search(block)
+        lines = (ln.strip() for ln in m.group(1).splitlines()) if m else iter(())
+        out[iqn] = tuple(ln[:-len(" (outgoing)")] if ln.endswith(" (outgoing)") else ln for ln in lines if ln)
+    return out
 
 
 def parse_show_accounts(text: str) -> List[str]:
@@ -287,14 +327,25 @@ class TgtAdmin:
         except TargetError:
             return False
 
+    def show(self) -> str:
+        """The raw ``show target`` text (parse it with the module's functions)."""
+        return self.request(MODE_TARGET, OP_SHOW)
+
     def show_targets(self) -> List[TgtTargetState]:
-        return parse_show_targets(self.request(MODE_TARGET, OP_SHOW))
+        return parse_show_targets(self.show())
 
     def find(self, iqn: str) -> Optional[TgtTargetState]:
-        for t in self.show_targets():
-            if t.iqn == iqn:
-                return t
-        return None
+        return find_target(self.show(), iqn)
+
+    def target_exists(self, tid: int) -> bool:
+        """Whether tgtd has target ``tid`` (an O(1) query: its iSCSI parameters, or NO_TARGET)."""
+        try:
+            self.request(MODE_TARGET, OP_SHOW, tid=tid, what=f"tid {tid}")
+        except TgtAdmError as e:
+            if e.code == "NO_TARGET":
+                return False
+            raise
+        return True
 
     def new_target(self, tid: int, iqn: str) -> None:
         self.request(MODE_TARGET, OP_NEW, [f"targetname={check_value(iqn, 'iqn')}"], tid=tid, what=iqn)

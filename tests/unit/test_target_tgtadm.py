@@ -14,7 +14,8 @@ import pytest
 from blocklink.errors import TargetError
 from blocklink.masking import Secret
 from blocklink.target import tgtadm
-from blocklink.target.tgtadm import TgtAdmError, TgtAdmin, parse_show_accounts, parse_show_targets
+from blocklink.target.tgtadm import (TgtAdmError, TgtAdmin, bound_accounts, find_target, parse_show_accounts,
+                                     parse_show_targets, target_ids)
 
 SHOW = """Target 1: iqn.2010-10.org.openstack:volume-abc
     System information:
@@ -104,6 +105,27 @@ def test_parse_show_targets() -> None:
         (9, "iqn.1994-05.com.redhat:host2", ((1, "10.77.0.2"),))]
     assert t2.luns.keys() == {0} and t2.incoming == () and t2.acl_names == () and t2.sessions == ()
     assert parse_show_targets("") == []
+
+
+def test_find_target_parses_only_that_target() -> None:
+    full = parse_show_targets(SHOW)
+    assert find_target(SHOW, "iqn.2010-10.org.openstack:volume-abc") == full[0]
+    assert find_target(SHOW, "iqn.2010-10.org.openstack:volume-x2") == full[1]
+    # a prefix of a name, a name only seen inside a block, a regex metacharacter: no match
+    for iqn in ("iqn.2010-10.org.openstack:volume-x", "iqn.1994-05.com.redhat:host1", "iqn.2010-10.org.openstack:volume-ab.",
+                "iqn.2010-10.org.openstack:volume-abc2"):
+        assert find_target(SHOW, iqn) is None
+    assert find_target("", "iqn.2010-10.org.openstack:volume-abc") is None
+
+
+def test_target_ids_and_bound_accounts() -> None:
+    assert target_ids(SHOW) == {"iqn.2010-10.org.openstack:volume-abc": 1, "iqn.2010-10.org.openstack:volume-x2": 2}
+    assert bound_accounts(SHOW) == {"iqn.2010-10.org.openstack:volume-abc": ("u1", "m1"),
+                                    "iqn.2010-10.org.openstack:volume-x2": ()}
+    assert target_ids("") == {} and bound_accounts("") == {}
+    # the accounts section as the last lines of the reply (no trailing newline) still counts
+    tail = "Target 7: iqn.2010-10.org.x:t\n    Account information:\n        u7\n        m7 (outgoing)"
+    assert bound_accounts(tail) == {"iqn.2010-10.org.x:t": ("u7", "m7")}
 
 
 def test_parse_show_accounts() -> None:
@@ -202,3 +224,18 @@ def test_no_daemon_is_a_target_error(sockdir: str) -> None:
     assert TgtAdmin(11, socket_dir=sockdir).ready() is False
     with pytest.raises(TargetError):
         TgtAdmin(40000)
+
+
+def test_target_exists_asks_for_one_tid(sockdir: str) -> None:
+    fake = FakeTgtd(os.path.join(sockdir, "socket.8"), [(0, b"MaxRecvDataSegmentLength=8192\n\x00"), (4, b""),
+                                                        (2, b"")])
+    admin = TgtAdmin(8, socket_dir=sockdir)
+    assert admin.target_exists(5) is True
+    assert admin.target_exists(6) is False  # NO_TARGET
+    with pytest.raises(TgtAdmError) as ei:
+        admin.target_exists(7)  # any other refusal is not an answer
+    fake.close()
+    assert ei.value.code == "NOMEM"
+    for (hdr, body), tid in zip(fake.requests, (5, 6, 7)):
+        assert struct.unpack_from("=ii", hdr) == (tgtadm.MODE_TARGET, tgtadm.OP_SHOW)
+        assert struct.unpack_from("=i", hdr, 76)[0] == tid and body == b""
