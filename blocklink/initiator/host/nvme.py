@@ -362,7 +362,7 @@ def parse_id_ns_size(text: str) -> Optional[int]:
         flbas = int(data.get("flbas", 0))
         idx = (flbas & 0xF) | ((flbas >> 1) & 0x30)
         ds = int(data["lbafs"][idx]["ds"])
-    except (ValueError, KeyError, IndexError, TypeError):
+    except (ValueError, KeyError, IndexError, TypeError, OverflowError):  # OverflowError: JSON's Infinity
         return None
     if ds < 9:  # LBADS below 9 (512 bytes) means the format is not supported
         return None
