@@ -492,3 +492,6 @@ def test_found_nvme_id_ns_negative_size_or_absurd_format() -> None:
     assert nvme.parse_id_ns_size(json.dumps(base)) == 64 * 1024 * 1024
     assert nvme.parse_id_ns_size(json.dumps(dict(base, nsze="-1"))) is None
     assert nvme.parse_id_ns_size(json.dumps(dict(base, lbafs=[{"ds": 10 ** 12}]))) is None
+    # was OverflowError: json.loads reads Infinity, int() cannot take it
+    assert nvme.parse_id_ns_size(json.dumps(dict(base, nsze=float("inf")))) is None
+    assert nvme.parse_id_ns_size(json.dumps(dict(base, flbas=float("inf")))) is None
