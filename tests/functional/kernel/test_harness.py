@@ -83,13 +83,13 @@ from blocklink.testing.guest import in_guest, pytest_plugin as delegation
 
 def pytest_collection_modifyitems(config, items):
     if not in_guest():
-        delegation.mark_delegated(items)
+        delegation.mark_delegated([i for i in items if i.get_closest_marker("kernel")])
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_protocol(item, nextitem):
-    if in_guest():
+    if in_guest() or not item.get_closest_marker("kernel"):
         return None
-    return delegation.run_item_in_guest(item)
+    return delegation.run_item_in_guest(item, nextitem)
 
 def pytest_sessionfinish(session):
     delegation.finish(session.config)
@@ -128,11 +128,27 @@ def test_after_the_crash():
 '''
 
 
-def _inner_session(tmp_path, tests: str) -> str:
+HOST_TEST = '''
+import os
+import pytest
+
+@pytest.fixture(scope="module")
+def on_host():
+    yield "host"
+
+def test_on_host(on_host):
+    assert os.environ.get("BLOCKLINK_IN_GUEST") is None
+'''
+
+
+def _inner_session(tmp_path, tests: str, host_tests: bool = False) -> str:
     d = tmp_path / "inner"
     d.mkdir()
     (d / "conftest.py").write_text(INNER_CONFTEST)
     (d / "test_inner.py").write_text(textwrap.dedent(tests))
+    if host_tests:  # host items before and after the delegated ones: the setup stack must stay consistent
+        (d / "test_a_host.py").write_text(HOST_TEST)
+        (d / "test_z_host.py").write_text(HOST_TEST)
     (d / "pytest.ini").write_text("[pytest]\nmarkers =\n    kernel: in the guest\n")
     return str(d)
 
@@ -146,12 +162,12 @@ def _inner_env() -> dict:
 
 
 def test_delegated_outcomes_tracebacks_output_and_crash(tmp_path) -> None:
-    d = _inner_session(tmp_path, INNER_TESTS)
+    d = _inner_session(tmp_path, INNER_TESTS, host_tests=True)
     res = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rA", d], cwd=d,
                          capture_output=True, text=True, timeout=900, env=_inner_env())
     out = res.stdout + res.stderr
     assert res.returncode == 1, out
-    assert "1 passed" in out and "3 failed" in out and "1 error" in out, out
+    assert "3 passed" in out and "3 failed" in out and "1 error" in out, out  # 2 of the passes on the host
     assert "hello-from-the-guest" in out                       # captured output of a passing test (-rA)
     assert "not-the-guest-kernel" in out and "-amd64" in out   # the guest's assertion rewrite
     assert "fixture-broke-in-guest" in out                      # a guest fixture error is a host error
@@ -163,6 +179,8 @@ def test_delegated_outcomes_tracebacks_output_and_crash(tmp_path) -> None:
 def test_no_qemu_outlives_an_interrupted_session(tmp_path, sig: int) -> None:
     d = _inner_session(tmp_path, '''
         import time
+        import pytest
+        pytestmark = pytest.mark.kernel
         def test_quick():
             pass
         def test_slow():
