@@ -92,6 +92,7 @@ class CephCluster:
     pool: str = "volumes"
     fsid: str = ""
     _stopped: bool = field(default=False, repr=False)
+    _admin: Any = field(default=None, repr=False)
 
     # ------------------------------------------------------------------ lifecycle
     @classmethod
@@ -122,9 +123,6 @@ class CephCluster:
                                  f" (logs in {self.directory}/log)")
         return p.stdout
 
-    def _ceph(self, *args: str, check: bool = True) -> str:
-        return self._run("ceph", "-c", self.conffile, "--id", "admin", *args, check=check)
-
     def _bootstrap(self, p1: int, p2: int, timeout: float) -> None:
         d, c = self.directory, self.conffile
         kr = self.keyring
@@ -141,21 +139,37 @@ class CephCluster:
         self._run("ceph-mon", "-c", c, "-i", "a")
         osd_uuid = str(uuid.uuid4())
         self._run("ceph-osd", "-c", c, "-i", "0", "--mkfs", "--osd-uuid", osd_uuid)
-        self._ceph("osd", "new", osd_uuid, "0")
+        # monitor commands in-process: each `ceph` CLI start costs seconds in the TCG test guest
+        self._mon("osd new", uuid=osd_uuid, id=0)
         self._run("ceph-osd", "-c", c, "-i", "0")
         deadline = time.monotonic() + timeout
-        while True:
-            out = self._ceph("osd", "dump", "--format=json", check=False)
-            try:
-                if any(o.get("up") == 1 for o in json.loads(out or "{}").get("osds", [])):
-                    break
-            except ValueError:
-                pass
+        while not any(o.get("up") == 1 for o in self._mon_json("osd dump").get("osds", [])):
             if time.monotonic() > deadline:
                 raise CephStartError(f"osd.0 did not come up within {timeout:.0f}s (logs in {d}/log)")
-            time.sleep(0.1)  # bounded: the mon offers no event for "osd up" we can block on here
-        self._ceph("osd", "pool", "create", self.pool, "8", "8")
-        self._run("rbd", "-c", c, "--id", "admin", "pool", "init", self.pool)
+            time.sleep(0.05)  # bounded: the mon offers no event for "osd up" we can block on here
+        self.create_pool(self.pool)
+
+    # ------------------------------------------------------------------ in-process admin session
+    def admin(self) -> Any:
+        """A connected ``rados.Rados`` as client.admin (created on first use, closed by stop())."""
+        if self._admin is None:
+            import rados
+
+            r = rados.Rados(conffile=self.conffile, rados_id="admin", conf={"keyring": self.keyring})
+            r.connect(timeout=60)
+            self._admin = r
+        return self._admin
+
+    def _mon(self, prefix: str, **args: Any) -> bytes:
+        cmd = dict(args, prefix=prefix, format="json")
+        ret, out, err = self.admin().mon_command(json.dumps(cmd), b"", timeout=60)
+        if ret != 0:
+            raise CephStartError(f"ceph {prefix} failed ({ret}): {err} (logs in {self.directory}/log)")
+        return bytes(out)
+
+    def _mon_json(self, prefix: str, **args: Any) -> Dict[str, Any]:
+        out = self._mon(prefix, **args)
+        return dict(json.loads(out)) if out.strip() else {}
 
     def pids(self) -> List[int]:
         run = os.path.join(self.directory, "run")
@@ -171,6 +185,11 @@ class CephCluster:
     def stop(self, keep_logs: bool = False) -> None:
         if self._stopped:
             return
+        if self._admin is not None:
+            try:
+                self._admin.shutdown()
+            finally:
+                self._admin = None
         run = os.path.join(self.directory, "run")
         osd = [read_pidfile(os.path.join(run, n)) for n in os.listdir(run) if n.startswith("osd")] \
             if os.path.isdir(run) else []
@@ -197,20 +216,29 @@ class CephCluster:
         return self.user_key("admin")
 
     def user_key(self, user: str) -> str:
-        return self._ceph("auth", "get-key", f"client.{user}").strip()
+        return str(self._mon_json("auth get-key", entity=f"client.{user}")["key"])
 
     def create_user(self, user: str, caps: Optional[Dict[str, str]] = None) -> str:
         """Create ``client.<user>`` (default: ``profile rbd`` on this cluster's pool); returns its key."""
         caps = caps or {"mon": "profile rbd", "osd": f"profile rbd pool={self.pool}"}
-        args = []
+        flat: List[str] = []
         for k, v in caps.items():
-            args += [k, v]
-        self._ceph("auth", "get-or-create", f"client.{user}", *args)
+            flat += [k, v]
+        self._mon("auth get-or-create", entity=f"client.{user}", caps=flat)
         return self.user_key(user)
 
     def create_pool(self, pool: str) -> None:
-        self._ceph("osd", "pool", "create", pool, "8", "8")
-        self._run("rbd", "-c", self.conffile, "--id", "admin", "pool", "init", pool)
+        import rbd
+
+        self._mon("osd pool create", pool=pool, pg_num=8, pgp_num=8)
+        ioctx = self.admin().open_ioctx(pool)
+        try:
+            rbd.RBD().pool_init(ioctx, False)
+        finally:
+            ioctx.close()
+
+    def pools(self) -> List[str]:
+        return list(self.admin().list_pools())
 
     def create_image(self, name: str, size: int, pool: Optional[str] = None) -> None:
         self._run("rbd", "-c", self.conffile, "--id", "admin", "create", "--size", f"{size}B",
@@ -225,9 +253,14 @@ class CephCluster:
         return int(json.loads(out)["size"])
 
     def watchers(self, name: str, pool: Optional[str] = None) -> List[Dict[str, Any]]:
-        out = self._run("rbd", "-c", self.conffile, "--id", "admin", "status", "--format=json",
-                        f"{pool or self.pool}/{name}")
-        return list(json.loads(out).get("watchers", []))
+        import rbd
+
+        ioctx = self.admin().open_ioctx(pool or self.pool)
+        try:
+            with rbd.Image(ioctx, name, read_only=True) as img:
+                return [dict(w) for w in img.watchers_list()]
+        finally:
+            ioctx.close()
 
     def export_image(self, name: str, dest: str, pool: Optional[str] = None) -> None:
         self._run("rbd", "-c", self.conffile, "--id", "admin", "export", "--no-progress",

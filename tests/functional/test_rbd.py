@@ -70,7 +70,7 @@ def test_restricted_user_profile_rbd_on_one_pool(ceph_cluster, rbd_volume, tmp_p
     dev.handle.write(b"restricted")
     conn.disconnect_volume(info, dev)
     # the same user may not touch another pool
-    if "otherpool" not in ceph_cluster._ceph("osd", "pool", "ls"):
+    if "otherpool" not in ceph_cluster.pools():
         ceph_cluster.create_pool("otherpool")
     ceph_cluster.create_image("foreign", 8 * MiB, pool="otherpool")
     other = info.replace(name="otherpool/foreign")
