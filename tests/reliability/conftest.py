@@ -14,10 +14,7 @@ import pytest
 
 from tests.reliability.results import RESULTS
 
-# the real-service fixtures, imported (pytest refuses pytest_plugins in a conftest below the top level
-# when the run starts above it, as `pytest tests` does)
-from blocklink.testing.fixtures import ceph_cluster, rbd_volume  # noqa: E402,F401
-from blocklink.testing.libvirt_fixtures import libvirt_domain, libvirt_host, libvirtd  # noqa: E402,F401
+# the real-service fixtures (ceph_cluster, rbd_volume, libvirtd, ...) come from the root conftest's plugins
 
 _T0 = time.monotonic()
 
