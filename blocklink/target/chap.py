@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import secrets
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, List, Optional, Union
 
 from blocklink.errors import InvalidConnectionInfo
 from blocklink.masking import Secret
@@ -28,8 +28,17 @@ MAX_LEN = 255
 _CHAP_RE = re.compile(r"^[A-Za-z0-9._~+\-:!#$^*()\[\]{}|;?]+$")
 
 
+# bytes below this are used (b % 57 is then uniform); the rest are dropped (rejection sampling)
+_UNIFORM_BELOW = 256 - 256 % len(ALPHABET)
+
+
 def random_string(length: int) -> str:
-    return "".join(secrets.choice(ALPHABET) for _ in range(length))
+    """``length`` characters of ALPHABET, uniformly, from the OS CSPRNG: one read for all of them
+    (``secrets.choice`` per character read the random source once per character)."""
+    out: List[str] = []
+    while len(out) < length:
+        out += [ALPHABET[b % len(ALPHABET)] for b in secrets.token_bytes(2 * length) if b < _UNIFORM_BELOW]
+    return "".join(out[:length])
 
 
 def check_chap_username(v: Any, where: str = "chap.username") -> str:

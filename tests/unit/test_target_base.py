@@ -117,6 +117,20 @@ def test_generated_chap_credentials() -> None:
         ChapCredentials.generate(password_length=12)
 
 
+def test_random_string_is_uniform_over_the_alphabet() -> None:
+    from collections import Counter
+
+    from blocklink.target.chap import random_string
+
+    assert [len(random_string(n)) for n in (1, 16, 20, 255)] == [1, 16, 20, 255]
+    counts = Counter(random_string(57 * 400))  # 400 expected per character
+    assert set(counts) == set(ALPHABET)
+    # chi-square with 56 degrees of freedom: p < 1e-6 above ~120; a biased modulo (256 % 57 = 28 extra
+    # hits for the first 28 characters, ~+12% each) lands far above that
+    chi2 = sum((c - 400) ** 2 / 400 for c in counts.values())
+    assert chi2 < 120, chi2
+
+
 @pytest.mark.parametrize("user,pw", [("u", "short"), ("u", "has space in it"), ("u", "comma,inside12"),
                                      ("u", "equals=inside12"), ("bad user", "goodpassword12"),
                                      ("u", "x" * 256), ("", "goodpassword12"), ("u@x", "goodpassword12")])
