@@ -32,7 +32,7 @@ from blocklink.locks import LockFactory
 from blocklink.masking import Secret, get_logger
 from blocklink.target.chap import ChapCredentials
 
-__all__ = ["Export", "IscsiTargetHelper", "ChapCredentials", "check_volume_id", "check_iscsi_name",
+__all__ = ["Export", "Access", "IscsiTargetHelper", "ChapCredentials", "check_volume_id", "check_iscsi_name",
            "validate_connector", "DEFAULT_IQN_PREFIX"]
 
 LOG = get_logger(__name__)
@@ -122,6 +122,21 @@ class Export:
         if self.tid is not None:
             d["tid"] = self.tid
         return d
+
+
+@dataclass(frozen=True)
+class Access:
+    """What a host needs to log in to a volume's target: what ``initialize_connection`` turns into
+    connection info. An :class:`Export` has all of it; a helper that would have to read the rest of
+    the export back (backing store, live portals) just to answer returns this instead."""
+
+    volume_id: str
+    iqn: str
+    lun: int
+    portals: Tuple[Portal, ...]
+    chap: Optional[ChapCredentials] = None
+    mutual_chap: Optional[ChapCredentials] = None
+    initiators: Tuple[str, ...] = ()
 
 
 def _portal(p: Union[str, Portal], i: int) -> Portal:
@@ -222,8 +237,9 @@ class IscsiTargetHelper(abc.ABC):
         """Volume ids of the exports this helper manages on the target."""
 
     @abc.abstractmethod
-    def _allow_initiator(self, volume_id: str, initiator: str) -> Export:
-        """Let ``initiator`` log in to the volume's target (idempotent); returns the export."""
+    def _allow_initiator(self, volume_id: str, initiator: str) -> Union[Export, Access]:
+        """Let ``initiator`` log in to the volume's target (idempotent); returns the export, or at
+        least the :class:`Access` part of it (target, LUN, credentials)."""
 
     @abc.abstractmethod
     def _deny_initiator(self, volume_id: str, initiator: str) -> None:
@@ -253,7 +269,7 @@ class IscsiTargetHelper(abc.ABC):
         self._deny_initiator(volume_id, hc.initiator)
         LOG.info("%s: initiator %s removed from volume %s", self.kind, hc.initiator, volume_id)
 
-    def connection_info(self, export: Export, *, multipath: bool = False, access_mode: str = "rw",
+    def connection_info(self, export: Union[Export, Access], *, multipath: bool = False, access_mode: str = "rw",
                         encrypted: bool = False) -> IscsiInfo:
         """Cinder's ``_get_iscsi_properties`` for an export: plural keys with several portals or multipath."""
         targets = tuple(IscsiTarget(p, export.iqn, export.lun) for p in export.portals)

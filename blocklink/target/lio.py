@@ -20,8 +20,10 @@ rtslib talks to configfs, which needs root: the configfs work runs in :func:`blo
 entrypoint` functions (direct calls as root, oslo.privsep otherwise) that take and return plain
 data (privsep's channel carries msgpack). oslo.privsep logs every *reply* at debug level, so CHAP
 secrets read back from configfs travel sealed with a one-time pad the caller sent in its request
-(requests are not logged). Mutations run under one inter-process lock per host (rtslib-fb is not
-safe against concurrent writers, as Cinder also found), inside the per-volume lock.
+(requests are not logged). Every change runs under one inter-process lock per host (rtslib-fb is not
+safe against concurrent writers, as Cinder also found: its storage-object index allocation races
+between processes), as one privileged call that checks and changes together; that lock therefore
+also serialises the calls for one volume, and no per-volume lock is taken on top of it.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from blocklink.connection import Portal
 from blocklink.errors import ExportNotFound, InvalidConnectionInfo, MissingDependency, TargetError
 from blocklink.masking import Secret, get_logger
 from blocklink.privileged import entrypoint
-from blocklink.target.base import DEFAULT_IQN_PREFIX, Export, IscsiTargetHelper, check_volume_id
+from blocklink.target.base import DEFAULT_IQN_PREFIX, Access, Export, IscsiTargetHelper, check_volume_id
 from blocklink.target.chap import ChapCredentials
 
 LOG = get_logger(__name__)
@@ -66,14 +68,27 @@ def _rts() -> Any:
     return _RTSLIB
 
 
+_READY: Any = None  # the rtslib module whose RTSRoot() last succeeded in this process
+
+
 def _root() -> Any:
+    global _READY
     rts = _rts()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # rtslib warns "Cannot set dbroot" once targets exist
         try:
-            return rts.RTSRoot()
+            root = rts.RTSRoot()
         except rts.RTSLibError as e:
             raise LioError("unavailable", f"configfs/target_core_mod unavailable: {e}") from None
+    _READY = rts
+    return root
+
+
+def _ready() -> None:
+    """Make sure configfs and target_core_mod are there: RTSRoot() (mounting configfs, ~10 syscalls)
+    once per process; calls that need no root object skip it afterwards."""
+    if _READY is not _rts():
+        _root()
 
 
 def _call(what: str, fn: Any, *args: Any) -> Any:
@@ -149,10 +164,15 @@ class LioState:
     luns: Tuple[int, ...]
     enabled: bool
 
+    @staticmethod
+    def creds(v: Any, pad: str) -> Optional[ChapCredentials]:
+        """Credentials as they cross the privilege boundary: ``[user, sealed password]`` or None."""
+        return ChapCredentials(v[0], _unseal(v[1], pad)) if v else None
+
     @classmethod
     def from_wire(cls, d: Dict[str, Any], pad: str) -> "LioState":
         def creds(v: Any) -> Optional[ChapCredentials]:
-            return ChapCredentials(v[0], _unseal(v[1], pad)) if v else None
+            return cls.creds(v, pad)
 
         return cls(iqn=d["iqn"], so_name=d["so_name"], backstore=d["backstore"], device_path=d["device_path"],
                    portals=tuple((p[0], int(p[1]), bool(p[2])) for p in d["portals"]),
@@ -177,6 +197,15 @@ def _find_target(root: Any, iqn: str) -> Any:
         return None
 
 
+def _tpg(t: Any) -> Any:
+    """The target's TPG: ours are tag 1 (a direct lookup); else the first one listed, or None."""
+    rts = _rts()
+    try:
+        return rts.TPG(t, 1, "lookup")
+    except rts.RTSLibError:
+        return next(iter(t.tpgs), None)
+
+
 def _find_so(root: Any, name: str) -> Any:
     """Our storage objects are block or fileio; others with the same name are not ours."""
     for so in root.storage_objects:
@@ -186,27 +215,61 @@ def _find_so(root: Any, name: str) -> Any:
 
 
 def _target_so(t: Any) -> Any:
-    for tpg in t.tpgs:
-        for lun in tpg.luns:
-            return lun.storage_object
+    tpg = _tpg(t)
+    for lun in tpg.luns if tpg is not None else ():
+        return lun.storage_object
     return None
 
 
+def _tpg_auth(tpg: Any) -> Tuple[Optional[List[str]], Optional[List[str]]]:
+    """The volume's credentials kept in the TPG's auth attributes: (chap, mutual), plain; a
+    password is read only where its user id is set."""
+    user, mutual_user = tpg.chap_userid, tpg.chap_mutual_userid
+    return (_cred(user, tpg.chap_password) if user else None,
+            _cred(mutual_user, tpg.chap_mutual_password) if mutual_user else None)
+
+
 def _state(t: Any, pad: str) -> Dict[str, Any]:
-    tpg = next(iter(t.tpgs))
+    """The export as configfs has it."""
+    tpg = _tpg(t)
+    if tpg is None:  # a half-made target (no TPG): nothing of the export is there
+        return {"iqn": t.wwn, "so_name": "", "backstore": "", "device_path": "", "portals": [], "initiators": [],
+                "chap": None, "mutual": None, "luns": [], "enabled": False}
     luns = list(tpg.luns)
     so = luns[0].storage_object if luns else None
+    chap, mutual = _tpg_auth(tpg)
 
-    def sealed(user: Optional[str], password: Optional[str]) -> Optional[List[str]]:
-        return [user, _seal(password, pad)] if user and password else None
+    def sealed(c: Optional[List[str]]) -> Optional[List[str]]:
+        return [c[0], _seal(c[1], pad)] if c else None
 
     return {"iqn": t.wwn, "so_name": so.name if so else "", "backstore": so.plugin if so else "",
             "device_path": so.udev_path if so else "",
             "portals": [[p.ip_address, int(p.port), bool(p.iser)] for p in tpg.network_portals],
             "initiators": [a.node_wwn for a in tpg.node_acls],
-            "chap": sealed(tpg.chap_userid, tpg.chap_password),
-            "mutual": sealed(tpg.chap_mutual_userid, tpg.chap_mutual_password),
+            "chap": sealed(chap), "mutual": sealed(mutual),
             "luns": sorted(int(lun.lun) for lun in luns), "enabled": bool(tpg.enable)}
+
+
+def _delete_so(so: Any) -> None:
+    """Delete a storage object that its own target no longer maps.
+
+    rtslib's ``StorageObject.delete()`` first walks every LUN of every target on the host looking
+    for ones that use the object (O(all exports), most of remove_export's time with 100 exports).
+    The kernel already refuses to remove a storage object that a LUN still maps (EBUSY), or that
+    has ALUA groups of its own (ENOTEMPTY): try the removal first, and walk only if it is refused.
+    """
+    backstore = getattr(so, "_backstore", None)  # rtslib-fb >= 2.1.fb50: the object's HBA directory
+    if backstore is None:
+        so.delete()
+        return
+    try:
+        os.rmdir(so.path)
+    except FileNotFoundError:
+        pass
+    except OSError:  # still in use: let rtslib detach what uses it
+        so.delete()
+        return
+    backstore.delete()  # the HBA directory, and rtslib's per-process index cache entry
 
 
 def _set_acl_auth(acl: Any, chap: Optional[List[str]], mutual: Optional[List[str]]) -> None:
@@ -218,23 +281,26 @@ def _set_acl_auth(acl: Any, chap: Optional[List[str]], mutual: Optional[List[str
 
 @entrypoint
 def lio_find(iqn: str, pad: str) -> Optional[Dict[str, Any]]:
-    t = _find_target(_root(), iqn)
+    _ready()
+    t = _find_target(None, iqn)
     return _state(t, pad) if t is not None else None
 
 
 @entrypoint
 def lio_list(prefix: str) -> List[str]:
-    _root()
+    _ready()
     rts = _rts()
     return [t.wwn for t in rts.FabricModule("iscsi").targets if t.wwn.startswith(prefix)]
 
 
 @entrypoint
-def lio_create(spec: Dict[str, Any], pad: str) -> Dict[str, Any]:
+def lio_create(spec: Dict[str, Any]) -> None:
+    """Create the export described by ``spec`` (nothing is read back: every step either worked
+    or raised, and the caller knows what it asked for)."""
     rts = _rts()
-    root = _root()
-    if _find_target(root, spec["iqn"]) is not None:
-        raise LioError("exists", "target already exists")
+    _ready()
+    if _find_target(None, spec["iqn"]) is not None:
+        raise LioError("exists", "already exported (use ensure_export to re-apply)")
     so = target = None
     try:
         if spec["backstore"] == "block":
@@ -259,58 +325,72 @@ def lio_create(spec: Dict[str, Any], pad: str) -> Dict[str, Any]:
             if spec["iser"]:
                 portal.iser = True
         tpg.enable = True
-        return _state(target, pad)
     except rts.RTSLibError as e:
-        for obj in (target, so):
-            if obj is not None:
-                try:
-                    obj.delete()
-                except rts.RTSLibError:
-                    pass
+        if target is not None:
+            try:
+                target.delete()
+            except rts.RTSLibError:
+                pass
+        if so is not None:
+            try:
+                _delete_so(so)  # unmapped once the target is gone: removed without the LUN walk
+            except (rts.RTSLibError, OSError):
+                pass
         raise LioError("refused", f"LIO refused the export: {e}") from None
 
 
 @entrypoint
 def lio_delete(iqn: str, so_name: str) -> bool:
-    root = _root()
-    t = _find_target(root, iqn)
+    _ready()
+    t = _find_target(None, iqn)
     so = _target_so(t) if t is not None else None
     if so is not None and so.name != so_name:
         so = None  # the target maps someone else's storage object: leave it
     if t is not None:
         t.delete()
     if so is None:  # no target (a half-made export): look for a stray storage object of ours
-        so = _find_so(root, so_name)
+        so = _find_so(_root(), so_name)
     if so is not None:
-        so.delete()
+        _delete_so(so)
     return t is not None or so is not None
 
 
 @entrypoint
 def lio_add_acl(iqn: str, initiator: str, pad: str) -> Dict[str, Any]:
+    """Add the initiator's NodeACL (with the volume's credentials, LUN 0 mapped); returns what a
+    login needs: ``{"chap", "mutual"}`` (sealed) and ``"initiators"``, all read on the way anyway."""
     rts = _rts()
-    t = _find_target(_root(), iqn)
+    _ready()
+    t = _find_target(None, iqn)
     if t is None:
-        raise LioError("notfound", "no such LIO target")
-    tpg = next(iter(t.tpgs))
-    if not any(a.node_wwn.lower() == initiator.lower() for a in tpg.node_acls):
+        raise LioError("notfound", "volume is not exported")
+    tpg = _tpg(t)
+    if tpg is None:
+        raise LioError("refused", "the target has no TPG (a half-made export: ensure_export or remove_export it)")
+    auth = _tpg_auth(tpg)
+    names = [a.node_wwn for a in tpg.node_acls]
+    if not any(n.lower() == initiator.lower() for n in names):
         acl = rts.NodeACL(tpg, initiator, "create")
         try:
-            _set_acl_auth(acl, _cred(tpg.chap_userid, tpg.chap_password),
-                          _cred(tpg.chap_mutual_userid, tpg.chap_mutual_password))
+            _set_acl_auth(acl, *auth)
             rts.MappedLUN(acl, 0, tpg_lun=0)
         except rts.RTSLibError as e:
             acl.delete()
             raise LioError("refused", f"LIO refused the ACL for {initiator}: {e}") from None
-    return _state(t, pad)
+        names.append(acl.node_wwn)
+    chap, mutual = auth
+    return {"chap": [chap[0], _seal(chap[1], pad)] if chap else None,
+            "mutual": [mutual[0], _seal(mutual[1], pad)] if mutual else None, "initiators": names}
 
 
 @entrypoint
 def lio_remove_acl(iqn: str, initiator: str) -> bool:
-    t = _find_target(_root(), iqn)
+    _ready()
+    t = _find_target(None, iqn)
     if t is None:
         return False
-    for acl in next(iter(t.tpgs)).node_acls:
+    tpg = _tpg(t)
+    for acl in tpg.node_acls if tpg is not None else ():
         if acl.node_wwn.lower() == initiator.lower():
             acl.delete()  # the kernel closes this initiator's sessions
             return True
@@ -332,8 +412,8 @@ def lio_save(path: str) -> None:
 def lio_save_volume(path: str, iqn: str, so_name: str) -> None:
     """Update only this volume's storage object and target in the save file (rtslib's saveconfig
     format), reading O(1) configfs objects instead of dumping the whole configuration."""
-    root = _root()
-    t = _find_target(root, iqn)
+    _ready()
+    t = _find_target(None, iqn)
     so = _target_so(t) if t is not None else None
     try:
         with open(path) as f:
@@ -444,21 +524,18 @@ class LioTarget(IscsiTargetHelper):
         outgoing = self._credentials(mutual_chap, "mutual_chap")
         if outgoing is not None and incoming is None:
             raise InvalidConnectionInfo("mutual_chap", "needs chap as well")
-        with self._volume_lock(volume_id):
-            if self._find(iqn) is not None:
-                raise TargetError(iqn, "already exported (use ensure_export to re-apply)")
+        with self._config_lock():  # lio_create refuses an existing target: check and create are one step
             return self._create(volume_id, iqn, path, size, incoming, outgoing)
 
     def ensure_export(self, volume_id: str, device_path: Optional[str] = None, *, size: Optional[int] = None,
                       chap: Creds = True, mutual_chap: Creds = False) -> Export:
         check_volume_id(volume_id)
         iqn = self.target_iqn(volume_id)
-        with self._volume_lock(volume_id):
+        with self._config_lock():
             state = self._find(iqn)
             if state is None and self.save_file is not None:
                 pad = new_pad()
-                with self._config_lock():
-                    d = _call(iqn, lio_restore_one, self.save_file, iqn, self.volume_name(volume_id), pad)
+                d = _call(iqn, lio_restore_one, self.save_file, iqn, self.volume_name(volume_id), pad)
                 state = LioState.from_wire(d, pad) if d is not None else None
                 if state is not None:
                     LOG.info("lio: restored %s from %s", iqn, self.save_file)
@@ -471,10 +548,9 @@ class LioTarget(IscsiTargetHelper):
     def remove_export(self, volume_id: str) -> None:
         check_volume_id(volume_id)
         iqn = self.target_iqn(volume_id)
-        with self._volume_lock(volume_id):
-            with self._config_lock():
-                _call(iqn, lio_delete, iqn, self.volume_name(volume_id))
-                self._save(volume_id)  # also drops a stale entry, so a later restore cannot revive it
+        with self._config_lock():
+            _call(iqn, lio_delete, iqn, self.volume_name(volume_id))
+            self._save(volume_id)  # also drops a stale entry, so a later restore cannot revive it
         LOG.info("lio: removed export %s", iqn)
 
     def get_export(self, volume_id: str) -> Optional[Export]:
@@ -507,23 +583,21 @@ class LioTarget(IscsiTargetHelper):
         return vids
 
     # ------------------------------------------------------------------ initiators
-    def _allow_initiator(self, volume_id: str, initiator: str) -> Export:
+    def _allow_initiator(self, volume_id: str, initiator: str) -> Access:
         iqn = self.target_iqn(volume_id)
-        with self._volume_lock(volume_id):
-            if self._find(iqn) is None:
-                raise ExportNotFound(iqn, "volume is not exported")
-            pad = new_pad()
-            with self._config_lock():
-                state = LioState.from_wire(_call(iqn, lio_add_acl, iqn, initiator, pad), pad)
-                self._save(volume_id)
-            return self._export(volume_id, state)
+        pad = new_pad()
+        with self._config_lock():  # lio_add_acl raises ExportNotFound for a missing target
+            d = _call(iqn, lio_add_acl, iqn, initiator, pad)
+            self._save(volume_id)
+        return Access(volume_id=volume_id, iqn=iqn, lun=self.volume_lun, portals=self.portals,
+                      chap=LioState.creds(d["chap"], pad), mutual_chap=LioState.creds(d["mutual"], pad),
+                      initiators=tuple(d["initiators"]))
 
     def _deny_initiator(self, volume_id: str, initiator: str) -> None:
         iqn = self.target_iqn(volume_id)
-        with self._volume_lock(volume_id):
-            with self._config_lock():
-                if _call(iqn, lio_remove_acl, iqn, initiator):
-                    self._save(volume_id)
+        with self._config_lock():
+            if _call(iqn, lio_remove_acl, iqn, initiator):
+                self._save(volume_id)
 
     # ------------------------------------------------------------------ mechanics
     def _save(self, volume_id: str) -> None:
@@ -538,6 +612,7 @@ class LioTarget(IscsiTargetHelper):
 
     def _create(self, volume_id: str, iqn: str, path: str, size: Optional[int],
                 incoming: Optional[ChapCredentials], outgoing: Optional[ChapCredentials]) -> Export:
+        """Create the export (the caller holds the config lock) and describe it from what was asked."""
         created = self._prepare_backing(path, size)
         backstore = self.backstore
         if backstore == "auto":
@@ -546,16 +621,17 @@ class LioTarget(IscsiTargetHelper):
                        size=os.stat(path).st_size if backstore == "fileio" else None,
                        portals=tuple((p.host, p.port) for p in self.portals), iser=self.iser,
                        chap=incoming, mutual=outgoing, discard=self.discard)
-        pad = new_pad()
         try:
-            with self._config_lock():
-                state = LioState.from_wire(_call(iqn, lio_create, spec.to_wire(), pad), pad)
-                self._save(volume_id)
+            _call(iqn, lio_create, spec.to_wire())
+            self._save(volume_id)
         except BaseException:
             if created:
                 os.unlink(path)
             raise
         LOG.info("lio: exported %s as %s (%s)", path, iqn, backstore)
+        state = LioState(iqn=iqn, so_name=spec.so_name, backstore=backstore, device_path=path,
+                         portals=tuple((_ip(h), port, self.iser) for h, port in spec.portals), initiators=(),
+                         chap=incoming, mutual=outgoing, luns=(0,), enabled=True)
         return self._export(volume_id, state)
 
     def _export(self, volume_id: str, state: LioState) -> Export:

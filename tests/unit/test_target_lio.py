@@ -97,12 +97,26 @@ class Target:
 
 
 class TPG:
+    def __new__(cls, target: Target, tag: int, mode: str = "any") -> "TPG":
+        found = next((g for g in target.tpgs if g.tag == tag), None)
+        if mode == "lookup":
+            if found is None:
+                raise RTSLibError(f"No such TPG in configfs: {tag}")
+            return found
+        if found is not None:
+            if mode == "create":
+                raise RTSLibError("This TPG already exists in configFS")
+            return found
+        g = super().__new__(cls)
+        g.tag, g.luns, g.node_acls, g.network_portals = tag, [], [], []
+        g.attributes = {}
+        g.enable = False
+        g.chap_userid = g.chap_password = g.chap_mutual_userid = g.chap_mutual_password = ""
+        target.tpgs.append(g)
+        return g
+
     def __init__(self, target: Target, tag: int, mode: str = "any") -> None:
-        self.tag, self.luns, self.node_acls, self.network_portals = tag, [], [], []  # type: ignore[var-annotated]
-        self.attributes: Dict[str, str] = {}
-        self.enable = False
-        self.chap_userid = self.chap_password = self.chap_mutual_userid = self.chap_mutual_password = ""
-        target.tpgs.append(self)
+        pass
 
     def set_attribute(self, k: str, v: str) -> None:
         self.attributes[k] = v
@@ -426,3 +440,67 @@ def test_save_file_is_updated_per_volume(helper: LioTarget) -> None:
     helper.save()  # the full dump (cinder-rtstool save)
     with open(helper.save_file) as f:
         assert [t["wwn"] for t in json.load(f)["targets"]] == [helper.target_iqn("v2")]
+
+
+def test_storage_object_removal_walks_luns_only_when_the_kernel_refuses(tmp_path: Any) -> None:
+    """rtslib's StorageObject.delete() walks every LUN on the host; an object no LUN maps is removed
+    directly (its directory, then its HBA directory), and a refused rmdir (EBUSY in configfs while a
+    LUN maps it) falls back to rtslib's walk."""
+    calls: List[str] = []
+
+    class Backstore:
+        def delete(self) -> None:
+            calls.append("hba")
+
+    class StorageObj:
+        def __init__(self, path: str, hba: bool = True) -> None:
+            self.path = path
+            if hba:
+                self._backstore = Backstore()
+
+        def delete(self) -> None:
+            calls.append("rtslib-walk")
+
+    free = tmp_path / "free"
+    free.mkdir()
+    lio._delete_so(StorageObj(str(free)))
+    assert not free.exists() and calls == ["hba"]
+    calls.clear()
+    busy = tmp_path / "busy"
+    (busy / "mapped").mkdir(parents=True)  # rmdir refused (ENOTEMPTY here; EBUSY in configfs)
+    lio._delete_so(StorageObj(str(busy)))
+    assert busy.exists() and calls == ["rtslib-walk"]
+    calls.clear()
+    lio._delete_so(StorageObj(str(tmp_path / "gone")))  # already gone: only its HBA directory is left
+    assert calls == ["hba"]
+    calls.clear()
+    lio._delete_so(StorageObj(str(free), hba=False))  # an rtslib without the HBA handle: its own delete
+    assert calls == ["rtslib-walk"]
+
+
+def test_changes_take_one_lock_and_read_nothing_back(helper: LioTarget, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each call is one privileged check-and-change under the host's LIO lock: no per-volume lock on
+    top, no existence probe before create/initialize, no read-back of what lio_create made."""
+    taken: List[str] = []
+    real_lock = helper.locks.lock
+
+    def lock(name: str) -> Any:
+        taken.append(name)
+        return real_lock(name)
+
+    finds: List[str] = []
+    real_find = lio.lio_find
+    monkeypatch.setattr(helper.locks, "lock", lock)
+    monkeypatch.setattr(lio, "lio_find", lambda iqn, pad: finds.append(iqn) or real_find(iqn, pad))
+    e = helper.create_export("v1", size=1 << 20, mutual_chap=True)
+    data = helper.initialize_connection("v1", conn(HOST_A)).data_dict()
+    helper.terminate_connection("v1", conn(HOST_A))
+    assert taken == ["lio-config"] * 3 and finds == []
+    read = helper.get_export("v1")  # what was described without reading back is what is there
+    assert read == e and read.extra == e.extra
+    helper.remove_export("v1")
+    assert data["auth_password"] == e.chap.password.reveal() and data["auth_password_in"] == e.mutual_chap.password.reveal()
+    assert (e.device_path, e.backstore, e.initiators, e.extra["enabled"]) == (helper.device_path_for("v1"), "fileio",
+                                                                              (), True)
+    assert e.extra["portals_live"] == (("10.0.0.1", 3260, False), ("[fd00::1]", 3260, False))
+    assert CFG.targets == [] and CFG.sos == []

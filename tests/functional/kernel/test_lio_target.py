@@ -148,6 +148,26 @@ def test_kernel_initiator_wrong_chap_is_refused(target_env: LioEnv, iscsid: Any)
         iscsiadm(*node, "-o", "delete", check=False)
 
 
+def test_export_described_without_read_back_is_what_lio_has(target_env: LioEnv) -> None:
+    """create_export describes the export from what it asked for; the kernel's view agrees, and
+    remove_export (which removes the storage object directly, not through rtslib's walk over every
+    LUN) leaves no storage object and no HBA directory behind, while other exports stay intact."""
+    vid, other = new_volume_id(), new_volume_id()
+    export = target_env.helper.create_export(vid, target_env.new_device(vid, 8 * MiB), mutual_chap=True)
+    kept = target_env.helper.create_export(other, target_env.new_device(other, 8 * MiB))
+    read = target_env.helper.get_export(vid)
+    assert read == export and read.extra == export.extra
+    core = "/sys/kernel/config/target/core"
+    hbas = {h for h in os.listdir(core) if os.path.isdir(os.path.join(core, h, target_env.helper.volume_name(vid)))}
+    assert len(hbas) == 1
+    target_env.helper.remove_export(vid)
+    assert not any(os.path.exists(os.path.join(core, h)) for h in hbas)
+    assert target_env.helper.volume_name(vid) not in _lio_dump()
+    assert target_env.helper.get_export(other) == kept
+    again = target_env.helper.create_export(vid, export.device_path)  # the name is free again in this process
+    assert again.iqn == export.iqn
+
+
 # ---------------------------------------------------------------------------------------------
 # persistence
 # ---------------------------------------------------------------------------------------------
