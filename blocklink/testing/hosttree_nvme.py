@@ -6,7 +6,9 @@ children or links, ``enable`` needs an openable ``device_path``). :class:`FakeNv
 host side: it answers ``nvme connect/disconnect/ns-rescan/id-ns`` through a
 :class:`~blocklink.testing.fakes.FakeExecutor` by reading that configfs (ports, allowed hosts,
 enabled namespaces) and building ``/sys/class/nvme``, ``/sys/class/nvme-subsystem``, ``/sys/block``
-and ``/dev`` entries the way Linux 6.1 names them, with or without native multipath. The messages
+and ``/dev`` entries the way Linux 6.1 names them, with or without native multipath. As in Linux, a
+subsystem outlives its last controller while a process holds one of its namespace devices open
+(:meth:`FakeNvmeKernel.open_by` / :meth:`~FakeNvmeKernel.close_by`). The messages
 are the ones nvme-cli 2.3 printed in the real-kernel guest. Like a target that sends no
 namespace-change notices, the fake host sees new or resized namespaces only after a rescan.
 """
@@ -226,6 +228,7 @@ class FakeNvmeKernel:
         self.hostnqn = hostnqn
         self.hostid = hostid
         self.flushed: List[str] = []
+        self.heads: Dict[str, str] = {}  # namespace device -> its subsystem (the kernel's references)
         self._minor = 0
 
     # ------------------------------------------------------------------ executor wiring
@@ -341,8 +344,22 @@ class FakeNvmeKernel:
         sdir = self.paths.sys("class", "nvme-subsystem", sub)
         if os.path.islink(os.path.join(sdir, ctrl)):
             os.unlink(os.path.join(sdir, ctrl))
-        if not any(e.startswith("nvme") and os.path.islink(os.path.join(sdir, e)) for e in os.listdir(sdir)):
-            shutil.rmtree(sdir)
+        self._release(sub)
+
+    def _release(self, sub: str) -> None:
+        """Linux frees a subsystem at its last reference put: no controller left, and no head device
+        left either (one still open by a process, or waiting out ``delayed_removal_secs``)."""
+        sdir = self.paths.sys("class", "nvme-subsystem", sub)
+        if not os.path.isdir(sdir):
+            return
+        if any(e.startswith("nvme") and os.path.islink(os.path.join(sdir, e)) for e in os.listdir(sdir)):
+            return
+        heads = [h for h, s in self.heads.items() if s == sub]
+        if any(os.path.isdir(self.paths.sys("block", h)) for h in heads) or self.holders(heads):
+            return
+        for h in heads:
+            del self.heads[h]
+        shutil.rmtree(sdir)
 
     # ------------------------------------------------------------------ namespaces
     def _rescan_cmd(self, argv: Tuple[str, ...]) -> Tuple[int, str, str]:
@@ -384,7 +401,10 @@ class FakeNvmeKernel:
                 self._ns_attrs(bdir, nsid, uuid, nguid, size)
                 self._minor += 1
                 _w(os.path.join(bdir, "dev"), f"259:{self._minor}")
+                if self.multipath:
+                    _w(os.path.join(bdir, "delayed_removal_secs"), "0")  # Linux 6.16+ (0: the default)
                 _w(self.paths.devpath(head), "")
+                self.heads[head] = sub
 
     @staticmethod
     def _head_of(entry: str) -> str:
@@ -428,9 +448,14 @@ class FakeNvmeKernel:
         head = self._head_of(entry)
         still = any(self._head_of(e) == head for c in self.controllers() for e in self._ns_entries(c).values())
         if not still:
+            if int(_r(self.paths.sys("block", head, "delayed_removal_secs")) or 0):
+                return  # the kernel keeps the head (queueing I/O) for that long; this fake: for ever
             shutil.rmtree(self.paths.sys("block", head), ignore_errors=True)
             if os.path.exists(self.paths.devpath(head)):
                 os.unlink(self.paths.devpath(head))
+            for link in self.holders([head]):  # what /proc/<pid>/fd shows for a deleted node
+                os.unlink(link)
+                os.symlink(f"/dev/{head} (deleted)", link)
 
     def _id_ns(self, argv: Tuple[str, ...]) -> Tuple[int, str, str]:
         name = os.path.basename(argv[-1])
@@ -449,6 +474,26 @@ class FakeNvmeKernel:
         os.makedirs(fd, exist_ok=True)
         _w(self.paths.procpath(str(pid), "comm"), comm)
         os.symlink(dev, os.path.join(fd, str(3 + len(os.listdir(fd)))))
+
+    def close_by(self, pid: int) -> None:
+        """Process ``pid`` closes everything (exits): subsystems it alone kept alive are freed."""
+        shutil.rmtree(self.paths.procpath(str(pid)), ignore_errors=True)
+        for sub in set(self.heads.values()):
+            self._release(sub)
+
+    def holders(self, heads: List[str]) -> List[str]:
+        """The /proc/<pid>/fd links holding any of ``heads`` open (also after their node was deleted)."""
+        devs = {f"/dev/{h}" for h in heads} | {f"/dev/{h} (deleted)" for h in heads}
+        out = []
+        for pid in os.listdir(self.paths.proc):
+            fd_dir = self.paths.procpath(pid, "fd")
+            for fd in os.listdir(fd_dir) if pid.isdigit() and os.path.isdir(fd_dir) else []:
+                if os.readlink(os.path.join(fd_dir, fd)) in devs:
+                    out.append(os.path.join(fd_dir, fd))
+        return out
+
+    def subsystems(self) -> List[str]:
+        return sorted(os.listdir(self.paths.sys("class", "nvme-subsystem")))
 
     def devices(self) -> List[str]:
         return sorted(d for d in os.listdir(self.paths.dev) if d.startswith("nvme") and "n" in d[4:])

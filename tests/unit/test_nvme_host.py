@@ -218,6 +218,50 @@ def test_device_users(kernel, tmp_path):
     assert host.device_users("nvme0n2") == ["held by dm-3"]
 
 
+def test_subsystem_outlives_its_controllers_while_a_head_is_open(kernel, tmp_path):
+    """Linux frees the subsystem at the last reference put: a process holding the head keeps it."""
+    _subsystem_with(kernel, tmp_path, [1 << 20], uuids=[U1])
+    kernel.add_controller(NQN, "127.0.0.1", "4420", "tcp", HOSTNQN)
+    kernel.add_controller(NQN, "127.0.0.2", "4420", "tcp", HOSTNQN)
+    host = NvmeHost(kernel.paths, FakeExecutor())
+    assert host.subsystems(NQN) == ["nvme-subsys0"] and host.subsystems("nqn.2014-08.org.blvm:other") == []
+    assert host.delayed_removal("nvme0n1") == 0 and host.delayed_removal("nvme9n9") == 0
+    kernel.open_by(4242, "/dev/nvme0n1", comm="(udev-worker)")
+    kernel.open_by(4343, "/dev/nvme0n1", comm="qemu-system-x86")
+    kernel.open_by(4343, "/dev/sda", comm="qemu-system-x86")
+    kernel.open_by(os.getpid(), "/dev/nvme0n1", comm="pytest")
+    mine = f"pid {os.getpid()} (pytest) (this process)"
+    assert mine in host.openers(["nvme0n1"]) and len(host.openers(["nvme0n1"])) == 3
+    assert sorted(host.openers(["nvme0n1"], skip_self=True)) == ["pid 4242 ((udev-worker))",
+                                                                 "pid 4343 (qemu-system-x86)"]
+    kernel.close_by(os.getpid())
+    for c in ("nvme0", "nvme1"):
+        kernel.remove_controller(c)
+    assert host.controllers(NQN) == [] and kernel.devices() == []
+    assert host.subsystems(NQN) == ["nvme-subsys0"]  # no paths, still there
+    assert sorted(host.openers(["nvme0n1"])) == ["pid 4242 ((udev-worker))", "pid 4343 (qemu-system-x86)"]
+    assert sorted(host.openers([], deleted_nvme=True)) == [
+        "pid 4242 ((udev-worker)) holding /dev/nvme0n1 (deleted)",
+        "pid 4343 (qemu-system-x86) holding /dev/nvme0n1 (deleted)"]
+    kernel.close_by(4242)
+    assert host.subsystems(NQN) == ["nvme-subsys0"]
+    kernel.close_by(4343)
+    assert host.subsystems(NQN) == []
+
+
+def test_delayed_head_removal_attribute(kernel, tmp_path):
+    _subsystem_with(kernel, tmp_path, [1 << 20], uuids=[U1])
+    kernel.add_controller(NQN, "127.0.0.1", "4420", "tcp", HOSTNQN)
+    host = NvmeHost(kernel.paths, FakeExecutor())
+    with open(kernel.paths.sys("block", "nvme0n1", "delayed_removal_secs"), "w") as f:
+        f.write("30\n")
+    assert host.delayed_removal("nvme0n1") == 30
+    host.remove_without_delay("nvme0n1")
+    assert host.delayed_removal("nvme0n1") == 0
+    kernel.remove_controller("nvme0")
+    assert host.subsystems(NQN) == [] and kernel.devices() == []
+
+
 def test_cli_wrapper_argv(kernel):
     ex = FakeExecutor().on(("nvme",), "")
     host = NvmeHost(HostPaths.under(kernel.root), ex)

@@ -33,6 +33,7 @@ LOG = get_logger(__name__)
 
 _NS_DIR_RE = re.compile(r"^nvme(\d+)(?:c(\d+))?n(\d+)$")
 _HEX32_RE = re.compile(r"^[0-9a-f]{32}$")
+_DELETED_NVME_RE = re.compile(r"^/dev/(?:nvme\d+(?:n\d+)?|ng\d+n\d+) \(deleted\)$")
 LIVE = "live"
 
 
@@ -224,6 +225,26 @@ class NvmeHost:
                     break
         return found
 
+    # ------------------------------------------------------------------ subsystems
+    def subsystems(self, nqn: str) -> List[str]:
+        """The kernel's subsystem objects for ``nqn`` (``nvme-subsysN``), with or without paths.
+
+        Linux frees one only when its last controller *and* last namespace head are freed, which
+        waits for every open handle of their devices to close: it can outlive ``nvme disconnect``.
+        """
+        base = self.paths.sys("class", "nvme-subsystem")
+        return sorted(s for s in self.paths.listdir(base) if self.paths.read(os.path.join(base, s, "subsysnqn")) == nqn)
+
+    def delayed_removal(self, head: str) -> int:
+        """Seconds the kernel keeps a head device after its last path went (``delayed_removal_secs``,
+        Linux 6.16+; 0 when the attribute is missing or unreadable)."""
+        v = self._block_attr(head, "delayed_removal_secs") or ""
+        return int(v) if v.isdigit() else 0
+
+    def remove_without_delay(self, head: str) -> None:
+        """Make the kernel remove ``head`` as soon as its last path goes (``delayed_removal_secs`` = 0)."""
+        self.paths.write(self.paths.sys("block", head, "delayed_removal_secs"), "0")
+
     # ------------------------------------------------------------------ namespaces
     def _block_attr(self, name: str, attr: str) -> Optional[str]:
         return self.paths.read(self.paths.sys("block", name, attr))
@@ -288,18 +309,30 @@ class NvmeHost:
             f = line.split()
             if majmin and len(f) > 4 and f[2] == majmin:
                 reasons.append(f"mounted on {f[4]}")
-        dev = f"/dev/{name}"
+        return reasons + [f"open by {who}" for who in self.openers([name], skip_self=True)]
+
+    def openers(self, names: Iterable[str], *, skip_self: bool = False, deleted_nvme: bool = False) -> List[str]:
+        """``pid N (comm)`` of each process holding /dev/<name> open for any of ``names``, also after
+        the kernel deleted the node (``/proc/N/fd`` then reads ``/dev/<name> (deleted)``). With
+        ``deleted_nvme`` also the holders of any deleted NVMe device node (they keep its kernel objects),
+        each followed by the node it holds."""
+        devs = {f"/dev/{n}" for n in names}
+        devs |= {f"{d} (deleted)" for d in devs}
         me = str(os.getpid())
+        out = []
         for pid in self.paths.listdir(self.paths.proc):
-            if not pid.isdigit() or pid == me:
+            if not pid.isdigit() or (skip_self and pid == me):
                 continue
             fd_dir = self.paths.procpath(pid, "fd")
             for fd in self.paths.listdir(fd_dir):
-                if self.paths.readlink(os.path.join(fd_dir, fd)) == dev:
+                link = self.paths.readlink(os.path.join(fd_dir, fd)) or ""
+                stale = deleted_nvme and _DELETED_NVME_RE.match(link)
+                if link in devs or stale:
                     comm = self.paths.read(self.paths.procpath(pid, "comm"), "?")
-                    reasons.append(f"open by pid {pid} ({comm})")
+                    out.append(f"pid {pid} ({comm})" + (" (this process)" if pid == me else "")
+                               + (f" holding {link}" if deleted_nvme else ""))
                     break
-        return reasons
+        return out
 
     # ------------------------------------------------------------------ nvme-cli
     def connect(self, nqn: str, portal: NvmePortalSpec, *, hostnqn: Optional[str] = None,
