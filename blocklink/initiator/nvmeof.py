@@ -8,8 +8,12 @@ guessing which ``/dev/nvmeXnY`` appeared — and waits for its device on kernel 
 A controller (one connection to a subsystem) carries every namespace the subsystem shows this host,
 so ``disconnect_volume`` deletes it only when no other namespace behind it is in use: attached by
 blocklink on this host (a small record per subsystem under ``run_dir``) or used by someone (held
-by device-mapper, mounted, or open by a process). All work on one subsystem runs under that
-subsystem's inter-process lock; different subsystems proceed in parallel.
+by device-mapper, mounted, or open by a process). It returns once what it disconnected is gone
+from the kernel: the controllers, the namespace devices that lost their last path and, when no
+controller of the subsystem is left, the kernel's subsystem object, which Linux frees only when the
+last open handle of its devices closes (udev's blkid may still be probing a device just attached).
+All work on one subsystem runs under that subsystem's inter-process lock; different subsystems
+proceed in parallel.
 """
 
 from __future__ import annotations
@@ -72,7 +76,8 @@ class NVMeOFConnector(Connector):
     ``host_nqn``/``host_id`` (default: /etc/nvme/hostnqn and nvme-cli's own host id; the connection
     info's ``host_nqn`` wins), ``ctrl_loss_tmo``/``reconnect_delay``/``keep_alive_tmo``/``nr_io_queues``
     (nvme connect's ``-l``/``-c``/``-k``/``-i``; None keeps the kernel defaults), ``timeout`` for the
-    namespace to appear, ``run_dir`` for the per-subsystem attach records, ``lock_path``.
+    namespace to appear and for what a disconnect removed to be gone, ``run_dir`` for the
+    per-subsystem attach records, ``lock_path``.
     """
 
     protocol = "nvmeof"
@@ -235,12 +240,18 @@ class NVMeOFConnector(Connector):
                         raise DeviceBusy(ns.path, f"flush failed: {e}") from None
                     failures.append(f"flush {ns.path}: {e}")
             records = self._forget(ninfo.target_nqn, hostnqn, ident, ns)
-            removed = []
+            drop: List[Controller] = []
+            keep: List[str] = []
             for c in ctrls:
                 users = self._other_users(c.name, ns, records)
                 if users:
                     LOG.info("nvme: keeping controller %s of %s: %s", c.name, ninfo.target_nqn, "; ".join(users))
-                    continue
+                    keep.append(c.name)
+                else:
+                    drop.append(c)
+            heads = self._heads_going([c.name for c in drop], keep)
+            removed: List[str] = []
+            for c in drop:
                 try:
                     self.host.disconnect(c.name)
                     removed.append(c.name)
@@ -248,8 +259,11 @@ class NVMeOFConnector(Connector):
                     if not force:
                         raise DeviceBusy(c.dev, f"nvme disconnect failed: {e}") from None
                     failures.append(f"disconnect {c.name}: {e}")
-            if removed:
-                self._wait_gone(removed)
+            left = self._wait_removed(ninfo.target_nqn, removed, heads)
+            if left:
+                if not force:
+                    raise DeviceBusy(ns.path if ns is not None else ninfo.target_nqn, left)
+                failures.append(left)
         if failures:
             raise DetachIncomplete(str(ident), failures)
         LOG.info("nvme: %s detached", ident)
@@ -287,14 +301,52 @@ class NVMeOFConnector(Connector):
             out += [f"{other.path} {u}" for u in self.host.device_users(other.name)]
         return out
 
-    def _wait_gone(self, ctrls: List[str]) -> None:
-        def gone() -> Optional[bool]:
-            return True if all(self.host.controller(c) is None for c in ctrls) else None
+    def _heads_going(self, drop: List[str], keep: List[str]) -> List[str]:
+        """The namespace devices that lose their last path with ``drop``; each is told not to linger
+        (a head with ``delayed_removal_secs`` would stay, queueing I/O, for that long after)."""
+        kept = {n.name for c in keep for n in self.host.namespaces(c)}
+        heads = sorted({n.name for c in drop for n in self.host.namespaces(c)} - kept)
+        for h in heads:
+            if self.host.delayed_removal(h):
+                try:
+                    self.host.remove_without_delay(h)
+                    LOG.info("nvme: %s set to go with its last path (was delayed_removal_secs)", h)
+                except OSError as e:
+                    LOG.warning("nvme: cannot clear delayed removal of %s: %s", h, e)
+        return heads
+
+    def _wait_removed(self, nqn: str, ctrls: List[str], heads: List[str]) -> Optional[str]:
+        """Wait until the controllers, the namespace devices and, once no controller of ``nqn`` is left
+        on this host, the kernel's subsystem object are gone; None then, else what is left and why.
+
+        ``nvme disconnect`` returns when the controller is deleted, but the kernel frees the head
+        device and the subsystem only at their last reference put: a process (udev's blkid probing
+        the device, a stale file handle) holding /dev/nvmeXnY open keeps them until it closes it.
+        Their removal raises a uevent, which ends this wait.
+        """
+        def left() -> List[str]:
+            out = [f"controller {c}" for c in ctrls if self.host.controller(c) is not None]
+            others = [c.name for c in self.host.controllers(nqn) if c.name not in ctrls]
+            served = {n.name for c in others for n in self.host.namespaces(c)}  # e.g. a failed disconnect's
+            out += [f"/dev/{h}" for h in heads if h not in served and self.paths.exists(self.paths.sys("block", h))]
+            if not others:
+                out += [f"subsystem {s}" for s in self.host.subsystems(nqn)]
+            return out
+
+        if not left():
+            return None
         try:
-            wait_for(gone, timeout=self.timeout, watch=[self.paths.sys("class", "nvme")],
-                     what=f"removal of {', '.join(ctrls)}")
+            wait_for(lambda: True if not left() else None, timeout=self.timeout,
+                     watch=[self.paths.sys("class", "nvme"), self.paths.sys("class", "nvme-subsystem"),
+                            self.paths.sys("block")], what=f"removal of {nqn}")
+            return None
         except DeviceNotFound:
-            raise DeviceBusy(", ".join(ctrls), "controller still present after nvme disconnect") from None
+            rest = left()
+        if not rest:
+            return None
+        holders = self.host.openers([*heads, *(f"ng{h[4:]}" for h in heads), *ctrls], deleted_nvme=True)
+        why = f": open by {', '.join(holders)}" if holders else ""
+        return f"{', '.join(rest)} of {nqn} still present {self.timeout:.1f}s after nvme disconnect{why}"
 
     # ------------------------------------------------------------------ extend, paths
     def extend_volume(self, info: InfoLike) -> int:

@@ -6,6 +6,8 @@ Assertions are on what remains: controllers and devices in the fake sysfs, attac
 import json
 import os
 import stat
+import threading
+import time
 
 import pytest
 
@@ -263,3 +265,107 @@ def test_typed_info_round_trip(env):
     info = env.export()
     assert NvmeofInfo.from_dict(info.to_dict()) == info
     assert info.to_dict()["data"]["portals"] == [["127.0.0.1", 4420, "tcp"], ["127.0.0.2", 4420, "tcp"]]
+
+
+# ---------------------------------------------------------------------------------------------
+# disconnect returns only once the kernel let go of what it disconnected (issue 12 follow-up)
+
+def _later(seconds, fn, *args):
+    t = threading.Timer(seconds, fn, args)
+    t.start()
+    return t
+
+
+@pytest.mark.parametrize("multipath", [True, False])
+def test_disconnect_waits_until_the_last_holder_lets_the_subsystem_go(tmp_path, multipath):
+    env = Env(tmp_path, multipath=multipath)
+    env.conn.timeout = 10.0
+    info = env.export()
+    dev = env.conn.connect_volume(info)
+    env.kernel.open_by(4242, dev.path, comm="(udev-worker)")  # blkid still probing the new device
+    closer = _later(0.3, env.kernel.close_by, 4242)
+    t0 = time.monotonic()
+    env.conn.disconnect_volume(info, dev)
+    waited = time.monotonic() - t0
+    closer.join()
+    assert 0.3 <= waited < 5  # returned on the removal event, not at the deadline
+    assert env.ctrls() == [] and env.kernel.devices() == [] and env.kernel.subsystems() == []
+
+
+def test_holder_that_never_closes_is_named_and_forced_detach_reports_it(env):
+    info = env.export()
+    dev = env.conn.connect_volume(info)
+    env.kernel.open_by(4242, dev.path, comm="qemu-system-x86")
+    with pytest.raises(DeviceBusy) as e:
+        env.conn.disconnect_volume(info, dev)
+    assert e.value.device == "/dev/nvme0n1"
+    assert "subsystem nvme-subsys0" in e.value.reason and "pid 4242 (qemu-system-x86)" in e.value.reason
+    assert info.target_nqn in e.value.reason
+    # the controllers went (a kernel object held by a process cannot be taken back), the record too
+    assert env.ctrls() == [] and env.kernel.devices() == [] and env.record(info.target_nqn) == []
+    assert env.kernel.subsystems() == ["nvme-subsys0"]
+    with pytest.raises(DeviceBusy):  # a retry still sees the leftover and says so
+        env.conn.disconnect_volume(info, dev)
+    with pytest.raises(DetachIncomplete) as e2:
+        env.conn.disconnect_volume(info, dev, force=True)
+    assert len(e2.value.failures) == 1 and "pid 4242" in e2.value.failures[0]
+    env.kernel.close_by(4242)
+    assert env.kernel.subsystems() == []
+    env.conn.disconnect_volume(info, dev)  # nothing left: returns at once
+
+
+def test_holder_of_another_subsystem_does_not_matter(env):
+    info = env.export()
+    dev = env.conn.connect_volume(info)
+    env.kernel.open_by(4242, "/dev/nvme7n1")
+    env.conn.disconnect_volume(info, dev)
+    assert env.ctrls() == [] and env.kernel.subsystems() == []
+
+
+def test_kept_controller_keeps_the_subsystem_without_waiting(env):
+    info_a = env.export()
+    b_img = str(env.tmp / "b.img")
+    open(b_img, "wb").truncate(8 * MiB)
+    uuid_b = "66666666-7777-8888-9999-000000000000"
+    env.target.config.add_namespace(info_a.target_nqn, 2, b_img, uuid_b)
+    dev_a = env.conn.connect_volume(info_a)
+    dev_b = env.conn.connect_volume(info_a.replace(vol_uuid=uuid_b, ns_id=2))
+    t0 = time.monotonic()
+    env.conn.disconnect_volume(info_a, dev_a)
+    assert time.monotonic() - t0 < 0.3  # nothing to wait for: the subsystem stays, in use
+    assert env.kernel.subsystems() == ["nvme-subsys0"] and env.kernel.devices() == ["nvme0n1", "nvme0n2"]
+    env.conn.disconnect_volume(info_a.replace(vol_uuid=uuid_b, ns_id=2), dev_b)
+    assert env.kernel.subsystems() == [] and env.kernel.devices() == []
+
+
+def test_delayed_head_removal_is_cleared_before_the_last_path_goes(env):
+    info = env.export()
+    dev = env.conn.connect_volume(info)
+    attr = env.kernel.paths.sys("block", "nvme0n1", "delayed_removal_secs")
+    with open(attr, "w") as f:
+        f.write("30\n")  # an admin's setting (Linux 6.16+): the head would stay 30 s after its last path
+    env.conn.disconnect_volume(info, dev)
+    assert env.kernel.devices() == [] and env.kernel.subsystems() == [] and env.ctrls() == []
+
+
+def test_deferred_controller_deletion_is_waited_for(env):
+    """nvme disconnect can return while the kernel's delete work still runs (a controller already
+    deleting, e.g. after ctrl_loss_tmo): the connector waits for the controller to go."""
+    info = env.export()
+    dev = env.conn.connect_volume(info)
+    env.conn.timeout = 10.0
+    timers = []
+
+    def deferred(argv, _in):
+        ctrl = argv[-1]
+        with open(env.kernel.ctrl_path(ctrl, "state"), "w") as f:
+            f.write("deleting\n")
+        timers.append(_later(0.2, env.kernel.remove_controller, ctrl))
+        return ""
+
+    env.ex.rules.insert(0, (("nvme", "disconnect"), deferred))
+    env.conn.disconnect_volume(info, dev)
+    for t in timers:
+        t.join()
+    assert len(timers) == 2 and env.ctrls() == [] and env.kernel.subsystems() == []
+    assert env.kernel.devices() == []
