@@ -14,7 +14,9 @@ import mmap
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
+import threading
 import time
 import uuid
 from typing import Any, Dict, Iterator, List
@@ -22,8 +24,9 @@ from typing import Any, Dict, Iterator, List
 import pytest
 
 from blocklink.connection import HostConnector, NvmeofInfo, NvmePortal
-from blocklink.errors import AuthenticationFailed, ConnectionFailed, InvalidConnectionInfo
+from blocklink.errors import AuthenticationFailed, ConnectionFailed, DetachIncomplete, DeviceBusy, InvalidConnectionInfo
 from blocklink.initiator.host.nvme import parse_list_subsys
+from blocklink.initiator.host.wait import wait_for
 from blocklink.initiator.nvmeof import NVMeOFConnector
 from blocklink.registry import connector_for
 from blocklink.target.nvmet import NvmetTarget
@@ -131,9 +134,24 @@ def host(connector: NVMeOFConnector) -> HostConnector:
     return HostConnector.from_dict({"host": "blguest", **props})
 
 
+def kernel_subsystems(nqn: str) -> List[str]:
+    base = "/sys/class/nvme-subsystem"
+    out = []
+    for s in os.listdir(base):
+        with open(os.path.join(base, s, "subsysnqn")) as f:
+            if f.read().strip() == nqn:
+                out.append(s)
+    return out
+
+
 def assert_clean(nqn: str) -> None:
+    """Nothing of the subsystem left the moment disconnect_volume returned: no controller, no
+    namespace device and no kernel subsystem object (which outlives ``nvme disconnect`` while any
+    process still holds one of its devices open)."""
     assert not [s for s in subsystems_on_host() if s["nqn"] == nqn]
+    assert kernel_subsystems(nqn) == []
     assert not os.listdir("/sys/class/nvme"), os.listdir("/sys/class/nvme")
+    assert not [b for b in os.listdir("/sys/block") if b.startswith("nvme")]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -371,5 +389,79 @@ def test_repeated_attach_detach_cycles(target: NvmetTarget, connector: NVMeOFCon
             timing(f"disconnect_cycle{i}", connector.disconnect_volume, info, dev)
             assert_clean(export.nqn)
     finally:
+        target.remove_export(vid)
+    assert nvmet_objects() == []
+
+
+# ---------------------------------------------------------------------------------------------
+# a process holding the device across the disconnect (what udev's blkid does to a fresh device):
+# Linux deletes the controller and the head at once but frees the subsystem only when it closes
+
+class Holder:
+    """A child process that holds ``path`` open until :meth:`close` (stopped by PID at the end)."""
+
+    def __init__(self, path: str) -> None:
+        code = "import os,sys; fd=os.open(sys.argv[1], os.O_RDONLY); print('open', flush=True); sys.stdin.read()"
+        self.proc = subprocess.Popen([sys.executable, "-c", code, path], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None and self.proc.stdout.readline().strip() == "open"
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+            self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+
+
+def test_disconnect_waits_until_the_last_holder_closes(target: NvmetTarget, connector: NVMeOFConnector,
+                                                       host: HostConnector, timing: Timings) -> None:
+    vid = str(uuid.uuid4())
+    export = target.create_export(vid, size=16 * MiB)
+    info = target.initialize_connection(vid, host)
+    dev = connector.connect_volume(info)
+    holder = Holder(dev.path)
+    closer = threading.Timer(1.0, holder.close)
+    try:
+        closer.start()
+        t0 = time.monotonic()
+        timing("disconnect_held", connector.disconnect_volume, info, dev)
+        assert time.monotonic() - t0 >= 0.9  # it waited for the close, and
+        assert_clean(export.nqn)  # nothing was left when it returned
+    finally:
+        closer.cancel()
+        holder.stop()
+        target.remove_export(vid)
+    assert nvmet_objects() == []
+
+
+def test_holder_that_never_closes_is_named(target: NvmetTarget, host: HostConnector, workdir: str) -> None:
+    connector = NVMeOFConnector(run_dir=os.path.join(workdir, "run"), timeout=2.0)
+    vid = str(uuid.uuid4())
+    export = target.create_export(vid, size=16 * MiB)
+    info = target.initialize_connection(vid, host)
+    dev = connector.connect_volume(info)
+    holder = Holder(dev.path)
+    try:
+        with pytest.raises(DeviceBusy) as e:
+            connector.disconnect_volume(info, dev)
+        assert e.value.device == dev.path
+        assert f"pid {holder.proc.pid} (python" in e.value.reason and f"{dev.path} (deleted)" in e.value.reason
+        assert export.nqn in e.value.reason and "nvme-subsys" in e.value.reason
+        assert not os.listdir("/sys/class/nvme") and len(kernel_subsystems(export.nqn)) == 1  # no paths, held
+        with pytest.raises(DetachIncomplete) as e2:
+            connector.disconnect_volume(info, dev, force=True)
+        assert len(e2.value.failures) == 1 and f"pid {holder.proc.pid}" in e2.value.failures[0]
+        holder.close()
+        wait_for(lambda: True if not kernel_subsystems(export.nqn) else None, timeout=30,
+                 watch=["/sys/class/nvme-subsystem"], what="the subsystem to go once closed")
+        connector.disconnect_volume(info, dev)  # nothing left: returns at once
+        assert_clean(export.nqn)
+    finally:
+        holder.stop()
         target.remove_export(vid)
     assert nvmet_objects() == []
