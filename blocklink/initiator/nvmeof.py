@@ -319,10 +319,11 @@ class NVMeOFConnector(Connector):
         """Wait until the controllers, the namespace devices and, once no controller of ``nqn`` is left
         on this host, the kernel's subsystem object are gone; None then, else what is left and why.
 
-        ``nvme disconnect`` returns when the controller is deleted, but the kernel frees the head
-        device and the subsystem only at their last reference put: a process (udev's blkid probing
-        the device, a stale file handle) holding /dev/nvmeXnY open keeps them until it closes it.
-        Their removal raises a uevent, which ends this wait.
+        ``nvme disconnect`` returns once Linux (6.1) deleted the controller and its devices from sysfs,
+        but the subsystem object goes only at its last reference put: a process holding a namespace
+        device open (udev's blkid probing a fresh device, a stale handle) keeps the namespace head,
+        and with it the subsystem, until it closes it. A controller already being deleted (after
+        ctrl_loss_tmo) goes later still, from the kernel's delete work. Each removal raises a uevent.
         """
         def left() -> List[str]:
             out = [f"controller {c}" for c in ctrls if self.host.controller(c) is not None]
