@@ -28,6 +28,7 @@ class KernelState:
     rbd_mappings: Tuple[str, ...] = ()     # "0 volumes/volume-x" (id, pool/image)
     nbd_devices: Tuple[str, ...] = ()      # connected nbdN
     nvme_controllers: Tuple[str, ...] = ()
+    nvme_subsystems: Tuple[str, ...] = ()  # nvme-subsysN (one left without controllers is held open)
     loop_devices: Tuple[str, ...] = ()     # loopN with a backing file
     lio_objects: Tuple[str, ...] = ()      # "iscsi/<iqn>", "core/fileio_0/disk0"
     nvmet_objects: Tuple[str, ...] = ()    # "subsystems/<nqn>", "ports/1", "hosts/<nqn>"
@@ -56,6 +57,7 @@ def snapshot(paths: HostPaths = HostPaths()) -> KernelState:
                  for i in p.listdir(rbd_base))
     sessions = tuple(p.listdir(p.sys("class", "iscsi_session")))
     nvme = tuple(p.listdir(p.sys("class", "nvme")))
+    nvme_subsys = tuple(p.listdir(p.sys("class", "nvme-subsystem")))
     target = p.sys("kernel", "config", "target")
     lio: List[str] = []
     for fabric in p.listdir(target):
@@ -76,7 +78,7 @@ def snapshot(paths: HostPaths = HostPaths()) -> KernelState:
     nvmet = [f"{kind}/{n}" for kind in ("subsystems", "ports", "hosts")
              for n in p.listdir(os.path.join(nvmet_base, kind))]
     return KernelState(iscsi_sessions=sessions, scsi_disks=disks, dm_maps=dms, rbd_mappings=rbds,
-                       nbd_devices=nbd, nvme_controllers=nvme, loop_devices=loops, lio_objects=tuple(lio),
+                       nbd_devices=nbd, nvme_controllers=nvme, nvme_subsystems=nvme_subsys, loop_devices=loops, lio_objects=tuple(lio),
                        nvmet_objects=tuple(nvmet))
 
 
