@@ -358,7 +358,8 @@ def lio_delete(iqn: str, so_name: str) -> bool:
 @entrypoint
 def lio_add_acl(iqn: str, initiator: str, pad: str) -> Dict[str, Any]:
     """Add the initiator's NodeACL (with the volume's credentials, LUN 0 mapped); returns what a
-    login needs: ``{"chap", "mutual"}`` (sealed) and ``"initiators"``, all read on the way anyway."""
+    login needs: ``{"chap", "mutual"}`` (sealed) and ``"initiators"``, all read on the way anyway,
+    and whether the ACL is new (``"added"``)."""
     rts = _rts()
     _ready()
     t = _find_target(None, iqn)
@@ -369,7 +370,8 @@ def lio_add_acl(iqn: str, initiator: str, pad: str) -> Dict[str, Any]:
         raise LioError("refused", "the target has no TPG (a half-made export: ensure_export or remove_export it)")
     auth = _tpg_auth(tpg)
     names = [a.node_wwn for a in tpg.node_acls]
-    if not any(n.lower() == initiator.lower() for n in names):
+    added = not any(n.lower() == initiator.lower() for n in names)
+    if added:
         acl = rts.NodeACL(tpg, initiator, "create")
         try:
             _set_acl_auth(acl, *auth)
@@ -380,7 +382,7 @@ def lio_add_acl(iqn: str, initiator: str, pad: str) -> Dict[str, Any]:
         names.append(acl.node_wwn)
     chap, mutual = auth
     return {"chap": [chap[0], _seal(chap[1], pad)] if chap else None,
-            "mutual": [mutual[0], _seal(mutual[1], pad)] if mutual else None, "initiators": names}
+            "mutual": [mutual[0], _seal(mutual[1], pad)] if mutual else None, "initiators": names, "added": added}
 
 
 @entrypoint
@@ -409,12 +411,15 @@ def lio_save(path: str) -> None:
 
 
 @entrypoint
-def lio_save_volume(path: str, iqn: str, so_name: str) -> None:
-    """Update only this volume's storage object and target in the save file (rtslib's saveconfig
-    format), reading O(1) configfs objects instead of dumping the whole configuration."""
+def lio_save_volume(path: str, iqn: str, so_name: str, initiator: Optional[str] = None) -> None:
+    """Update only this volume in the save file (rtslib's saveconfig format), reading O(1) configfs
+    objects instead of dumping the whole configuration.
+
+    ``initiator``: only that initiator's NodeACL changed (initialize/terminate_connection): the
+    saved target keeps everything else and gets that ACL's dump, or loses it if the ACL is gone.
+    Otherwise the volume's storage object and target are dumped anew (or dropped if gone)."""
     _ready()
     t = _find_target(None, iqn)
-    so = _target_so(t) if t is not None else None
     try:
         with open(path) as f:
             saved = json.load(f)
@@ -422,14 +427,35 @@ def lio_save_volume(path: str, iqn: str, so_name: str) -> None:
         saved = {"storage_objects": [], "targets": []}
     except ValueError as e:
         raise LioError("save", f"{path} is not a saved configuration: {e}") from None
-    saved["storage_objects"] = [s for s in saved.get("storage_objects", [])
-                                if not (s.get("name") == so_name and s.get("plugin") in ("block", "fileio"))]
-    saved["targets"] = [x for x in saved.get("targets", []) if x.get("wwn") != iqn]
-    if so is not None:
-        saved["storage_objects"].append(so.dump())
-    if t is not None:
-        saved["targets"].append(t.dump())
-    _write_private(path, json.dumps(saved, sort_keys=True, indent=2) + "\n")
+    entry = next((x for x in saved.get("targets", []) if x.get("wwn") == iqn), None)
+    if not (initiator is not None and t is not None and entry is not None and _patch_acl(entry, t, initiator)):
+        so = _target_so(t) if t is not None else None
+        saved["storage_objects"] = [s for s in saved.get("storage_objects", [])
+                                    if not (s.get("name") == so_name and s.get("plugin") in ("block", "fileio"))]
+        saved["targets"] = [x for x in saved.get("targets", []) if x.get("wwn") != iqn]
+        if so is not None:
+            saved["storage_objects"].append(so.dump())
+        if t is not None:
+            saved["targets"].append(t.dump())
+    # compact: json's C encoder (indent= falls back to the pure-Python one, ~50x slower on 100 exports)
+    _write_private(path, json.dumps(saved, sort_keys=True) + "\n")
+
+
+def _patch_acl(entry: Dict[str, Any], t: Any, initiator: str) -> bool:
+    """Bring one initiator's NodeACL in a saved target (tag-1 TPG) up to date; False when the saved
+    target is not in the shape to patch (then the caller dumps the whole target)."""
+    rts = _rts()
+    tpgs = [g for g in entry.get("tpgs", []) if g.get("tag") == 1]
+    tpg = _tpg(t)
+    if len(tpgs) != 1 or tpg is None or getattr(tpg, "tag", 1) != 1:
+        return False
+    acls = [a for a in tpgs[0].get("node_acls", []) if str(a.get("node_wwn", "")).lower() != initiator.lower()]
+    try:
+        acls.append(rts.NodeACL(tpg, initiator, "lookup").dump())
+    except rts.RTSLibError:  # RTSLibNotInCFS: the ACL was removed
+        pass
+    tpgs[0]["node_acls"] = acls
+    return True
 
 
 def _write_private(path: str, text: str) -> None:
@@ -588,7 +614,8 @@ class LioTarget(IscsiTargetHelper):
         pad = new_pad()
         with self._config_lock():  # lio_add_acl raises ExportNotFound for a missing target
             d = _call(iqn, lio_add_acl, iqn, initiator, pad)
-            self._save(volume_id)
+            if d["added"]:
+                self._save(volume_id, initiator)
         return Access(volume_id=volume_id, iqn=iqn, lun=self.volume_lun, portals=self.portals,
                       chap=LioState.creds(d["chap"], pad), mutual_chap=LioState.creds(d["mutual"], pad),
                       initiators=tuple(d["initiators"]))
@@ -597,16 +624,17 @@ class LioTarget(IscsiTargetHelper):
         iqn = self.target_iqn(volume_id)
         with self._config_lock():
             if _call(iqn, lio_remove_acl, iqn, initiator):
-                self._save(volume_id)
+                self._save(volume_id, initiator)
 
     # ------------------------------------------------------------------ mechanics
-    def _save(self, volume_id: str) -> None:
-        """Persist one volume after a change (caller holds the config lock); a failed save does not
-        undo the change. ``save()`` writes the whole configuration instead."""
+    def _save(self, volume_id: str, initiator: Optional[str] = None) -> None:
+        """Persist one volume after a change (caller holds the config lock; ``initiator``: only its
+        ACL changed); a failed save does not undo the change. ``save()`` writes the whole
+        configuration instead."""
         if self.save_file is not None:
             try:
                 _call("LIO", lio_save_volume, self.save_file, self.target_iqn(volume_id),
-                      self.volume_name(volume_id))
+                      self.volume_name(volume_id), initiator)
             except TargetError as e:
                 LOG.warning("lio: %s", e)
 

@@ -147,10 +147,27 @@ class NetworkPortal:
 
 
 class NodeACL:
+    def __new__(cls, tpg: TPG, wwn: str, mode: str = "any") -> "NodeACL":
+        wwn = wwn.lower()  # rtslib normalises iSCSI names
+        found = next((a for a in tpg.node_acls if a.node_wwn == wwn), None)
+        if mode == "lookup":
+            if found is None:
+                raise RTSLibError(f"No such NodeACL in configfs: {wwn}")
+            return found
+        if found is not None:
+            raise RTSLibError("This NodeACL already exists in configFS")
+        a = super().__new__(cls)
+        a.node_wwn, a.tpg, a.mapped_luns = wwn, tpg, []
+        a.chap_userid = a.chap_password = a.chap_mutual_userid = a.chap_mutual_password = ""
+        tpg.node_acls.append(a)
+        return a
+
     def __init__(self, tpg: TPG, wwn: str, mode: str = "any") -> None:
-        self.node_wwn, self.tpg, self.mapped_luns = wwn, tpg, []  # type: ignore[var-annotated]
-        self.chap_userid = self.chap_password = self.chap_mutual_userid = self.chap_mutual_password = ""
-        tpg.node_acls.append(self)
+        pass
+
+    def dump(self) -> Dict[str, Any]:
+        return {"node_wwn": self.node_wwn, "mapped_luns": [list(m) for m in self.mapped_luns],
+                "chap": [self.chap_userid, self.chap_password, self.chap_mutual_userid, self.chap_mutual_password]}
 
     def delete(self) -> None:
         self.tpg.node_acls.remove(self)
@@ -179,9 +196,7 @@ class RTSRoot:
                 "chap": [g.chap_userid, g.chap_password, g.chap_mutual_userid, g.chap_mutual_password],
                 "luns": [{"index": lun.lun, "so": lun.storage_object.name} for lun in g.luns],
                 "portals": [[p.ip_address, p.port] for p in g.network_portals],
-                "acls": [{"wwn": a.node_wwn, "chap": [a.chap_userid, a.chap_password, a.chap_mutual_userid,
-                                                       a.chap_mutual_password], "mapped": a.mapped_luns}
-                         for a in g.node_acls]}
+                "node_acls": [a.dump() for a in g.node_acls]}
 
     def save_to_file(self, path: str) -> None:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -201,10 +216,10 @@ class RTSRoot:
                     LUN(g, ld["index"], next(s for s in CFG.sos if s.name == ld["so"]))
                 for ip, port in gd["portals"]:
                     NetworkPortal(g, ip, port)
-                for ad in gd["acls"]:
-                    a = NodeACL(g, ad["wwn"])
+                for ad in gd["node_acls"]:
+                    a = NodeACL(g, ad["node_wwn"], "create")
                     a.chap_userid, a.chap_password, a.chap_mutual_userid, a.chap_mutual_password = ad["chap"]
-                    a.mapped_luns = [tuple(m) for m in ad["mapped"]]
+                    a.mapped_luns = [tuple(m) for m in ad["mapped_luns"]]
 
 
 class FakeRtslib:
@@ -424,10 +439,10 @@ def test_save_file_is_updated_per_volume(helper: LioTarget) -> None:
     helper.initialize_connection("v1", conn(HOST_A))
     with open(helper.save_file) as f:
         saved = json.load(f)
-    assert [t["wwn"] for t in saved["targets"]] == ["iqn.2024-01.other:t1", helper.target_iqn("v2"),
-                                                  helper.target_iqn("v1")]
+    assert [t["wwn"] for t in saved["targets"]] == ["iqn.2024-01.other:t1", helper.target_iqn("v1"),
+                                                  helper.target_iqn("v2")]
     assert saved["fabric_modules"] == foreign["fabric_modules"]
-    assert saved["targets"][-1]["tpgs"][0]["acls"][0]["wwn"] == HOST_A
+    assert saved["targets"][1]["tpgs"][0]["node_acls"][0]["node_wwn"] == HOST_A
     assert stat.S_IMODE(os.stat(helper.save_file).st_mode) == 0o600
     CFG.targets.clear()
     CFG.sos.clear()  # a reboot, then the volume is deleted before anyone restored it
@@ -504,3 +519,36 @@ def test_changes_take_one_lock_and_read_nothing_back(helper: LioTarget, monkeypa
                                                                               (), True)
     assert e.extra["portals_live"] == (("10.0.0.1", 3260, False), ("[fd00::1]", 3260, False))
     assert CFG.targets == [] and CFG.sos == []
+
+
+def test_acl_changes_patch_the_saved_target_to_what_a_full_dump_gives(helper: LioTarget,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """initialize/terminate_connection update only the initiator's ACL in the save file (no dump of
+    the whole target); the result is what dumping the target would have written."""
+    e = helper.create_export("v1", size=1 << 20, mutual_chap=True)
+    helper.create_export("v2", size=1 << 20)
+    dumps: List[str] = []
+    real_dump = Target.dump
+    monkeypatch.setattr(Target, "dump", lambda self: dumps.append(self.wwn) or real_dump(self))
+    helper.initialize_connection("v1", conn(HOST_A))
+    helper.initialize_connection("v1", conn(HOST_B))
+    helper.initialize_connection("v1", conn(HOST_A))  # nothing new: nothing saved
+    helper.terminate_connection("v1", conn(HOST_A))
+    helper.initialize_connection("v1", conn(HOST_A.upper().replace("IQN.", "iqn.")))  # names compare lowercased
+    assert dumps == []
+    with open(helper.save_file) as f:
+        saved = json.load(f)
+    (entry,) = [t for t in saved["targets"] if t["wwn"] == e.iqn]
+    full = json.loads(json.dumps(real_dump(CFG.targets[0])))
+    key = lambda a: a["node_wwn"]  # noqa: E731
+    assert sorted(entry["tpgs"][0]["node_acls"], key=key) == sorted(full["tpgs"][0]["node_acls"], key=key)
+    assert [a["node_wwn"] for a in full["tpgs"][0]["node_acls"]] == [HOST_B, HOST_A]
+    entry["tpgs"][0]["node_acls"] = full["tpgs"][0]["node_acls"] = []
+    assert entry == full
+    # a saved file without this target (lost, or written by someone else): the whole target is dumped
+    with open(helper.save_file, "w") as f:
+        json.dump({"storage_objects": [], "targets": []}, f)
+    helper.terminate_connection("v1", conn(HOST_B))
+    assert dumps == [e.iqn]
+    with open(helper.save_file) as f:
+        assert [a["node_wwn"] for a in json.load(f)["targets"][0]["tpgs"][0]["node_acls"]] == [HOST_A]
