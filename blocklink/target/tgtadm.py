@@ -222,7 +222,7 @@ class _TargetBuilder:
 
 
 _TARGET_LINE_RE = re.compile(r"^Target (\d+): (\S+)$", re.MULTILINE)
-_ACCOUNTS_RE = re.compile(r"^    Account information:\n((?:        .*(?:\n|$))*)", re.MULTILINE)
+_ACCOUNTS_RE = re.compile(r"^ {4,7}Account information:[^\S\n]*$", re.MULTILINE)  # as the full parse sees it
 
 
 def parse_show_targets(text: str) -> List[TgtTargetState]:
@@ -279,13 +279,21 @@ def target_ids(text: str) -> Dict[str, int]:
 
 
 def bound_accounts(text: str) -> Dict[str, Tuple[str, ...]]:
-    """iqn -> the CHAP users bound to that target (incoming and outgoing) in a ``show`` reply."""
-    out: Dict[str, Tuple[str, ...]] = {}
+    """iqn -> the CHAP users bound to that target (incoming and outgoing) in a ``show`` reply.
+
+    Only the lines of "Account information" sections are walked, with the full parse's rules (a
+    section runs to the next section header or target line), so an account it would see bound to a
+    target is never missed here (remove_export keeps the accounts other targets use)."""
+    out: Dict[str, List[str]] = {iqn: [] for iqn in target_ids(text)}
     for _tid, iqn, block in _blocks(text):
-        m = _ACCOUNTS_RE.search(block)
-        lines = (ln.strip() for ln in m.group(1).splitlines()) if m else iter(())
-        out[iqn] = tuple(ln[:-len(" (outgoing)")] if ln.endswith(" (outgoing)") else ln for ln in lines if ln)
-    return out
+        for m in _ACCOUNTS_RE.finditer(block):
+            for raw in block[m.end():].split("\n")[1:]:
+                line = raw.strip()
+                if raw.startswith("    ") and not raw.startswith("        ") and line.endswith(":"):
+                    break  # the next section
+                if line:
+                    out[iqn].append(line[:-len(" (outgoing)")] if line.endswith(" (outgoing)") else line)
+    return {iqn: tuple(users) for iqn, users in out.items()}
 
 
 def parse_show_accounts(text: str) -> List[str]:

@@ -239,3 +239,40 @@ def test_target_exists_asks_for_one_tid(sockdir: str) -> None:
     for (hdr, body), tid in zip(fake.requests, (5, 6, 7)):
         assert struct.unpack_from("=ii", hdr) == (tgtadm.MODE_TARGET, tgtadm.OP_SHOW)
         assert struct.unpack_from("=i", hdr, 76)[0] == tid and body == b""
+
+
+def test_targeted_parsers_agree_with_the_full_parse_on_mangled_replies() -> None:
+    """find_target/target_ids/bound_accounts read only header lines and one block; on any reply
+    (here: SHOW repeated under new names, with lines dropped, duplicated and swapped) they give what
+    the full parse gives for the same target."""
+    import random
+
+    rng = random.Random(20261126)
+    blocks = [SHOW.replace("volume-abc", f"volume-a{i}").replace("volume-x2", f"volume-x{i}")
+                  .replace("Target 1:", f"Target {2 * i + 1}:").replace("Target 2:", f"Target {2 * i + 2}:")
+              for i in range(4)]
+    base = "".join(blocks).splitlines(keepends=True)
+    for _ in range(300):
+        lines = list(base)
+        for _ in range(rng.randint(0, 6)):
+            i = rng.randrange(len(lines))
+            op = rng.choice(("drop", "dup", "swap"))
+            if op == "drop":
+                del lines[i]
+            elif op == "dup":
+                lines.insert(i, lines[i])
+            else:
+                j = rng.randrange(len(lines))
+                lines[i], lines[j] = lines[j], lines[i]
+        text = "".join(lines)
+        full = parse_show_targets(text)
+        first = {}
+        for t in full:
+            first.setdefault(t.iqn, t)
+        ids = target_ids(text)
+        assert set(ids) == set(first)
+        accounts = bound_accounts(text)
+        for iqn, t in first.items():
+            assert find_target(text, iqn) == t
+            if sum(other.iqn == iqn for other in full) == 1:
+                assert sorted(accounts[iqn]) == sorted(t.incoming + t.outgoing), text
