@@ -149,9 +149,9 @@ class IscsiTargetHelper(abc.ABC):
     """One iSCSI target per volume on this storage host.
 
     ``portals``: the ``ip:port`` addresses initiators reach the target on (the first is the
-    primary; several give multipath connection info). ``lock_path``: per-volume inter-process
-    locks, so concurrent calls for different volumes run in parallel and calls for one volume
-    are serialised. ``backing_dir``: where volumes without an explicit ``device_path`` live
+    primary; several give multipath connection info). ``lock_path``: inter-process locks that
+    serialise the calls for one volume (tgtd: per volume, so different volumes run in parallel;
+    LIO: one per host, which rtslib-fb needs). ``backing_dir``: where volumes without an explicit ``device_path`` live
     (``<backing_dir>/<volume name>``, files created with ``size=``).
     """
 

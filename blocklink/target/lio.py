@@ -12,9 +12,11 @@ The volume's credentials also live in the TPG's own ``auth`` attributes (which L
 demo mode, so they authorise nothing there): LIO's configuration then holds everything the export
 needs, and ``saveconfig`` carries it across a reboot.
 
-Persistence: with ``save_file``, every change is followed by rtslib's ``save_to_file`` (JSON,
-mode 0600, as ``cinder-rtstool save``). ``ensure_export`` re-creates a volume missing from the
-live configuration from that file (only its own storage object and target), else creates it anew.
+Persistence: with ``save_file`` (rtslib's saveconfig JSON, mode 0600), every change updates that
+volume's entries in it (its storage object and target; only the NodeACL for initialize/terminate
+_connection), never the whole configuration; :meth:`LioTarget.save` writes everything, as
+``cinder-rtstool save``. ``ensure_export`` re-creates a volume missing from the live configuration
+from that file (only its own storage object and target), else creates it anew.
 
 rtslib talks to configfs, which needs root: the configfs work runs in :func:`blocklink.privileged.
 entrypoint` functions (direct calls as root, oslo.privsep otherwise) that take and return plain
