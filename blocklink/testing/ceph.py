@@ -257,8 +257,10 @@ class CephCluster:
 
         ioctx = self.admin().open_ioctx(pool or self.pool)
         try:
-            with rbd.Image(ioctx, name, read_only=True) as img:
-                return [dict(w) for w in img.watchers_list()]
+            with rbd.Image(ioctx, name, read_only=True) as img:  # read-only: adds no watch of its own
+                # the shape `rbd status --format=json` prints
+                return [{"address": w["addr"], "client": w["id"], "cookie": w["cookie"]}
+                        for w in img.watchers_list()]
         finally:
             ioctx.close()
 

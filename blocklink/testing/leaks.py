@@ -238,10 +238,10 @@ class LeakChecker:
             try:
                 watchers = ceph.watchers(image)
             except Exception as e:  # noqa: BLE001 - an image that is gone has no watchers
-                if "No such file" in str(e) or "(2)" in str(e):
+                if type(e).__name__ == "ImageNotFound" or "No such file" in str(e) or "(2)" in str(e):
                     continue
                 raise
-            out += [f"{image}:{w.get('address', '?')}:{w.get('watcher', '?')}" for w in watchers]
+            out += [f"{image}:{w.get('address', '?')}:{w.get('client', '?')}" for w in watchers]
         return out
 
     @staticmethod

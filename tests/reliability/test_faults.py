@@ -51,6 +51,12 @@ class Tgt:
         os.kill(self.d.pid, signal.SIGKILL)
         RESULTS.fault("tgtd SIGKILL")
 
+    def freeze_then_kill(self, after: float = 0.3) -> None:
+        """Freeze tgtd now (a login cannot complete against it) and SIGKILL it ``after`` seconds later:
+        the death lands during the login whatever the machine's speed."""
+        os.kill(self.d.pid, signal.SIGSTOP)
+        threading.Timer(after, self.kill).start()
+
     def restart(self) -> None:
         if self.d.alive():
             return
@@ -72,9 +78,10 @@ def _target(tgt: Tgt, tmp_path: Any) -> Any:
 
 
 class KillOnExec:
-    """An executor that fires ``fault`` shortly after a command matching ``prefix`` starts (mid-login)."""
+    """An executor that fires ``fault`` when a command matching ``prefix`` starts (mid-login):
+    ``delay=None`` fires it synchronously, before the command runs; otherwise that many seconds after."""
 
-    def __init__(self, prefix: str, fault: Any, delay: float = 0.05) -> None:
+    def __init__(self, prefix: str, fault: Any, delay: Any = 0.05) -> None:
         self.inner = ProcessExecutor()
         self.prefix, self.fault, self.delay = prefix, fault, delay
         self.fired = False
@@ -82,7 +89,10 @@ class KillOnExec:
     def run(self, argv: Any, **kw: Any) -> Any:
         if not self.fired and argv and argv[0] == self.prefix:
             self.fired = True
-            threading.Timer(self.delay, self.fault).start()
+            if self.delay is None:
+                self.fault()
+            else:
+                threading.Timer(self.delay, self.fault).start()
         return self.inner.run(argv, **kw)
 
 
@@ -97,7 +107,7 @@ def test_tgtd_killed_during_userspace_login(tgt: Tgt, tmp_path: Any, run_dir: st
     checker = leak_checker(run_dirs=(run_dir,))
     before = checker.snapshot()
     conn = UserspaceISCSIConnector(run_dir=run_dir, initiator_name=HOST_IQN, timeout=15,
-                                   executor=KillOnExec("qemu-storage-daemon", tgt.kill, delay=0.02))
+                                   executor=KillOnExec("qemu-storage-daemon", tgt.freeze_then_kill, delay=None))
     t0 = time.monotonic()
     with pytest.raises(ConnectionFailed) as ei:
         dev = conn.connect_volume(info)
