@@ -134,8 +134,8 @@ def run_tgt(ctx: Context, out: Outcome) -> None:
             f"blocklink talks to tgtd's management socket in-process (no tgtadm processes, no CHAP password on "
             f"any command line); the floor runs `tgtadm` {6 * n} times for the exports and {3 * n} for the "
             f"teardown, with throwaway random CHAP passwords on tgtadm's command line (the exposure blocklink "
-            f"avoids). blocklink additionally checks state (show) before and after each change and writes a 0600 "
-            f"export record per volume.")
+            f"avoids). blocklink reads tgtd's state once per call (and again after an unbind, for sessions that "
+            f"logged in meanwhile) and writes a durable 0600 export record per volume (file and directory fsync).")
     finally:
         if daemon is not None:
             daemon.stop()

@@ -42,5 +42,6 @@ def run_lio(ctx: Context, out: Outcome) -> None:
         f"its CHAP credentials and mapped LUN 0 added by initialize_connection. {reps} repetitions alternating which "
         f"side goes first; LIO is checked empty after every teardown. The floor makes the same rtslib-fb objects "
         f"(FileIOStorageObject, Target, TPG + attributes, LUN, NetworkPortal, NodeACL + CHAP, MappedLUN) with no "
-        f"existence checks, no locks and no saved configuration; blocklink checks for an existing export, takes "
-        f"its per-volume and LIO-config locks, and validates names and the connector.")
+        f"existence checks, no locks and no saved configuration; blocklink takes the host's LIO lock once per "
+        f"call, checks for an existing export inside the same privileged call, keeps the volume's CHAP "
+        f"credentials in the TPG's auth attributes, and validates names and the connector.")
