@@ -19,6 +19,7 @@ import errno
 import json
 import os
 import shutil
+import threading
 import uuid as uuid_lib
 from typing import Dict, List, Optional, Tuple
 
@@ -230,6 +231,9 @@ class FakeNvmeKernel:
         self.flushed: List[str] = []
         self.heads: Dict[str, str] = {}  # namespace device -> its subsystem (the kernel's references)
         self._minor = 0
+        # The kernel tears controllers down under its subsystem lock; deferred deletions in tests run on
+        # timer threads, so two may reach the last-reference check for one subsystem at once.
+        self._teardown = threading.RLock()
 
     # ------------------------------------------------------------------ executor wiring
     def install(self, ex: Optional[FakeExecutor] = None) -> FakeExecutor:
@@ -334,6 +338,10 @@ class FakeNvmeKernel:
         return 0, f"NQN:{nqn} disconnected {len(gone)} controller(s)\n", ""
 
     def remove_controller(self, ctrl: str) -> None:
+        with self._teardown:
+            self._remove_controller(ctrl)
+
+    def _remove_controller(self, ctrl: str) -> None:
         nqn = _r(self.ctrl_path(ctrl, "subsysnqn"))
         for entry in os.listdir(self.ctrl_path(ctrl)):
             if entry.startswith("nvme"):
@@ -478,8 +486,9 @@ class FakeNvmeKernel:
     def close_by(self, pid: int) -> None:
         """Process ``pid`` closes everything (exits): subsystems it alone kept alive are freed."""
         shutil.rmtree(self.paths.procpath(str(pid)), ignore_errors=True)
-        for sub in set(self.heads.values()):
-            self._release(sub)
+        with self._teardown:
+            for sub in set(self.heads.values()):
+                self._release(sub)
 
     def holders(self, heads: List[str]) -> List[str]:
         """The /proc/<pid>/fd links holding any of ``heads`` open (also after their node was deleted)."""
