@@ -302,6 +302,25 @@ def test_lun_above_255_and_wrong_wwn(fabric: Fabric, luns: Any) -> None:
     assert sd_disks() == []
 
 
+def test_soak_single_path(fabric: Fabric, luns: Any, record_property: Any) -> None:
+    """Attach, I/O that must land in the target's file, detach: again and again, leak counters after every
+    cycle (``cycles("fc_single_path")``: 200 with BLOCKLINK_LONG=1)."""
+    from tests.functional.kernel.test_soak_kernel import soak
+
+    vol = luns("soak", 6, initiators=[W_A1])
+    info = {"driver_volume_type": "fibre_channel",
+            "data": {"target_wwn": [W_B1], "target_lun": 6, "initiator_target_map": {W_A1: [W_B1]}}}
+    conn = connector()
+
+    def cycle(i: int) -> None:
+        dev = conn.connect_volume(info)
+        check_io(dev, vol.path, offset=(i % 8) * 4 * MiB)
+        conn.disconnect_volume(info, dev)
+
+    soak("fc_single_path", cycle, record_property)
+    assert sd_disks() == []
+
+
 def test_teardown_leaves_nothing(fabric: Fabric) -> None:
     """Last: tear the fabric down here, so a leftover fails a test of its own."""
     assert fabric.teardown() == []

@@ -1,4 +1,5 @@
-"""Short soak in the real kernel: kernel iSCSI on LIO (CHAP), krbd, NVMe/TCP; leak counters after every cycle.
+"""Short soak in the real kernel: kernel iSCSI on LIO (CHAP), krbd, NVMe/TCP (and FC, see test_fc_connector.py);
+leak counters after every cycle.
 
 ``BLOCKLINK_KERNEL_SOAK_CYCLES`` cycles per protocol (defaults in _DEFAULTS; 200 with ``BLOCKLINK_LONG=1``). For
 kernel iSCSI with CHAP, every process's argv and environment is sampled during the cycles and every
@@ -29,8 +30,9 @@ pytestmark = pytest.mark.kernel
 
 MiB = 1 << 20
 _LONG = os.environ.get("BLOCKLINK_LONG", "") not in ("", "0")
-# per protocol, sized so the three soaks add ~1.5 min to the CI guest (TCG, loaded host: iSCSI ~5 s, krbd ~6 s, NVMe ~1.5 s a cycle)
-_DEFAULTS = {"kernel_iscsi_lio_chap": 10, "krbd": 6, "nvme_tcp": 15}
+# per protocol, sized so the soaks add ~1.5 min to the CI guest (TCG, loaded host: iSCSI ~5 s, krbd ~6 s, NVMe ~1.5 s,
+# FC ~1 s a cycle); the FC soak lives in test_fc_connector.py, on that module's fabric
+_DEFAULTS = {"kernel_iscsi_lio_chap": 10, "krbd": 6, "nvme_tcp": 15, "fc_single_path": 10}
 
 
 def cycles(name: str) -> int:
