@@ -153,7 +153,7 @@ def rbd_paths(work: str, size: int) -> Tuple[Dict[str, Callable[[], Measure]], C
 
 
 def iscsi_paths(work: str, size: int) -> Tuple[Dict[str, Callable[[], Measure]], Callable[[], None]]:
-    from blocklink.initiator.qsd import write_private
+    from blocklink.privatefile import create_private
     from blocklink.initiator.userspace import UserspaceISCSIConnector
     from blocklink.testing.tgt import TgtDaemon
 
@@ -166,7 +166,7 @@ def iscsi_paths(work: str, size: int) -> Tuple[Dict[str, Callable[[], Measure]],
         t = info.targets[0]
         secret = os.path.join(work, "chap.secret")
         assert info.auth_password is not None and info.auth_username is not None
-        write_private(secret, info.auth_password.reveal())
+        create_private(secret, info.auth_password.reveal())
         opts = (f"driver=iscsi,transport=tcp,portal={t.portal.address},target={t.iqn},lun={t.lun},"
                 f"initiator-name={INITIATOR},user={info.auth_username},password-secret=s0")
         run_dir = os.path.join(work, "iscsi")

@@ -16,6 +16,7 @@ from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
 
 from blocklink.errors import AuthenticationFailed, ConnectionFailed, MissingDependency, VolumeNotFound
 from blocklink.masking import Secret, get_logger
+from blocklink.privatefile import create_private
 
 LOG = get_logger(__name__)
 
@@ -164,16 +165,16 @@ class CephFiles:
                 with open(self.conffile, "a") as f:
                     f.write("\n")
             else:
-                _write_private(self.conffile, "\n".join(lines) + "\n")
+                create_private(self.conffile, "\n".join(lines) + "\n")
             with open(self.conffile, "a") as f:
                 f.write(f"[client.{spec.user}]\nkeyring = {self.keyring}\n")
             if spec.key is not None:
-                _write_private(self.keyring, f"[client.{spec.user}]\n\tkey = {spec.key.reveal()}\n")
+                create_private(self.keyring, f"[client.{spec.user}]\n\tkey = {spec.key.reveal()}\n")
             elif spec.keyring_file:
                 shutil.copyfile(spec.keyring_file, self.keyring)
                 os.chmod(self.keyring, 0o600)
             else:
-                _write_private(self.keyring, "")
+                create_private(self.keyring, "")
         except BaseException:
             self.close()
             raise
@@ -200,12 +201,6 @@ def _check_file_values(spec: ClusterSpec) -> None:
         check_host(host, "mon_host")
     if spec.key is not None and not re.fullmatch(r"[A-Za-z0-9+/=]+", spec.key.reveal()):
         raise InvalidConnectionInfo("key", "a cephx key is base64 text (no spaces, line breaks or control characters)")
-
-
-def _write_private(path: str, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
 
 
 def iter_keyring_candidates(cluster: str, user: str, etc: str = "/etc") -> Iterator[str]:

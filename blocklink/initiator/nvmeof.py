@@ -35,6 +35,7 @@ from blocklink.initiator.host.wait import wait_for
 from blocklink.initiator.properties import read_nvme_ids
 from blocklink.locks import LockFactory
 from blocklink.masking import get_logger
+from blocklink.privatefile import replace_private
 
 LOG = get_logger(__name__)
 
@@ -413,11 +414,7 @@ class NVMeOFConnector(Connector):
                 pass
             return
         os.makedirs(self.record_dir, mode=0o700, exist_ok=True)
-        tmp = f"{path}.{os.getpid()}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump({"nqn": nqn, "hostnqn": hostnqn, "namespaces": records}, f)
-        os.replace(tmp, path)
+        replace_private(path, json.dumps({"nqn": nqn, "hostnqn": hostnqn, "namespaces": records}))
 
     def _remember(self, nqn: str, hostnqn: str, rec: Dict[str, Any]) -> None:
         records = [r for r in self._load(nqn, hostnqn) if not _same_record(r, rec)]

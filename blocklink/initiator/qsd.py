@@ -410,13 +410,6 @@ def build_argv(spec: DaemonSpec, layout: DaemonLayout, binary: str = "qemu-stora
     return argv
 
 
-def write_private(path: str, data: str) -> None:
-    """Create ``path`` 0600 (never follows or reuses an existing file)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(data)
-
-
 def signal_pid(pid: int, sig: int, executor: Executor) -> None:
     try:
         os.kill(pid, sig)
@@ -441,4 +434,4 @@ def stop_pid(pid: int, marker: str, executor: Executor, paths: HostPaths, timeou
 
 __all__ = ["QmpClient", "QmpError", "QmpEvent", "BlockExportInfo", "BlockNodeInfo", "DaemonDied", "DaemonLayout",
            "DaemonSpec", "DaemonStatus", "daemon_message", "build_argv", "export_args", "pid_alive", "wait_pid_exit", "mount_fstype", "open_by", "stop_pid",
-           "write_private", "NODE", "EXPORT", "SECRET_ID", "UNIX_PATH_MAX"]
+           "NODE", "EXPORT", "SECRET_ID", "UNIX_PATH_MAX"]

@@ -44,10 +44,11 @@ from blocklink.initiator.base import Connector, DeviceLike, InfoLike
 from blocklink.initiator.qsd import (EXPORT, NODE, SECRET_ID, UNIX_PATH_MAX, DaemonDied, DaemonLayout, DaemonSpec,
                                      DaemonStatus, daemon_message,
                                      QmpClient, QmpError, build_argv, export_args, mount_fstype, open_by, pid_alive, pid_cmdline,
-                                     stop_pid, wait_pid_exit, write_private)
+                                     stop_pid, wait_pid_exit)
 from blocklink.initiator.nbdfuse import NbdFuseBridge, nbd_uri
 from blocklink.locks import LockFactory
 from blocklink.masking import Secret, get_logger, mask_text
+from blocklink.privatefile import create_private
 
 LOG = get_logger(__name__)
 
@@ -259,11 +260,11 @@ class UserspaceConnector(Connector):
         try:
             bridged = self.export == "fuse" and spec.export == "nbd"
             if self.export == "fuse":
-                write_private(layout.disk, "")  # FUSE mounts over an existing regular file
+                create_private(layout.disk, "")  # FUSE mounts over an existing regular file
             for fname, text in spec.extra_files.items():
-                write_private(os.path.join(layout.dir, fname), text)
+                create_private(os.path.join(layout.dir, fname), text)
             if spec.secret is not None:
-                write_private(layout.secret, spec.secret.reveal())
+                create_private(layout.secret, spec.secret.reveal())
             argv = self._prefix() + build_argv(spec, layout, self.binary)
             try:
                 self.executor.run(argv, timeout=self.timeout)
@@ -281,7 +282,7 @@ class UserspaceConnector(Connector):
             state = {"protocol": self.protocol, "volume": name, "where": where, "export": self.export,
                      "bridge": "nbdfuse" if bridged else None, "path": status.path,
                      "read_only": spec.read_only, "pid": status.pid}
-            write_private(layout.state, json.dumps(state))
+            create_private(layout.state, json.dumps(state))
         except BaseException:
             self._teardown(layout, name, hard=True)
             raise

@@ -40,6 +40,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 from blocklink.connection import Portal
 from blocklink.errors import ExportNotFound, InvalidConnectionInfo, MissingDependency, TargetError
 from blocklink.masking import Secret, get_logger
+from blocklink.privatefile import replace_private
 from blocklink.privileged import entrypoint
 from blocklink.target.base import DEFAULT_IQN_PREFIX, Access, Export, IscsiTargetHelper, check_volume_id
 from blocklink.target.chap import ChapCredentials
@@ -440,7 +441,8 @@ def lio_save_volume(path: str, iqn: str, so_name: str, initiator: Optional[str] 
         if t is not None:
             saved["targets"].append(t.dump())
     # compact: json's C encoder (indent= falls back to the pure-Python one, ~50x slower on 100 exports)
-    _write_private(path, json.dumps(saved, sort_keys=True) + "\n")
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    replace_private(path, json.dumps(saved, sort_keys=True) + "\n")
 
 
 def _patch_acl(entry: Dict[str, Any], t: Any, initiator: str) -> bool:
@@ -458,23 +460,6 @@ def _patch_acl(entry: Dict[str, Any], t: Any, initiator: str) -> bool:
         pass
     tpgs[0]["node_acls"] = acls
     return True
-
-
-def _write_private(path: str, text: str) -> None:
-    d = os.path.dirname(path)
-    os.makedirs(d, mode=0o700, exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 @entrypoint

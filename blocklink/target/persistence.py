@@ -24,6 +24,7 @@ from typing import Dict, List, Optional, Tuple
 
 from blocklink.errors import TargetError
 from blocklink.masking import Secret
+from blocklink.privatefile import replace_private
 from blocklink.target.base import check_iscsi_name, check_volume_id
 from blocklink.target.chap import ChapCredentials
 
@@ -125,9 +126,9 @@ class RecordStore:
             os.chmod(self.volumes_dir, 0o700)
             main = self.config_file
             assert main is not None
-            _atomic_write(main, "# blocklink: every tgtd export record; load with "
-                                "tgt-admin -C <control port> -c <this file> -e\n"
-                                f"include {self.volumes_dir}/*.conf\n")
+            replace_private(main, "# blocklink: every tgtd export record; load with "
+                                  "tgt-admin -C <control port> -c <this file> -e\n"
+                                  f"include {self.volumes_dir}/*.conf\n", sync_dir=True)
 
     @property
     def volumes_dir(self) -> str:
@@ -157,7 +158,7 @@ class RecordStore:
             with self._lock:
                 self._memory[volume_id] = rec
             return
-        _atomic_write(self.path(volume_id), render(rec))
+        replace_private(self.path(volume_id), render(rec), sync_dir=True)
 
     def delete(self, volume_id: str) -> None:
         if self.directory is None:
@@ -179,25 +180,3 @@ class RecordStore:
             return []
         return sorted(n[:-5] for n in names if n.endswith(".conf") and not n.startswith("."))
 
-
-def _atomic_write(path: str, text: str) -> None:
-    d, base = os.path.split(path)
-    tmp = os.path.join(d, f".{base}.{os.getpid()}.{threading.get_ident()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)

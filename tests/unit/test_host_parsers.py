@@ -229,15 +229,6 @@ def test_records_and_rewrite_keep_unknown_keys_and_end_marker() -> None:
         ia.rewrite_record(text, {"node.session.auth.password": "a\nnode.session.scan = auto"})
 
 
-def test_write_private_is_0600_from_the_start(tmp_path: Any) -> None:
-    path = tmp_path / "rec"
-    path.write_text("old")
-    os.chmod(path, 0o644)
-    ia.write_private(str(path), "new secret")
-    assert path.read_text() == "new secret" and os.stat(path).st_mode & 0o777 == 0o600
-    assert os.listdir(tmp_path) == ["rec"]  # no temporary file left
-
-
 # ------------------------------------------------------------------ WWN
 # the raw VPD page 0x83 of a LIO fileio LUN, read in the kernel guest; udev's scsi_id printed the id
 LIO_VPD83 = bytes.fromhex(

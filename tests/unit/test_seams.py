@@ -201,3 +201,28 @@ def test_privsep_channel_when_forced():
     env = dict(os.environ, BLOCKLINK_PRIVSEP="force")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
     assert out.stdout.split() == ["True", "True"], out.stderr[-2000:]
+
+
+def test_replace_private_is_0600_from_the_start(tmp_path) -> None:
+    from blocklink.privatefile import replace_private
+
+    path = tmp_path / "rec"
+    path.write_text("old")
+    os.chmod(path, 0o644)
+    replace_private(str(path), "new secret", sync_dir=True)
+    assert path.read_text() == "new secret" and os.stat(path).st_mode & 0o777 == 0o600
+    assert os.listdir(tmp_path) == ["rec"]  # no temporary file left
+
+
+def test_create_private_never_reuses_or_follows(tmp_path) -> None:
+    from blocklink.privatefile import create_private
+
+    create_private(str(tmp_path / "key"), "k")
+    assert os.stat(tmp_path / "key").st_mode & 0o777 == 0o600
+    (tmp_path / "elsewhere").write_text("x")
+    os.symlink(tmp_path / "elsewhere", tmp_path / "planted")
+    for taken in ("key", "planted"):
+        with pytest.raises(FileExistsError):
+            create_private(str(tmp_path / taken), "secret")
+    assert (tmp_path / "elsewhere").read_text() == "x" and (tmp_path / "key").read_text() == "k"
+

@@ -31,6 +31,7 @@ from blocklink.executor import CommandResult, Executor
 from blocklink.hostpaths import HostPaths
 from blocklink.initiator.host.scsi import same_address
 from blocklink.masking import Secret, get_logger, mask_text
+from blocklink.privatefile import replace_private
 
 LOG = get_logger(__name__)
 
@@ -285,23 +286,6 @@ def rewrite_record(text: str, settings: Mapping[str, RecordValue]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_private(path: str, text: str) -> None:
-    """Replace ``path`` atomically with a 0600 file holding ``text`` (never briefly world-readable)."""
-    d, base = os.path.split(path)
-    tmp = os.path.join(d, f".{base}.blocklink-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.lexists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 # ---------------------------------------------------------------------------------------------
 # the command wrapper
 # ---------------------------------------------------------------------------------------------
@@ -389,7 +373,7 @@ class Iscsiadm:
             raise ConnectionFailed(f"{iqn} at {portal.address}",
                                    f"iscsiadm created no node record under {', '.join(self.db_dirs)}")
         for f in files:
-            write_private(f, rewrite_record(self.paths.read(f) or "", settings))
+            replace_private(f, rewrite_record(self.paths.read(f) or "", settings))
 
     def delete_node(self, iqn: str, portal: Portal) -> None:
         """Remove the node record (and with it the CHAP secrets). The files are unlinked directly,
@@ -453,7 +437,7 @@ class Iscsiadm:
                 if not files:
                     raise ConnectionFailed(portal.address, "iscsiadm created no discovery record")
                 for f in files:
-                    write_private(f, rewrite_record(self.paths.read(f) or "", auth))
+                    replace_private(f, rewrite_record(self.paths.read(f) or "", auth))
             try:
                 res = self.run(*base, "--discover", "-o", "nonpersistent")
             except CommandFailed as e:
@@ -507,4 +491,4 @@ def iter_portals(entries: Sequence[NodeEntry], iqn: Optional[str] = None) -> Ite
 
 __all__ = ["SessionEntry", "NodeEntry", "SessionDetail", "Iscsiadm", "parse_sessions", "parse_nodes",
            "parse_discovery", "parse_discoverydb", "discoverydb_portals", "parse_records", "iface_transport",
-           "parse_session_details", "rewrite_record", "write_private", "split_portal", "iter_portals"]
+           "parse_session_details", "rewrite_record", "split_portal", "iter_portals"]
