@@ -4,7 +4,7 @@ Use in a consumer project's ``conftest.py``::
 
     pytest_plugins = ["blocklink.testing.fixtures"]
 
-    def test_attach(ceph_cluster):            # session-scoped, real mon + osd on 127.0.0.1 (also: tgt_daemon)
+    def test_attach(ceph_cluster):            # session-scoped, real mon + osd on 127.0.0.1 (also: tgt_daemon, tgtd)
         target = ceph_cluster.rbd_target()
         target.create_volume("vol1", 64 << 20)
         info = target.initialize_connection("vol1")
@@ -45,18 +45,28 @@ def ceph_cluster() -> Iterator[CephCluster]:
         cluster.stop()
 
 
-@pytest.fixture
-def tgt_daemon() -> Iterator[Any]:
-    """A real tgtd (userspace iSCSI target) on 127.0.0.1 and a free port; stopped (by PID) after the test.
-
-    ``tgt_daemon.target(backing_dir=...)`` gives a :class:`blocklink.target.tgt.TgtTarget` on it.
-    """
+def _tgtd() -> Iterator[Any]:
     if shutil.which("tgtd") is None:
         _missing("tgtd")
     from blocklink.testing.tgt import TgtDaemon
 
     with TgtDaemon.start() as d:
         yield d
+
+
+@pytest.fixture
+def tgt_daemon() -> Iterator[Any]:
+    """A real tgtd (userspace iSCSI target) on 127.0.0.1 and a free port; stopped (by PID) after the test.
+
+    ``tgt_daemon.target(backing_dir=...)`` gives a :class:`blocklink.target.tgt.TgtTarget` on it.
+    """
+    yield from _tgtd()
+
+
+@pytest.fixture(scope="module")
+def tgtd() -> Iterator[Any]:
+    """Like ``tgt_daemon``, but one daemon for all the tests of a module (each uses its own volume ids)."""
+    yield from _tgtd()
 
 
 @pytest.fixture

@@ -10,18 +10,8 @@ import pytest
 import blocklink
 from blocklink.attach.flow import STEPS, AttachFailed, AttachFlow, VolumeSpec
 from blocklink.attach.records import AttachmentStore, VolumeBusy
-from blocklink.testing.tgt import TgtDaemon
 
 MiB = 1 << 20
-
-
-@pytest.fixture(scope="module")
-def tgtd(tmp_path_factory):
-    d = TgtDaemon.start()
-    try:
-        yield d
-    finally:
-        d.stop()
 
 
 @pytest.fixture

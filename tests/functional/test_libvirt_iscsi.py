@@ -26,15 +26,6 @@ INITIATOR = "iqn.1994-05.com.example:blocklink-libvirt-test"
 HMP = libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP
 
 
-@pytest.fixture(scope="module")
-def tgtd() -> Iterator[TgtDaemon]:
-    d = TgtDaemon.start()  # portal 127.0.0.1:<free port>, own control socket
-    try:
-        yield d
-    finally:
-        d.stop()
-
-
 @pytest.fixture
 def export(tgtd: TgtDaemon, tmp_path: Any) -> Iterator[Any]:
     """A 64 MiB CHAP-protected export; returns (target helper, volume id, backing file)."""

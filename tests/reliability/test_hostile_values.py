@@ -260,17 +260,6 @@ def test_ceph_files(value: str, tmp_path: Any) -> None:
 
 
 # ------------------------------------------------------------------ target side
-@pytest.fixture(scope="module")
-def tgtd() -> Any:
-    from blocklink.testing.tgt import TgtDaemon
-
-    d = TgtDaemon.start()
-    try:
-        yield d
-    finally:
-        d.stop()
-
-
 @pytest.mark.tgt
 def test_tgt_target_refuses_hostile_names_and_creates_nothing(tgtd: Any, tmp_path: Any) -> None:
     os.makedirs(tmp_path / "backing")

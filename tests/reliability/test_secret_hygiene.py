@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import traceback
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -26,15 +26,6 @@ from tests.reliability.results import RESULTS
 from tests.reliability.secretscan import SecretWatch
 
 __all__ = ["run_dir", "store"]  # fixtures
-
-
-@pytest.fixture(scope="module")
-def tgtd() -> Iterator[TgtDaemon]:
-    d = TgtDaemon.start()
-    try:
-        yield d
-    finally:
-        d.stop()
 
 
 def _record(watch: SecretWatch, flow: str) -> None:
