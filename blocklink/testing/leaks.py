@@ -39,6 +39,7 @@ class LeakFound(BlocklinkError):
 
     def __init__(self, leaks: Mapping[str, Sequence[str]], when: str = "") -> None:
         self.leaks = {k: list(v) for k, v in leaks.items() if v}
+        self.when = when
         detail = "; ".join(f"{k}: {', '.join(v[:5])}{' ...' if len(v) > 5 else ''}" for k, v in self.leaks.items())
         super().__init__(f"leaked{' ' + when if when else ''}: {detail}")
 
@@ -271,4 +272,25 @@ class LeakChecker:
         return [f"{a.id}:{a.volume_id}:{a.status}" for a in store.list() if a.status in ("attaching", "detaching")]
 
 
-__all__ = ["DAEMON_NAMES", "LeakChecker", "LeakFound", "Snapshot"]
+def soak(name: str, cycles: int, cycle: Callable[[int], None], checker: LeakChecker) -> List[float]:
+    """Run ``cycle(0..cycles-1)``, comparing ``checker``'s probes with a snapshot taken before the
+    first cycle after every one: a leak raises :class:`LeakFound` naming the cycle, and so does (as an
+    AssertionError) a cycle that fails. Returns each cycle's wall time in seconds."""
+    import time
+
+    before = checker.snapshot()
+    times: List[float] = []
+    for i in range(cycles):
+        t0 = time.monotonic()
+        try:
+            cycle(i)
+        except Exception as e:
+            raise AssertionError(f"{name}: cycle {i + 1} of {cycles} failed: {type(e).__name__}: {e}") from e
+        times.append(time.monotonic() - t0)
+        leaks = checker.new_since(before)
+        if leaks:
+            raise LeakFound(leaks, f"after cycle {i + 1} of {name}")
+    return times
+
+
+__all__ = ["DAEMON_NAMES", "LeakChecker", "LeakFound", "Snapshot", "soak"]

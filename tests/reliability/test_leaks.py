@@ -8,12 +8,12 @@ import os
 import subprocess
 import sys
 import time
-from typing import Any
+from typing import Any, List
 
 import pytest
 
 from blocklink.hostpaths import HostPaths
-from blocklink.testing.leaks import LeakChecker, LeakFound
+from blocklink.testing.leaks import LeakChecker, LeakFound, soak
 from tests.reliability import report
 
 
@@ -103,3 +103,27 @@ def test_report_renders_and_fails_on_findings(tmp_path: Any, capsys: Any) -> Non
     assert report.main([str(a), str(b)]) == 1
     out = capsys.readouterr().out
     assert "cases fuzzed: 20000 cases" in out and "leaks found: 1" in out
+
+
+def test_soak_stops_at_the_first_leaking_or_failing_cycle() -> None:
+    left: List[str] = []
+    checker = LeakChecker(kernel=False)
+    checker.add_probe("things", lambda: list(left))
+
+    def leaky(i: int) -> None:
+        if i == 2:
+            left.append("thing-2")
+
+    with pytest.raises(LeakFound, match="after cycle 3 of leaky: things: thing-2") as e:
+        soak("leaky", 10, leaky, checker)
+    assert e.value.leaks == {"things": ["thing-2"]} and e.value.when == "after cycle 3 of leaky"
+
+    left.clear()
+    assert len(soak("clean", 4, lambda i: None, checker)) == 4
+
+    def failing(i: int) -> None:
+        if i == 1:
+            raise OSError("device busy")
+
+    with pytest.raises(AssertionError, match="failing: cycle 2 of 5 failed: OSError: device busy"):
+        soak("failing", 5, failing, checker)

@@ -9,14 +9,14 @@ Each cycle also moves data (written, read back) so a cycle that "attached" somet
 from __future__ import annotations
 
 import os
-import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import pytest
 
 from blocklink.initiator.rbd import RBDConnector
 from blocklink.initiator.userspace import UserspaceISCSIConnector, UserspaceRBDConnector
 from blocklink.testing.leaks import LeakChecker, LeakFound
+from blocklink.testing.leaks import soak as run_soak
 from blocklink.testing.tgt import TgtDaemon
 from tests.reliability.flows import (HOST_IQN, MiB, backing_file, chap, io_roundtrip, leak_checker, make_flow, new_id,
                                      run_dir, spec, store)
@@ -27,25 +27,14 @@ __all__ = ["run_dir", "store"]
 CYCLES = int(os.environ.get("BLOCKLINK_SOAK_CYCLES", "200" if long_mode() else "10"))
 
 
-@pytest.fixture(scope="module")
-def tgtd() -> Iterator[TgtDaemon]:
-    d = TgtDaemon.start()
-    try:
-        yield d
-    finally:
-        d.stop()
-
-
 def soak(protocol: str, checker: LeakChecker, cycle: Callable[[int], None]) -> None:
-    before = checker.snapshot()
-    for i in range(CYCLES):
-        t0 = time.monotonic()
-        cycle(i)
-        RESULTS.cycle(protocol, (time.monotonic() - t0) * 1000)
-        leaks = checker.new_since(before)
-        if leaks:
-            RESULTS.leak(f"soak {protocol} cycle {i + 1}", leaks)
-            raise LeakFound(leaks, f"after cycle {i + 1} of {protocol}")
+    try:
+        times = run_soak(protocol, CYCLES, cycle, checker)
+    except LeakFound as e:
+        RESULTS.leak(f"soak {protocol}: {e.when}", e.leaks)
+        raise
+    for t in times:
+        RESULTS.cycle(protocol, t * 1000)
 
 
 @pytest.mark.slow

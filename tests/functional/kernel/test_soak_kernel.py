@@ -10,7 +10,6 @@ record file, 0600).
 from __future__ import annotations
 
 import os
-import time
 import uuid
 from typing import Any, Callable, List
 
@@ -22,7 +21,8 @@ from blocklink.initiator.nvmeof import NVMeOFConnector
 from blocklink.target.lio import LioTarget
 from blocklink.target.nvmet import NvmetTarget
 from blocklink.testing.guest.blockio import direct_read, direct_write
-from blocklink.testing.leaks import LeakChecker, LeakFound
+from blocklink.testing.leaks import LeakChecker
+from blocklink.testing.leaks import soak as run_soak
 from tests.functional.kernel.test_iscsi_connector import RecordingExecutor
 from tests.functional.kernel.test_nvme_tcp import connector, host, nvme_modules, target, workdir  # noqa: F401 - fixtures
 
@@ -42,24 +42,11 @@ def cycles(name: str) -> int:
 
 
 def soak(name: str, cycle: Callable[[int], None], record_property: Any) -> List[float]:
-    checker = LeakChecker()  # kernel probes: sessions, sd, dm, rbd, nbd, LIO, nvmet, NVMe controllers
-    before = checker.snapshot()
-    times: List[float] = []
-    n = cycles(name)
-    for i in range(n):
-        t0 = time.monotonic()
-        try:
-            cycle(i)
-        except Exception as e:
-            raise AssertionError(f"{name}: cycle {i + 1} of {n} failed: {type(e).__name__}: {e}") from e
-        times.append(time.monotonic() - t0)
-        leaks = checker.new_since(before)
-        if leaks:
-            raise LeakFound(leaks, f"after cycle {i + 1} of {name}")
-    times.sort()
-    record_property(f"{name}_cycles", n)
+    # kernel probes: sessions, sd, dm, rbd, nbd, LIO, nvmet, NVMe controllers
+    times = sorted(run_soak(name, cycles(name), cycle, LeakChecker()))
+    record_property(f"{name}_cycles", len(times))
     record_property(f"{name}_median_s", round(times[len(times) // 2], 3))
-    print(f"{name}: {n} cycles, median {times[len(times) // 2]:.3f}s, max {times[-1]:.3f}s")
+    print(f"{name}: {len(times)} cycles, median {times[len(times) // 2]:.3f}s, max {times[-1]:.3f}s")
     return times
 
 
