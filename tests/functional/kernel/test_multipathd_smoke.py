@@ -37,8 +37,15 @@ def test_map_for_a_new_disk_and_flush(multipathd, modprobe) -> None:
                         what=f"multipath map over {disk}")
         assert name in multipathd.command("show", "maps")
         assert not name.startswith("mpath")  # user_friendly_names no: the WWID names the map
-        res = subprocess.run(["multipath", "-f", name], capture_output=True, text=True, timeout=60)
-        assert res.returncode == 0, res.stderr
+
+        def flush():  # a new map is briefly open (udev's blkid probes it), as the connector knows too
+            res = subprocess.run(["multipath", "-f", name], capture_output=True, text=True, timeout=60)
+            if res.returncode != 0 and "in use" in res.stderr:
+                return None
+            assert res.returncode == 0, res.stderr
+            return True
+
+        wait_for(flush, timeout=30, what=f"multipath -f {name} (map in use)")
         assert holder_map(disk) is None
     finally:
         with open(ADD_HOST, "w") as f:
