@@ -23,6 +23,15 @@ class InvalidConnectionInfo(BlocklinkError, ValueError):
         super().__init__(f"invalid {field}: {reason}")
 
 
+class InvalidOption(BlocklinkError, ValueError):
+    """A connector or helper was constructed with an unknown option or a bad value; ``option`` names it."""
+
+    def __init__(self, option: str, reason: str) -> None:
+        self.option = option
+        self.reason = reason
+        super().__init__(f"invalid option {option}: {reason}")
+
+
 class InvalidConnector(InvalidConnectionInfo):
     """A host-connector dict (``get_connector_properties`` output) is malformed or lacks a key."""
 
