@@ -8,10 +8,12 @@ How it differs from os-brick's, on purpose:
 * **A device is handed out or flushed only if its WWN is the volume's** (OSSA-2023-003): the WWN
   from ``info.wwn`` or, if absent, the one read at connect and kept in ``AttachedDevice.wwn`` is
   checked again at disconnect; a device of another volume raises :class:`DeviceMismatch` and is left
-  alone.
-* **Per-target locks, not a host-wide one**: session setup, scan and logout of one (IQN, portal)
-  are serialised across processes; attaches to different targets run in parallel, and multipath
-  portals log in in parallel threads.
+  alone. This, the teardown order, the flush policy and the per-volume lock are the shared SCSI
+  volume layer's (:mod:`blocklink.initiator.host.scsi_volume`); this module adds what is iSCSI's.
+* **Per-volume and per-target locks, not a host-wide one**: a volume's connect and disconnect run
+  under its lock; session setup, scan and logout of one (IQN, portal) are serialised across
+  processes; attaches to different volumes run in parallel, and multipath portals log in in
+  parallel threads.
 * **No sleep-polling**: devices and maps are awaited on inotify/uevents with a deadline.
 * **CHAP secrets never reach a command line** (see :mod:`blocklink.initiator.host.iscsiadm`).
 """
@@ -19,6 +21,7 @@ How it differs from os-brick's, on purpose:
 from __future__ import annotations
 
 import errno
+import functools
 import ipaddress
 import os
 import socket
@@ -27,24 +30,21 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from blocklink.connection import AttachedDevice, IscsiInfo, IscsiTarget, Portal
-from blocklink.errors import (AuthenticationFailed, BlocklinkError, CommandFailed, ConnectionFailed, DetachIncomplete, DeviceBusy,
-                              DeviceMismatch, DeviceNotFound, InvalidConnectionInfo, VolumeNotFound)
-from blocklink.executor import Executor
-from blocklink.hostpaths import HostPaths
-from blocklink.initiator.base import Connector, DeviceLike, InfoLike
+from blocklink.errors import (AuthenticationFailed, BlocklinkError, ConnectionFailed, DeviceMismatch, DeviceNotFound,
+                              InvalidConnectionInfo, VolumeNotFound)
 from blocklink.initiator.host import scsi
 from blocklink.initiator.host.iscsiadm import Iscsiadm, RecordValue, iter_portals
-from blocklink.initiator.host.multipath import DmMap, Multipath, map_for_wwid, map_holding, read_map, wait_for_map
 from blocklink.initiator.host.scsi import Hctl, IscsiSession
+from blocklink.initiator.host.scsi_volume import ScsiConnector, Step, lun_for_addressing
 from blocklink.initiator.host.wait import wait_for
 from blocklink.initiator.host.wwn import device_wwid, same_wwn
+from blocklink.initiator.options import choice, count
 from blocklink.initiator.properties import read_initiator_name
-from blocklink.locks import LockFactory
 from blocklink.masking import Secret, get_logger
 
 LOG = get_logger(__name__)
 
-ADDRESSING_MODES = ("SAM", "transparent", "SAM2", "SAM3-flat")
+NODE_STARTUP = ("automatic", "manual", "onboot")
 
 
 @dataclass
@@ -59,56 +59,28 @@ class _Path:
     name: Optional[str] = None  # sdX once the disk driver bound
 
 
-def lun_for_addressing(lun: int, mode: Optional[str]) -> int:
-    """The LUN number Linux uses for ``lun`` under the array's addressing mode (SAM-2/3 flat space
-    adds 0x4000; SAM and "transparent" use the number as is)."""
-    mode = mode or "SAM"
-    if mode not in ADDRESSING_MODES:
-        raise InvalidConnectionInfo("addressing_mode", f"expected one of {', '.join(ADDRESSING_MODES)}")
-    if mode == "SAM3-flat" or (mode == "SAM2" and lun >= 256):
-        return lun + 16384
-    return lun
-
-
-class ISCSIConnector(Connector):
+class ISCSIConnector(ScsiConnector):
     """Attach iSCSI volumes with open-iscsi.
 
-    Options: ``use_multipath`` (log in to every portal and return the dm-multipath device),
-    ``min_paths`` (paths needed before a multipath attach succeeds; others may be down),
-    ``enforce_multipath`` (fail instead of falling back to a single path when no map appears),
-    ``iface`` (open-iscsi interface), ``device_timeout`` (seconds to wait for disks and maps),
-    ``login_retries``/``login_timeout`` (node.session.initial_login_retry_max and
+    Options besides the shared ones of :class:`ScsiConnector` (``use_multipath``, ``min_paths``,
+    ``enforce_multipath``, ``timeout``, ``flush_timeout``, ``lock_path``): ``iface`` (open-iscsi
+    interface), ``login_retries``/``login_timeout`` (node.session.initial_login_retry_max and
     node.conn[0].timeo.login_timeout for our node records; None keeps iscsid.conf's values),
-    ``node_startup`` (node.startup of our records), ``flush_timeout`` (how long a multipath map may
-    stay busy at disconnect), ``lock_path`` for the per-target locks.
+    ``node_startup`` (node.startup of our records), ``iscsi_db_dirs`` (where node records live).
     """
 
     protocol = "iscsi"
     info_type = IscsiInfo
+    label = "iSCSI"
 
-    def __init__(self, *, use_multipath: bool = False, min_paths: int = 1, enforce_multipath: bool = False,
-                 iface: str = "default", device_timeout: float = 30.0, login_retries: Optional[int] = None,
-                 login_timeout: Optional[int] = None, node_startup: str = "automatic", flush_timeout: float = 15.0,
-                 lock_path: Optional[str] = None, run_dir: str = "/run/blocklink",
-                 iscsi_db_dirs: Optional[Sequence[str]] = None, executor: Optional[Executor] = None,
-                 paths: Optional[HostPaths] = None) -> None:
-        super().__init__(executor=executor, paths=paths)
-        if min_paths < 1:
-            raise ValueError("min_paths must be at least 1")
-        if node_startup not in ("automatic", "manual", "onboot"):
-            raise ValueError("node_startup must be automatic, manual or onboot")
-        self.use_multipath = use_multipath
-        self.min_paths = min_paths
-        self.enforce_multipath = enforce_multipath
-        self.device_timeout = device_timeout
-        self.login_retries = login_retries
-        self.login_timeout = login_timeout
-        self.node_startup = node_startup
-        self.flush_timeout = flush_timeout
+    def __init__(self, *, iface: str = "default", login_retries: Optional[int] = None,
+                 login_timeout: Optional[int] = None, node_startup: str = "automatic",
+                 iscsi_db_dirs: Optional[Sequence[str]] = None, **options: Any) -> None:
+        super().__init__(**options)
+        self.login_retries = None if login_retries is None else count("login_retries", login_retries)
+        self.login_timeout = None if login_timeout is None else count("login_timeout", login_timeout, minimum=1)
+        self.node_startup = choice("node_startup", node_startup, NODE_STARTUP)
         self.iscsiadm = Iscsiadm(self.executor, self.paths, iface=iface, db_dirs=iscsi_db_dirs)
-        self.multipath = Multipath(self.executor, self.paths)
-        self.locks = LockFactory(lock_path or os.path.join(run_dir, "locks"))
-        self._uevents = self.paths.sysfs == "/sys"  # a fake tree has no kernel behind it
         self._manual_scan_checked = False
 
     def get_connector_properties(self, **kwargs: Any) -> Dict[str, Any]:
@@ -116,8 +88,14 @@ class ISCSIConnector(Connector):
         return {"initiator": name} if name else {}
 
     # ------------------------------------------------------------------ connect
-    def connect_volume(self, info: InfoLike) -> AttachedDevice:
-        vol: IscsiInfo = self._info(info)
+    def _volume_lock(self, vol: IscsiInfo) -> str:
+        iqn, lun = min((t.iqn, t.lun) for t in vol.targets)
+        return f"iscsi-volume-{iqn}-lun-{lun}"
+
+    def _describe(self, vol: IscsiInfo) -> str:
+        return f"{vol.targets[0].iqn} LUN {vol.targets[0].lun}"
+
+    def _connect(self, vol: IscsiInfo) -> AttachedDevice:
         settings = self._node_settings(vol)
         targets = self._targets(vol)
         if self.use_multipath:
@@ -130,13 +108,12 @@ class ISCSIConnector(Connector):
                 LOG.warning("iSCSI %s at %s: %s", target.iqn, target.portal.address, e)
                 errors.append(e)
                 continue
-            good, bad, wwid = self._split_by_wwn(vol.wwn, [path])
+            good, bad, wwid = self.split_by_wwn(vol.wwn, [path], _name)
             if bad:
-                err = self._mismatch(vol.wwn or "", bad[0])
+                err = self.mismatch(vol.wwn, _name(bad[0]))
                 self._release(bad)
                 raise err
-            LOG.info("attached %s LUN %d at %s as /dev/%s", target.iqn, target.lun, target.portal.address, path.name)
-            return AttachedDevice(self.protocol, path=f"/dev/{path.name}", wwn=wwid, paths=(f"/dev/{path.name}",))
+            return self._hand_out(f"{target.iqn} LUN {target.lun} at {target.portal.address}", wwid, [_name(path)], 1)
         raise _most_telling(errors)
 
     def _connect_multipath(self, info: IscsiInfo, targets: List[IscsiTarget],
@@ -153,29 +130,19 @@ class ISCSIConnector(Connector):
                     errors.append(e)
         if not results:
             raise _most_telling(errors)
-        good, bad, wwid = self._split_by_wwn(info.wwn, results)
-        err = self._mismatch(wwid, bad[0]) if bad else None
+        what = f"{targets[0].iqn} LUN {targets[0].lun}"
+        good, bad, wwid = self.split_by_wwn(info.wwn, results, _name)
+        err = self.mismatch(wwid, _name(bad[0])) if bad else None
         if bad:
             LOG.warning("ignoring paths of another LU: %s", ", ".join(f"/dev/{p.name}" for p in bad))
             self._release(bad)
         if not good:
-            raise err or DeviceNotFound(f"{targets[0].iqn} LUN {targets[0].lun}")
-        if len(good) < self.min_paths:
+            raise err or DeviceNotFound(what)
+        try:
+            return self._hand_out(what, wwid, sorted(_name(p) for p in good), len(targets))
+        except BlocklinkError:
             self._release(good)
-            what = f"{targets[0].iqn} LUN {targets[0].lun}"
-            raise ConnectionFailed(what, f"{len(good)} of {len(targets)} paths up, {self.min_paths} required")
-        names = sorted(p.name for p in good if p.name)
-        dm = wait_for_map(self.multipath, wwid, names, timeout=self.device_timeout, uevents=self._uevents,
-                          min_paths=self.min_paths)
-        devices = tuple(f"/dev/{n}" for n in names)
-        if dm is None:
-            if self.enforce_multipath:
-                self._release(good)
-                raise DeviceNotFound(f"multipath map mpath-{wwid}", self.device_timeout)
-            LOG.warning("no multipath map for %s appeared; returning single path /dev/%s", wwid, names[0])
-            return AttachedDevice(self.protocol, path=devices[0], wwn=wwid, paths=devices)
-        LOG.info("attached %s as /dev/%s over %d of %d paths", wwid, dm.dm, len(good), len(targets))
-        return AttachedDevice(self.protocol, path=f"/dev/{dm.dm}", wwn=wwid, multipath_id=wwid, paths=devices)
+            raise
 
     def _attach_path(self, target: IscsiTarget, settings: Dict[str, RecordValue]) -> _Path:
         path = self._open_path(target, settings)
@@ -252,27 +219,8 @@ class ISCSIConnector(Connector):
             ready = device_wwid(self.paths, dev.name) and _openable(self.paths.devpath(dev.name))
             return dev.name if ready else None
 
-        return wait_for(check, timeout=self.device_timeout, watch=[self.paths.dev, self.paths.devpath("disk", "by-path")],
+        return wait_for(check, timeout=self.timeout, watch=[self.paths.dev, self.paths.devpath("disk", "by-path")],
                         uevents=self._uevents, what=f"{path.target.iqn} LUN {path.target.lun} ({path.hctl})")
-
-    def _mismatch(self, expected: str, path: _Path) -> DeviceMismatch:
-        return DeviceMismatch(f"/dev/{path.name}", expected, device_wwid(self.paths, path.name or "") or "")
-
-    def _split_by_wwn(self, expected: Optional[str], paths: List[_Path]) -> Tuple[List[_Path], List[_Path], str]:
-        """Paths of the expected LU (or of the most common WWN if none is expected), the others, the WWN."""
-        ids = {id(p): device_wwid(self.paths, p.name or "") or "" for p in paths}
-        if expected:
-            good = [p for p in paths if ids[id(p)] and same_wwn(expected, ids[id(p)])]
-            wwid = ids[id(good[0])] if good else expected
-        else:
-            counts: Dict[str, int] = {}
-            for p in paths:
-                counts[ids[id(p)]] = counts.get(ids[id(p)], 0) + 1
-            wwid = max(counts, key=lambda w: (counts[w], -list(counts).index(w)))
-            good = [p for p in paths if ids[id(p)] == wwid]
-            if not wwid:
-                raise DeviceNotFound(f"a WWN for /dev/{paths[0].name} (no VPD page 0x83 or wwid in sysfs)")
-        return good, [p for p in paths if p not in good], wwid
 
     # ------------------------------------------------------------------ settings and targets
     def _node_settings(self, info: IscsiInfo) -> Dict[str, RecordValue]:
@@ -339,102 +287,43 @@ class ISCSIConnector(Connector):
             entries = self.iscsiadm.discover(portal, auth)
         return list(iter_portals(entries))
 
-    # ------------------------------------------------------------------ disconnect
-    def disconnect_volume(self, info: InfoLike, device: DeviceLike = None, force: bool = False) -> None:
-        vol: IscsiInfo = self._info(info)
-        dev = self._device(device)
-        used = self._dev_name(dev.path) if dev is not None and dev.path else None
-        expected = self._expected_wwn(vol, dev.wwn if dev is not None else None, used)
-        names, sessions = self._volume_devices(vol, expected, used)
-        failures: List[str] = []
-
-        def step(what: str, fn: Any, *args: Any) -> bool:
-            try:
-                fn(*args)
-                return True
-            except (BlocklinkError, OSError) as e:
-                if not force:
-                    raise
-                LOG.warning("forced disconnect: %s failed: %s", what, e)
-                failures.append(f"{what}: {e}")
-                return False
-
-        m = map_holding(self.paths, names) or (map_for_wwid(self.paths, expected) if expected else None)
-        if m is not None:
-            if expected and not same_wwn(expected, m.wwid):
-                raise DeviceMismatch(m.path, expected, m.wwid)
-            if used is None or used == m.dm:
-                step(f"flush {m.path}", scsi.flush, self.executor, self.paths, m.dm)
-            if not step(f"flush multipath map {m.name}", self._flush_map, m):
-                step(f"remove map {m.name} from multipathd", self.multipath.del_map, m.name)
-        for name in names:
-            if m is None and (used is None or used == name):  # paths under a map were flushed with it
-                step(f"flush /dev/{name}", scsi.flush, self.executor, self.paths, name)
-        for name in names:
-            hctl = scsi.device_hctl(self.paths, name)
-            if hctl is not None:
-                step(f"delete /dev/{name}", scsi.delete, self.paths, hctl)
-        for session in sessions.values():
-            step(f"log out of {session.iqn} at {session.portal}", self._logout_if_unused, session)
-        if failures:
-            raise DetachIncomplete(f"iSCSI volume {expected or vol.targets[0].iqn}", failures)
-        LOG.info("detached %s (%d device(s))", expected or vol.targets[0].iqn, len(names))
-
-    def _dev_name(self, path: str) -> str:
-        """Kernel name (sda, dm-3) of a device path, following /dev/disk/* and /dev/mapper/* links."""
-        return os.path.basename(self.paths.realpath(self.paths.from_host(path)))
-
-    def _expected_wwn(self, vol: IscsiInfo, recorded: Optional[str], used: Optional[str]) -> Optional[str]:
-        """The WWN of the volume being detached, after checking that the caller's device, the WWN
-        recorded at connect, ``info.wwn`` and the LU now at the info's address all agree. A device
-        that belongs to another volume raises :class:`DeviceMismatch` before anything is touched."""
-        path = f"/dev/{used}" if used else "device"
-        present = bool(used) and self.paths.exists(self.paths.sys("block", used or ""))
-        found = self._wwn_of(used) if present and used else None
-        if recorded and found and not same_wwn(recorded, found):
-            raise DeviceMismatch(path, recorded, found)  # the name now holds another LU
-        mine = recorded or found
-        if vol.wwn and mine and not same_wwn(vol.wwn, mine):
-            if present:
-                raise DeviceMismatch(path, vol.wwn, mine)
-            mine = None  # our device is gone; the recorded WWN is not this info's volume
-        if present and mine and not vol.wwn:
-            at_address = [w for w in (device_wwid(self.paths, n) for n in self._address_devices(vol)) if w]
-            if at_address and not any(same_wwn(w, mine) for w in at_address):
-                raise DeviceMismatch(path, at_address[0], mine)  # the info names another LU than the device
-        return vol.wwn or mine
-
-    def _address_devices(self, vol: IscsiInfo) -> List[str]:
-        """Disk names at the info's (target, portal, LUN) addresses, whatever LU they hold."""
-        out = []
-        for s in scsi.iscsi_sessions(self.paths):
-            for t in self._addressed(vol.targets, vol.addressing_mode):
+    # ------------------------------------------------------------------ finding and detaching the volume
+    def _address_devices(self, vol: IscsiInfo) -> Dict[str, str]:
+        out: Dict[str, str] = {}
+        sessions = scsi.iscsi_sessions(self.paths)
+        for t in self._addressed(vol.targets, vol.addressing_mode):
+            for s in sessions:
                 if s.matches(t.iqn, t.portal.host, t.portal.port):
                     d = self._lun_device(s, t.lun)
                     if d is not None and d.name:
-                        out.append(d.name)
+                        out.setdefault(d.name, f"LUN {t.lun} of session {s.sid} ({t.portal.address})")
         return out
 
-    def _wwn_of(self, name: str) -> Optional[str]:
-        m = read_map(self.paths, name) if name.startswith("dm-") else None
-        return m.wwid if m is not None else device_wwid(self.paths, name)
+    def _same_lu_elsewhere(self, vol: IscsiInfo, expected: str) -> Dict[str, str]:
+        """Disks of the LU on any session: portals discovered at connect are not in the info."""
+        out: Dict[str, str] = {}
+        for s in scsi.iscsi_sessions(self.paths):
+            for dev in scsi.session_devices(self.paths, s.sid):
+                if dev.name and same_wwn(expected, device_wwid(self.paths, dev.name) or ""):
+                    out.setdefault(dev.name, f"{dev.hctl} of session {s.sid}")
+        return out
 
-    def _flush_map(self, m: DmMap) -> None:
-        """``multipath -f``, retried while the map is only briefly open (udev's blkid after the last
-        close, say); a map still in use after ``flush_timeout`` raises :class:`DeviceBusy`."""
-        def attempt() -> Optional[bool]:
-            try:
-                self.multipath.flush(m.name)
-                return True
-            except CommandFailed as e:
-                if "in use" in f"{e.stdout} {e.stderr}":
-                    return None
-                raise DeviceBusy(m.path, f"multipath -f {m.name} failed: {e}") from None
+    def _on_transport(self, name: str) -> bool:
+        return self._session_of(name, scsi.iscsi_sessions(self.paths)) is not None
 
-        try:
-            wait_for(attempt, timeout=self.flush_timeout, uevents=self._uevents, what=f"{m.path} to close")
-        except DeviceNotFound:
-            raise DeviceBusy(m.path, f"multipath map {m.name} still in use after {self.flush_timeout:.0f}s") from None
+    def _protocol_teardown(self, vol: IscsiInfo, names: Sequence[str]) -> List[Step]:
+        """Log out of the sessions the disks used and of the info's targets (which may have no disk
+        left), each only if no other LUN is in use on it."""
+        all_sessions = scsi.iscsi_sessions(self.paths)
+        sessions: Dict[int, IscsiSession] = {}
+        for t in self._addressed(vol.targets, vol.addressing_mode):
+            sessions.update((s.sid, s) for s in all_sessions if s.matches(t.iqn, t.portal.host, t.portal.port))
+        for name in names:
+            owner = self._session_of(name, all_sessions)
+            if owner is not None:
+                sessions[owner.sid] = owner
+        return [(f"log out of {s.iqn} at {s.portal}", functools.partial(self._logout_if_unused, s))
+                for s in sessions.values()]
 
     def _logout_if_unused(self, session: IscsiSession) -> None:
         portal = Portal.of(session.address, session.port)
@@ -447,43 +336,6 @@ class ISCSIConnector(Connector):
                 return
             self.iscsiadm.logout(session.sid)
             self.iscsiadm.delete_node(session.iqn, portal)
-
-    def _volume_devices(self, info: IscsiInfo, expected: Optional[str],
-                        used: Optional[str] = None) -> Tuple[List[str], Dict[int, IscsiSession]]:
-        """This volume's disks on this host (WWN-checked when a WWN is known) and their sessions,
-        plus the sessions of the info's targets (which may have no disk left)."""
-        sessions: Dict[int, IscsiSession] = {}
-        by_addr: Dict[str, IscsiSession] = {}
-        targets = self._addressed(info.targets, info.addressing_mode)
-        all_sessions = scsi.iscsi_sessions(self.paths)
-        for t in targets:
-            for s in all_sessions:
-                if s.matches(t.iqn, t.portal.host, t.portal.port):
-                    sessions[s.sid] = s
-                    dev = self._lun_device(s, t.lun)
-                    if dev is not None and dev.name:
-                        by_addr[dev.name] = s
-        if expected:  # other portals (discovered at connect) holding the same LU
-            for s in all_sessions:
-                for dev in scsi.session_devices(self.paths, s.sid):
-                    if dev.name and dev.name not in by_addr and same_wwn(expected, device_wwid(self.paths, dev.name) or ""):
-                        by_addr[dev.name] = s
-                        sessions[s.sid] = s
-        if used and used.startswith("dm-"):
-            m = read_map(self.paths, used)
-            for slave in m.slaves if m is not None else ():
-                owner = self._session_of(slave, all_sessions)
-                if owner is not None and slave not in by_addr:
-                    by_addr[slave] = owner
-                    sessions[owner.sid] = owner
-        names = []
-        for name in sorted(by_addr):
-            found = device_wwid(self.paths, name)
-            if expected and (found is None or not same_wwn(expected, found)):
-                LOG.warning("leaving /dev/%s alone: WWN %s is not this volume's %s", name, found, expected)
-                continue
-            names.append(name)
-        return names, sessions
 
     def _session_of(self, name: str, all_sessions: List[IscsiSession]) -> Optional[IscsiSession]:
         hctl = scsi.device_hctl(self.paths, name)
@@ -514,37 +366,6 @@ class ISCSIConnector(Connector):
         except (BlocklinkError, OSError) as e:
             LOG.warning("cleanup step %s failed: %s", getattr(fn, "__name__", fn), e)
 
-    # ------------------------------------------------------------------ extend / paths
-    def extend_volume(self, info: InfoLike) -> int:
-        vol: IscsiInfo = self._info(info)
-        names, _ = self._volume_devices(vol, vol.wwn)
-        if not names:
-            raise DeviceNotFound(f"iSCSI volume {vol.wwn or vol.targets[0].iqn}")
-        for n in names:
-            hctl = scsi.device_hctl(self.paths, n)
-            dev = scsi.scsi_device(self.paths, hctl) if hctl is not None else None
-            if dev is None or dev.state != "running":
-                raise DeviceBusy(f"/dev/{n}", f"path is {dev.state if dev else 'gone'}; all paths must be up")
-        for n in names:
-            scsi.rescan(self.paths, n)
-        size = max(scsi.size_bytes(self.paths, n) or 0 for n in names)
-        m = map_holding(self.paths, names)
-        if m is None:
-            return size
-        self.multipath.resize(m.name)
-
-        def check() -> Optional[int]:
-            now = scsi.size_bytes(self.paths, m.dm) or 0
-            return now if now >= size else None
-
-        return wait_for(check, timeout=self.device_timeout, watch=[self.paths.dev], uevents=self._uevents,
-                        what=f"{m.path} to grow to {size} bytes")
-
-    def get_volume_paths(self, info: InfoLike) -> List[str]:
-        vol: IscsiInfo = self._info(info)
-        names, _ = self._volume_devices(vol, vol.wwn)
-        return [f"/dev/{n}" for n in names]
-
 
 def node_auth(user: Optional[str], secret: Optional[Secret], user_field: str, secret_field: str
               ) -> Dict[str, RecordValue]:
@@ -572,6 +393,10 @@ def _resolved(portal: Portal) -> Portal:
     except OSError:
         return portal
     return Portal.of(str(infos[0][4][0]), portal.port) if infos else portal
+
+
+def _name(path: _Path) -> str:
+    return path.name or ""
 
 
 def _lock_name(iqn: str, portal: Portal) -> str:

@@ -129,7 +129,7 @@ def test_kernel_iscsi_connector(key: str, value: str, tmp_path: Any) -> None:
     kernel.add_target(ISCSI["data"]["target_iqn"], ["10.0.0.1:3260"], {1: FakeLun(1, naa_wwid(101))},
                       chap=("user", "chap-secret-123"))
     conn = ISCSIConnector(executor=kernel.executor, paths=kernel.tree.paths, lock_path=str(tmp_path / "locks"),
-                          device_timeout=0.3, flush_timeout=0.3)
+                          timeout=0.3, flush_timeout=0.3)
     info = _set(ISCSI, key, value)
     expect_refused_or_safe(f"iscsi connect_volume data.{key}", value, lambda: conn.connect_volume(info),
                            str(tmp_path), kernel.executor, undo=lambda dev: conn.disconnect_volume(info, dev))
@@ -145,7 +145,7 @@ def test_kernel_iscsi_chap_password_never_breaks_the_node_record(value: str, tmp
     kernel.add_target(ISCSI["data"]["target_iqn"], ["10.0.0.1:3260"], {1: FakeLun(1, naa_wwid(101))},
                       chap=("user", value))
     conn = ISCSIConnector(executor=kernel.executor, paths=kernel.tree.paths, lock_path=str(tmp_path / "locks"),
-                          device_timeout=0.3, flush_timeout=0.3)
+                          timeout=0.3, flush_timeout=0.3)
     info = _set(ISCSI, "auth_password", value)
     expect_refused_or_safe("iscsi connect_volume data.auth_password", value, lambda: conn.connect_volume(info),
                            str(tmp_path), kernel.executor, undo=lambda dev: conn.disconnect_volume(info, dev))
@@ -230,7 +230,7 @@ def test_fc_connector(value: str, tmp_path: Any) -> None:
     tree = FakeFcTree(str(tmp_path / "root"))
     kernel = FakeIscsiKernel(tree)
     conn = FibreChannelConnector(executor=kernel.executor, paths=tree.paths, lock_path=str(tmp_path / "locks"),
-                                 device_timeout=0.3, flush_retry_seconds=0.3)
+                                 timeout=0.3, flush_timeout=0.3)
     base = {"driver_volume_type": "fibre_channel", "data": {"target_wwn": ["500a098280feeba5"], "target_lun": 1}}
     variants = [("target_wwn", _set(base, "target_wwn", [value])), ("target_lun", _set(base, "target_lun", value)),
                 ("initiator_target_map", _set(base, "initiator_target_map", {value: ["500a098280feeba5"]}))]

@@ -47,8 +47,8 @@ class Host:
         self.lock_path = str(tmp_path / "locks")
 
     def connector(self, **kw: Any) -> FibreChannelConnector:
-        kw.setdefault("device_timeout", 0.5)
-        kw.setdefault("flush_retry_seconds", 0.3)
+        kw.setdefault("timeout", 0.5)
+        kw.setdefault("flush_timeout", 0.3)
         return FibreChannelConnector(executor=self.kernel.executor, paths=self.tree.paths, lock_path=self.lock_path,
                                      **kw)
 
@@ -249,7 +249,7 @@ def test_all_ports_blocked_fails_within_the_timeout(host):
         host.tree.rport_attr(r, "port_state", "Blocked")
     t0 = time.monotonic()
     with pytest.raises(ConnectionFailed, match="Blocked") as e:
-        host.connector(device_timeout=0.3).connect_volume(vector("NetApp ONTAP FC"))
+        host.connector(timeout=0.3).connect_volume(vector("NetApp ONTAP FC"))
     assert time.monotonic() - t0 < 2 and not isinstance(e.value, VolumeNotFound)
     assert host.scans() == [] and host.disks() == []
 
@@ -258,7 +258,7 @@ def test_port_that_comes_online_while_waiting(host):
     hba = host.tree.add_hba(INI_A)
     r = host.tree.add_rport(hba, TA1, luns={1: VOL}, state="Blocked")
     threading.Timer(0.3, host.tree.rport_attr, (r, "port_state", "Online")).start()
-    dev = host.connector(device_timeout=5).connect_volume({"target_wwn": TA1, "target_lun": 1})
+    dev = host.connector(timeout=5).connect_volume({"target_wwn": TA1, "target_lun": 1})
     assert dev.path == "/dev/sda" and host.scans() == [(f"host{hba}", "0 0 1")]
 
 
@@ -268,7 +268,7 @@ def test_unmapped_lun_fails_at_once_and_leaves_nothing(host):
     info["data"]["target_lun"] = 7
     t0 = time.monotonic()
     with pytest.raises(VolumeNotFound, match="report no such LUN") as e:
-        host.connector(use_multipath=True, device_timeout=10).connect_volume(info)
+        host.connector(use_multipath=True, timeout=10).connect_volume(info)
     assert time.monotonic() - t0 < 2  # no waiting for the timeout: every port answered
     assert "LUN 7" in str(e.value)
     assert len(host.scans()) == 4 and host.disks() == []
@@ -279,7 +279,7 @@ def test_port_without_target_role_for_us(host):
     hba = host.tree.add_hba("2000020000000f01", driver="fcoe", pci="0000:00:04.0")
     host.tree.add_rport(hba, "2000020000000f02", roles="FCP Initiator", luns={0: VOL})
     with pytest.raises(VolumeNotFound, match="not an FCP target for this initiator"):
-        host.connector(device_timeout=0.3).connect_volume({"target_wwn": "2000020000000f02", "target_lun": 0})
+        host.connector(timeout=0.3).connect_volume({"target_wwn": "2000020000000f02", "target_lun": 0})
     assert host.scans() == [] and host.disks() == []
 
 
@@ -292,7 +292,7 @@ def test_missing_paths_and_min_paths(host):
     dev = host.connector(use_multipath=True).connect_volume(info)
     assert len(dev.paths) == 2 and dev.path == "/dev/dm-0"
     host.connector(use_multipath=True).disconnect_volume(info, dev)
-    with pytest.raises(ConnectionFailed, match="2 path\\(s\\) up, 3 required"):
+    with pytest.raises(ConnectionFailed, match="2 of 2 path\\(s\\) up, 3 required"):
         host.connector(use_multipath=True, min_paths=3).connect_volume(info)
     assert host.disks() == [] and host.maps() == []  # the two surfaced paths were removed again
 
@@ -355,7 +355,7 @@ def test_busy_map_is_kept_unless_forced(host):
     t0 = time.monotonic()
     with pytest.raises(DeviceBusy):
         conn.disconnect_volume(info, dev)
-    assert time.monotonic() - t0 < 2  # retried only for flush_retry_seconds
+    assert time.monotonic() - t0 < 2  # retried only for flush_timeout
     assert host.maps() == ["dm-0"] and len(host.disks()) == 4
     with pytest.raises(DetachIncomplete):
         conn.disconnect_volume(info, dev, force=True)
@@ -364,7 +364,7 @@ def test_busy_map_is_kept_unless_forced(host):
 
 def test_map_briefly_in_use_is_retried(host):
     two_fabrics(host)
-    conn = host.connector(use_multipath=True, flush_retry_seconds=5)
+    conn = host.connector(use_multipath=True, flush_timeout=5)
     info = vector("NetApp ONTAP FC")
     dev = conn.connect_volume(info)
     host.kernel.open_maps.add(VOL.wwid)  # udev's probe after the last write holds the map for a moment

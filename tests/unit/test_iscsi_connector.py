@@ -17,7 +17,8 @@ import pytest
 from blocklink.connection import AttachedDevice
 from blocklink.errors import (AuthenticationFailed, CommandFailed, ConnectionFailed, DetachIncomplete, DeviceBusy,
                               DeviceMismatch, InvalidConnectionInfo, VolumeNotFound)
-from blocklink.initiator.iscsi import ISCSIConnector, lun_for_addressing
+from blocklink.initiator.host.scsi_volume import lun_for_addressing
+from blocklink.initiator.iscsi import ISCSIConnector
 from blocklink.registry import connector_for
 from blocklink.testing.fakeiscsi import FakeIscsiKernel
 from blocklink.testing.hosttree import FakeHostTree, FakeLun, naa_wwid
@@ -41,7 +42,7 @@ def kernel(tree: FakeHostTree) -> FakeIscsiKernel:
 
 
 def make(kernel: FakeIscsiKernel, tmp_path: Any, **kw: Any) -> ISCSIConnector:
-    kw.setdefault("device_timeout", 0.5)
+    kw.setdefault("timeout", 0.5)
     kw.setdefault("flush_timeout", 0.3)
     return ISCSIConnector(executor=kernel.executor, paths=kernel.tree.paths, lock_path=str(tmp_path / "locks"), **kw)
 
@@ -270,7 +271,7 @@ def test_multipath_below_min_paths_fails_and_undoes_everything(tree, kernel, tmp
     kernel.down.add("10.0.0.2:3260")
     with pytest.raises(ConnectionFailed) as exc:
         make(kernel, tmp_path, use_multipath=True, min_paths=2).connect_volume(multi(0))
-    assert "1 of 2 paths up, 2 required" in str(exc.value)
+    assert "1 of 2 path(s) up, 2 required" in str(exc.value)
     assert_clean(tree, kernel)
 
 
@@ -344,7 +345,7 @@ def test_attaches_to_different_targets_overlap(tree, kernel, tmp_path) -> None:
     for i in range(n):
         kernel.add_target(f"iqn.2010-10.org.openstack:volume-p{i}", ["10.0.1.1:3260"], {0: FakeLun(0, naa_wwid(i))})
     kernel.login_delay = 0.3
-    conn = make(kernel, tmp_path, device_timeout=5)
+    conn = make(kernel, tmp_path, timeout=5)
     infos = [{"target_portal": "10.0.1.1:3260", "target_iqn": f"iqn.2010-10.org.openstack:volume-p{i}",
               "target_lun": 0} for i in range(n)]
     out: Dict[int, AttachedDevice] = {}
@@ -364,7 +365,7 @@ def test_attaches_to_different_targets_overlap(tree, kernel, tmp_path) -> None:
 
 def test_luns_of_one_target_attach_concurrently_over_one_session(tree, kernel, tmp_path) -> None:
     kernel.login_delay = 0.1
-    conn = make(kernel, tmp_path, device_timeout=5)
+    conn = make(kernel, tmp_path, timeout=5)
     out: Dict[int, AttachedDevice] = {}
     threads = [threading.Thread(target=lambda n=n: out.__setitem__(n, conn.connect_volume(info(n)))) for n in range(3)]
     for t in threads:

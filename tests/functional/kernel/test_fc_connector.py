@@ -165,7 +165,7 @@ class TimedExecutor(ProcessExecutor):
 
 
 def connector(**kw: Any) -> FibreChannelConnector:
-    kw.setdefault("device_timeout", 30)
+    kw.setdefault("timeout", 30)
     kw.setdefault("executor", TimedExecutor())
     return FibreChannelConnector(lock_path="/run/blocklink/fc-test-locks", **kw)
 
@@ -269,7 +269,7 @@ def test_multipath_over_the_nics(fabric: Fabric, luns: Any, multipathd: Any) -> 
 
 def test_lun_not_mapped_to_this_initiator(fabric: Fabric, luns: Any) -> None:
     luns("a1only", 4, initiators=[W_A1])  # on B1, mapped to A1's WWPN only
-    conn = connector(device_timeout=8)
+    conn = connector(timeout=8)
     t0 = time.monotonic()
     with pytest.raises(VolumeNotFound, match="report no such LUN"):
         conn.connect_volume({"target_wwn": W_B1, "target_lun": 4, "initiator_target_map": {W_A2: [W_B1]}})
@@ -281,7 +281,7 @@ def test_lun_not_mapped_to_this_initiator(fabric: Fabric, luns: Any) -> None:
     luns("b2a1", 5, target="B2", initiators=[W_A1])
     t0 = time.monotonic()
     with pytest.raises(VolumeNotFound, match="not an FCP target for this initiator"):
-        connector(device_timeout=3).connect_volume(
+        connector(timeout=3).connect_volume(
             {"target_wwn": W_B2, "target_lun": 5, "initiator_target_map": {W_A2: [W_B2]}})
     assert time.monotonic() - t0 < 3 + 5 and sd_disks() == []
 

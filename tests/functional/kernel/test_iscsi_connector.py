@@ -100,7 +100,7 @@ def lio(lio_clean: Any, tmp_path: Any) -> Any:
 
 
 def connector(executor: RecordingExecutor, tmp_path: Any, **kw: Any) -> ISCSIConnector:
-    kw.setdefault("device_timeout", 60)
+    kw.setdefault("timeout", 60)
     return ISCSIConnector(executor=executor, lock_path=str(tmp_path / "locks"), **kw)
 
 

@@ -62,7 +62,7 @@ def test_soak_kernel_iscsi_lio_chap(lio_clean: Any, iscsid: Any, tmp_path: Any, 
 
     lio = LioTarget(portals=["127.0.0.1:3260"], backing_dir=str(tmp_path), lock_path=str(tmp_path / "tlocks"))
     executor = RecordingExecutor()
-    conn = ISCSIConnector(executor=executor, lock_path=str(tmp_path / "locks"), device_timeout=60)
+    conn = ISCSIConnector(executor=executor, lock_path=str(tmp_path / "locks"), timeout=60)
     vid = "soak" + uuid.uuid4().hex[:8]
     export = lio.create_export(vid, size=16 * MiB, chap=True)
     info = lio.initialize_connection(vid, dict(conn.get_connector_properties(), host="guest"))
