@@ -15,6 +15,8 @@ option or a bad value raises :class:`~blocklink.errors.InvalidOption`.
 from __future__ import annotations
 
 import math
+import os
+import sys
 import warnings
 from typing import Any, Collection, Dict, Mapping, TypeVar
 
@@ -40,9 +42,24 @@ def fold_renamed(owner: str, legacy: Mapping[str, Any], current: Dict[str, Any])
         new = RENAMED_OPTIONS.get(old)
         if new is None or new not in current:
             raise InvalidOption(old, f"{owner} has no such option")
-        warnings.warn(f"{owner}: option {old!r} is deprecated, use {new!r}", DeprecationWarning, stacklevel=3)
+        warnings.warn(f"{owner}: option {old!r} is deprecated, use {new!r}", DeprecationWarning,
+                      stacklevel=_caller_level())
         out[new] = value
     return out
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _caller_level() -> int:
+    """warnings' stacklevel of the first frame outside blocklink (the code that passed the old name),
+    however many constructors (subclass, base class) sit in between."""
+    frame = sys._getframe(1)  # fold_renamed
+    level = 1
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR + os.sep):
+        frame = frame.f_back
+        level += 1
+    return level
 
 
 def seconds(name: str, value: Any, *, allow_zero: bool = False) -> float:
