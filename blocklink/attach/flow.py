@@ -21,36 +21,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional
 
 from blocklink.attach.records import ACTIVE, Attachment, AttachmentStore
 from blocklink.connection import AttachedDevice, ConnectionInfo, parse_connection_info
-from blocklink.errors import BlocklinkError
+from blocklink.errors import AttachFailed, BlocklinkError, DetachFailed
 from blocklink.masking import get_logger, mask_text
 
 LOG = get_logger(__name__)
 
 STEPS = ("reserve", "device_name", "connector", "export", "initialize", "connect", "hypervisor")
-
-
-class AttachFailed(BlocklinkError):
-    """Attach failed at ``step``; every earlier step was undone (``undo_failures`` lists what was not)."""
-
-    def __init__(self, step: str, cause: BaseException, undo_failures: Sequence[str] = ()) -> None:
-        self.step = step
-        self.cause = cause
-        self.undo_failures = tuple(undo_failures)
-        msg = f"attach failed at step {step!r}: {type(cause).__name__}: {mask_text(str(cause))}"
-        if self.undo_failures:
-            msg += f"; rollback left: {'; '.join(self.undo_failures)}"
-        super().__init__(msg)
-
-
-class DetachFailed(BlocklinkError):
-    def __init__(self, step: str, cause: BaseException) -> None:
-        self.step = step
-        self.cause = cause
-        super().__init__(f"detach failed at step {step!r}: {type(cause).__name__}: {mask_text(str(cause))}")
 
 
 @dataclass(frozen=True)

@@ -13,15 +13,10 @@ import sys
 from typing import Any, Dict, List, Optional, Tuple
 
 from blocklink.connection import normalize_wwn
-from blocklink.errors import BlocklinkError
+from blocklink.errors import MultipathdNotRunning
 from blocklink.hostpaths import HostPaths
 
 MULTIPATHD_SOCKET = "@/org/kernel/linux/storage/multipathd"
-
-
-class MultipathdNotRunning(BlocklinkError):
-    def __init__(self) -> None:
-        super().__init__("enforce_multipath is set but multipathd is not running")
 
 
 def read_initiator_name(paths: HostPaths) -> Optional[str]:

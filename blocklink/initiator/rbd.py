@@ -20,7 +20,7 @@ from blocklink.ceph_client import (CephFiles, ClusterSpec, connect, import_rados
                                    key_from_keyring, open_image, open_ioctx)
 from blocklink.connection import AttachedDevice, RbdInfo
 from blocklink.errors import (CommandFailed, ConnectionFailed, DetachIncomplete, DeviceBusy, DeviceNotFound,
-                              InvalidConnectionInfo, VolumeNotFound)
+                              InvalidConnectionInfo, RbdIOError, VolumeNotFound)
 from blocklink.executor import Executor
 from blocklink.hostpaths import HostPaths
 from blocklink.initiator.base import Connector, DeviceLike, InfoLike
@@ -28,12 +28,6 @@ from blocklink.locks import LockFactory
 from blocklink.masking import Secret, get_logger
 
 LOG = get_logger(__name__)
-
-
-class RbdIOError(ConnectionFailed, OSError):
-    """librbd failed an I/O on an open handle (OSD unreachable, op timeout, client blocklisted).
-
-    A :class:`ConnectionFailed` naming the image, and an :class:`OSError` for file-object callers."""
 
 
 @contextlib.contextmanager
