@@ -88,13 +88,17 @@ class DeviceNotFound(BlocklinkError):
 
 
 class DeviceMismatch(BlocklinkError):
-    """A device exists but belongs to a different volume (WWN mismatch): never hand it out."""
+    """A device exists but belongs to a different volume: never hand it out (nor detach it).
 
-    def __init__(self, device: str, expected: str, found: str) -> None:
+    ``expected`` and ``found`` identify the volumes by ``what`` (a WWN for SCSI, the image or volume
+    name for RBD and userspace attachments)."""
+
+    def __init__(self, device: str, expected: str, found: str, what: str = "WWN") -> None:
         self.device = device
         self.expected = expected
         self.found = found
-        super().__init__(f"device {device} has WWN {found!r}, expected {expected!r}")
+        self.what = what
+        super().__init__(f"device {device} has {what} {found!r}, expected {expected!r}")
 
 
 class DeviceBusy(BlocklinkError):

@@ -35,7 +35,7 @@ from blocklink.initiator.host.scsi import Hctl
 from blocklink.initiator.host.wait import wait_for
 from blocklink.initiator.host.wwn import device_wwid, same_wwn
 from blocklink.initiator.iscsi import lun_for_addressing
-from blocklink.initiator.properties import read_fc_ports
+from blocklink.initiator.properties import protocol_properties
 from blocklink.locks import LockFactory
 from blocklink.masking import get_logger
 
@@ -93,8 +93,7 @@ class FibreChannelConnector(Connector):
         self._uevents = self.paths.sysfs == "/sys"  # a fake tree has no kernel behind it
 
     def get_connector_properties(self, **kwargs: Any) -> Dict[str, Any]:
-        ports = read_fc_ports(self.paths)
-        return {"wwpns": [p[1] for p in ports], "wwnns": [p[2] for p in ports]} if ports else {}
+        return protocol_properties(self.protocol, self.paths)
 
     # ------------------------------------------------------------------ what to reach
     def targets(self, info: FcInfo) -> List[Tuple[str, int]]:

@@ -38,7 +38,7 @@ from blocklink.initiator.host.multipath import DmMap, Multipath, map_for_wwid, m
 from blocklink.initiator.host.scsi import Hctl, IscsiSession
 from blocklink.initiator.host.wait import wait_for
 from blocklink.initiator.host.wwn import device_wwid, same_wwn
-from blocklink.initiator.properties import read_initiator_name
+from blocklink.initiator.properties import protocol_properties
 from blocklink.locks import LockFactory
 from blocklink.masking import Secret, get_logger
 
@@ -112,8 +112,7 @@ class ISCSIConnector(Connector):
         self._manual_scan_checked = False
 
     def get_connector_properties(self, **kwargs: Any) -> Dict[str, Any]:
-        name = read_initiator_name(self.paths)
-        return {"initiator": name} if name else {}
+        return protocol_properties(self.protocol, self.paths)
 
     # ------------------------------------------------------------------ connect
     def connect_volume(self, info: InfoLike) -> AttachedDevice:

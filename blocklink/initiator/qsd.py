@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
-from blocklink.errors import DaemonDied, QmpError
+from blocklink.errors import DaemonDied, InvalidOption, QmpError
 from blocklink.executor import Executor
 from blocklink.hostpaths import HostPaths
 from blocklink.masking import Secret, get_logger
@@ -370,7 +370,7 @@ def export_args(export: str, layout: DaemonLayout, read_only: bool) -> Dict[str,
     elif export == "vhost-user-blk":
         args["addr"] = {"type": "unix", "path": layout.vhost}
     else:
-        raise ValueError(f"unknown export type {export!r}")
+        raise InvalidOption("export", f"unknown export type {export!r}")
     return args
 
 

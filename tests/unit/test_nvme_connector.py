@@ -32,7 +32,7 @@ class Env:
         self.target = NvmetTarget(portals=list(portals), paths=self.kernel.paths, configfs=self.kernel.configfs,
                                   backing_dir=str(tmp_path), lock_path=str(tmp_path / "tlocks"), buffered_io=True)
         self.conn = NVMeOFConnector(paths=self.kernel.paths, executor=self.ex, run_dir=str(tmp_path / "run"),
-                                    timeout=0.3)
+                                    timeout=0.3, use_multipath=True)
         self.host = {"host": "compute-1", "nqn": self.kernel.hostnqn}
 
     def export(self, vid=VOL, size=16 * MiB, allow=True):
@@ -68,7 +68,7 @@ def test_connect_both_portals_with_native_multipath(env):
     info = env.export()
     dev = env.conn.connect_volume(info.to_dict())  # the plain os-brick dict works as well as the typed info
     assert dev.path == "/dev/nvme0n1" and dev.type == "block" and dev.wwn == f"uuid.{VOL}"
-    assert dev.extra["controllers"] == ["nvme0", "nvme1"] and dev.extra["size"] == 16 * MiB
+    assert dev.controllers == ("nvme0", "nvme1") and dev.size == 16 * MiB
     assert env.kernel.devices() == ["nvme0n1"] and env.ctrls() == ["nvme0", "nvme1"]
     assert [a[a.index("-a") + 1] for a in env.connects()] == ["127.0.0.1", "127.0.0.2"]
     assert all(a[a.index("-q") + 1] == env.kernel.hostnqn for a in env.connects())
