@@ -23,7 +23,8 @@ from blocklink.errors import (AttachFailed, AuthenticationFailed, BlocklinkError
                               DeviceMismatch, DeviceNotFound, ExportNotFound, HypervisorError, InvalidConnectionInfo,
                               InvalidConnector, InvalidDiskConfig, InvalidOption, MissingDependency,
                               MultipathdNotRunning, QmpError, RbdIOError, SchemaError, SecretError, StaleRecord,
-                              TargetError, TgtAdmError, UnknownProtocol, VolumeBusy, VolumeNotFound)
+                              TargetError, TgtAdmError, TooManyDevices, UnknownProtocol, VolumeBusy,
+                              VolumeNotFound)
 from blocklink.initiator.base import Connector
 from blocklink.masking import Secret
 from blocklink.registry import connector_for
@@ -40,7 +41,7 @@ __all__ = [
     "AuthenticationFailed", "VolumeNotFound", "RbdIOError", "DaemonDied", "QmpError", "DeviceNotFound",
     "DeviceMismatch", "DeviceBusy", "DetachIncomplete", "MultipathdNotRunning", "TargetError", "ExportNotFound",
     "TgtAdmError", "HypervisorError", "SecretError", "MissingDependency", "VolumeBusy", "StaleRecord",
-    "AttachFailed", "DetachFailed",
+    "AttachFailed", "DetachFailed", "TooManyDevices",
 ]
 
 

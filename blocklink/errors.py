@@ -212,6 +212,10 @@ class InvalidDiskConfig(InvalidConnectionInfo):
     """A disk option or a value bound for the ``<disk>`` XML is invalid; ``field`` names it."""
 
 
+class TooManyDevices(InvalidDiskConfig):
+    """No free device name (or SCSI unit) is left on the bus."""
+
+
 class SchemaError(InvalidDiskConfig):
     """The XML does not match libvirt's grammar; ``field`` is the element path, ``reason`` lxml's message."""
 

@@ -27,6 +27,7 @@ from blocklink.attach.records import ACTIVE, Attachment, AttachmentStore
 from blocklink.connection import AttachedDevice, ConnectionInfo, parse_connection_info
 from blocklink.errors import AttachFailed, BlocklinkError, DetachFailed
 from blocklink.masking import get_logger, mask_text
+from blocklink.target.base import ExportingTargetHelper, TargetHelper
 
 LOG = get_logger(__name__)
 
@@ -68,13 +69,14 @@ class _Run:
 class AttachFlow:
     """Compose a target helper per protocol, connectors and a :class:`LibvirtHost` into attach/detach.
 
-    ``targets``: protocol → target helper (``IscsiTargetHelper`` subclass, ``RbdTarget``, ...).
+    ``targets``: protocol → :class:`~blocklink.target.base.TargetHelper` (LioTarget, TgtTarget,
+    NvmetTarget, RbdTarget, ...); one that is also an :class:`ExportingTargetHelper` gets an export first.
     ``connector_factory(protocol)`` returns the initiator connector for host-attached volumes.
     ``connector_properties()`` returns this host's connector dict. ``on_step(name, attachment)`` is
     called after each completed step (progress display; tests use it to inject faults).
     """
 
-    def __init__(self, *, store: AttachmentStore, targets: Mapping[str, Any], hypervisor: Any,
+    def __init__(self, *, store: AttachmentStore, targets: Mapping[str, TargetHelper], hypervisor: Any,
                  connector_factory: Optional[Callable[[str], Any]] = None,
                  connector_properties: Optional[Callable[[], Dict[str, Any]]] = None,
                  on_step: Optional[Callable[[str, Attachment], None]] = None) -> None:
@@ -95,7 +97,7 @@ class AttachFlow:
         self._connectors: Dict[str, Any] = {}
 
     # ------------------------------------------------------------------ helpers
-    def _target(self, protocol: str) -> Any:
+    def _target(self, protocol: str) -> TargetHelper:
         try:
             return self.targets[protocol]
         except KeyError:
@@ -133,7 +135,7 @@ class AttachFlow:
             self._step(run, "connector")
             target = self._target(spec.protocol)
             current = "export"
-            if hasattr(target, "get_export"):  # iSCSI/NVMe helpers export a device; RBD needs no export
+            if isinstance(target, ExportingTargetHelper):  # iSCSI/NVMe export a device; RBD needs none
                 if target.get_export(spec.volume_id) is None:
                     run.extra_export_absent = True
                     target.create_export(spec.volume_id, spec.device_path, size=spec.size)
@@ -206,8 +208,9 @@ class AttachFlow:
             undo("connect", lambda: self._connector(spec.protocol).disconnect_volume(run.info, run.device, force=True))
         target = self.targets.get(spec.protocol)
         if "initialize" in done and target is not None:
-            undo("initialize", lambda: target.terminate_connection(spec.volume_id, run.connector))
-        if "export" in done and run.export_created and target is not None:
+            undo("initialize", lambda: target.terminate_connection(spec.volume_id,
+                                                                   run.connector or self.connector_properties()))
+        if "export" in done and run.export_created and isinstance(target, ExportingTargetHelper):
             undo("export", lambda: target.remove_export(spec.volume_id))
         return failures
 
@@ -258,7 +261,7 @@ class AttachFlow:
             if "initialize" in steps and target is not None:
                 target.terminate_connection(spec.volume_id, run.connector or self.connector_properties())
             current = "export"
-            if run.export_created and target is not None:
+            if run.export_created and isinstance(target, ExportingTargetHelper):
                 target.remove_export(spec.volume_id)
         except Exception as e:
             self.store.transition(rec.id, ["detaching"], "detaching", error=mask_text(f"{current}: {e}"))

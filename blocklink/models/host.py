@@ -26,6 +26,7 @@ class HostConnector:
     platform: Optional[str] = None
     os_type: Optional[str] = None
     do_local_attach: Optional[bool] = None
+    nvme_native_multipath: Optional[bool] = None
     extra: Dict[str, Any] = field(default_factory=dict, compare=False)
 
     _TEXT: ClassVar[Tuple[str, ...]] = ("ip", "nvme_hostid", "uuid", "platform", "os_type")
@@ -52,15 +53,16 @@ class HostConnector:
         kw["multipath"] = bool(_opt_bool(d, "multipath", "", err))
         kw["enforce_multipath"] = _opt_bool(d, "enforce_multipath", "", err)
         kw["do_local_attach"] = _opt_bool(d, "do_local_attach", "", err)
+        kw["nvme_native_multipath"] = _opt_bool(d, "nvme_native_multipath", "", err)
         known = cls._TEXT + ("host", "initiator", "nqn", "wwpns", "wwnns", "multipath", "enforce_multipath",
-                             "do_local_attach")
+                             "do_local_attach", "nvme_native_multipath")
         return cls(host=_text(host, "host", err), extra=_extra(d, known), **kw)
 
     def to_dict(self) -> Dict[str, Any]:
         out: Dict[str, Any] = dict(self.extra)
         out["host"] = self.host
         out["multipath"] = self.multipath
-        for k in self._TEXT + ("initiator", "nqn", "enforce_multipath", "do_local_attach"):
+        for k in self._TEXT + ("initiator", "nqn", "enforce_multipath", "do_local_attach", "nvme_native_multipath"):
             _put(out, k, getattr(self, k))
         for k in ("wwpns", "wwnns"):
             v = getattr(self, k)

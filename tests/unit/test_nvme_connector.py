@@ -64,6 +64,18 @@ def test_registry_and_connector_properties(env):
     assert Env(env.tmp / "nomp", multipath=False).conn.get_connector_properties()["nvme_native_multipath"] is False
 
 
+def test_default_is_single_path_even_with_native_multipath(env):
+    """use_multipath is False by default for NVMe as for every connector: one controller, first portal."""
+    conn = NVMeOFConnector(paths=env.kernel.paths, executor=env.ex, run_dir=str(env.tmp / "run1"), timeout=0.3)
+    assert conn.use_multipath is False
+    info = env.export()
+    dev = conn.connect_volume(info)
+    assert dev.controllers == ("nvme0",) and env.ctrls() == ["nvme0"]
+    assert [a[a.index("-a") + 1] for a in env.connects()] == ["127.0.0.1"]
+    conn.disconnect_volume(info, dev)
+    assert env.ctrls() == [] and env.kernel.devices() == []
+
+
 def test_connect_both_portals_with_native_multipath(env):
     info = env.export()
     dev = env.conn.connect_volume(info.to_dict())  # the plain os-brick dict works as well as the typed info

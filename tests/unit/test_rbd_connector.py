@@ -7,7 +7,7 @@ import stat
 import pytest
 
 from blocklink.connection import RbdInfo
-from blocklink.errors import DeviceBusy, DeviceMismatch, InvalidConnectionInfo, VolumeNotFound
+from blocklink.errors import DeviceMismatch, InvalidConnectionInfo, VolumeNotFound
 from blocklink.hostpaths import HostPaths
 from blocklink.initiator.rbd import RBDConnector, RbdHandle
 from blocklink.testing.fakes import FakeExecutor
