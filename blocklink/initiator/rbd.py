@@ -320,10 +320,12 @@ class RBDConnector(Connector):
         except ValueError:
             return out
         for e in entries if isinstance(entries, list) else []:
-            if not isinstance(e, dict) or not str(e.get("device", "")).startswith("/dev/"):
+            if not isinstance(e, dict) or not str(e.get("device", "")).startswith("/dev/") or \
+                    not all(isinstance(e.get(k), str) and e[k] for k in ("pool", "image")):
                 continue  # not an entry rbd-nbd writes: never hand out its "device"
-            out[str(e["device"])] = _spec(str(e.get("pool")), str(e.get("namespace") or ""), str(e.get("image")),
-                                          str(e.get("snap", "-")))
+            ns, snap = e.get("namespace") or "", e.get("snap", "-")
+            if isinstance(ns, str) and isinstance(snap, str):
+                out[str(e["device"])] = _spec(e["pool"], ns, e["image"], snap)
         return out
 
     def _find_mapping(self, info: RbdInfo) -> Optional[str]:
