@@ -35,7 +35,7 @@ from blocklink.initiator.host.nvme import (Controller, Namespace, NvmeHost, Nvme
                                            normalize_uuid)
 from blocklink.initiator.host.wait import wait_for
 from blocklink.initiator.options import count, flag, fold_renamed, seconds
-from blocklink.initiator.properties import protocol_properties, read_nvme_ids
+from blocklink.initiator.properties import protocol_properties, read_nvme_ids, read_nvme_native_multipath
 from blocklink.locks import LockFactory
 from blocklink.masking import get_logger
 from blocklink.privatefile import replace_private
@@ -155,7 +155,7 @@ class NVMeOFConnector(Connector):
 
     def _connect_and_find(self, info: NvmeofInfo, ident: _Identity, hostnqn: str, portals: List[NvmePortalSpec],
                           existing: Dict[NvmePortalSpec, Controller], created: List[str]) -> Namespace:
-        all_paths = self.use_multipath and self.host.native_multipath()
+        all_paths = self.use_multipath and read_nvme_native_multipath(self.paths)
         live = [c for c in existing.values() if c.live]
         for c in live:  # a target without namespace-change notices shows a new namespace only after a rescan
             self._rescan(c.name)
