@@ -14,29 +14,38 @@ The public surface::
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Dict
 
-from blocklink.connection import (AttachedDevice, ConnectionInfo, FcInfo, HostConnector, IscsiInfo,
+from blocklink.connection import (AttachedDevice, ConnectionInfo, DeviceKind, FcInfo, HostConnector, IscsiInfo,
                                   NvmeofInfo, Portal, RbdInfo, parse_connection_info)
-from blocklink.errors import BlocklinkError, InvalidConnectionInfo, InvalidConnector, UnknownProtocol
+from blocklink.errors import (AttachFailed, AuthenticationFailed, BlocklinkError, CommandFailed, CommandTimeout,
+                              ConnectionFailed, DaemonDied, DetachFailed, DetachIncomplete, DeviceBusy,
+                              DeviceMismatch, DeviceNotFound, ExportNotFound, HypervisorError, InvalidConnectionInfo,
+                              InvalidConnector, InvalidDiskConfig, InvalidOption, MissingDependency,
+                              MultipathdNotRunning, QmpError, RbdIOError, SchemaError, SecretError, StaleRecord,
+                              TargetError, TgtAdmError, TooManyDevices, UnknownProtocol, VolumeBusy,
+                              VolumeNotFound)
+from blocklink.initiator.base import Connector
 from blocklink.masking import Secret
+from blocklink.registry import connector_for
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "AttachedDevice", "ConnectionInfo", "FcInfo", "HostConnector", "IscsiInfo", "NvmeofInfo", "Portal",
-    "RbdInfo", "parse_connection_info", "BlocklinkError", "InvalidConnectionInfo", "InvalidConnector",
-    "UnknownProtocol", "Secret", "connector_for", "get_connector_properties", "__version__",
+    "AttachedDevice", "ConnectionInfo", "Connector", "DeviceKind", "FcInfo", "HostConnector", "IscsiInfo",
+    "NvmeofInfo", "Portal", "RbdInfo", "parse_connection_info", "Secret", "connector_for",
+    "get_connector_properties", "__version__",
+    # errors (all defined in blocklink.errors)
+    "BlocklinkError", "InvalidConnectionInfo", "InvalidConnector", "InvalidOption", "InvalidDiskConfig",
+    "SchemaError", "UnknownProtocol", "CommandFailed", "CommandTimeout", "ConnectionFailed",
+    "AuthenticationFailed", "VolumeNotFound", "RbdIOError", "DaemonDied", "QmpError", "DeviceNotFound",
+    "DeviceMismatch", "DeviceBusy", "DetachIncomplete", "MultipathdNotRunning", "TargetError", "ExportNotFound",
+    "TgtAdmError", "HypervisorError", "SecretError", "MissingDependency", "VolumeBusy", "StaleRecord",
+    "AttachFailed", "DetachFailed", "TooManyDevices",
 ]
 
 
-def connector_for(protocol: str, **options: Any) -> Any:
-    from blocklink.registry import connector_for as _connector_for
-
-    return _connector_for(protocol, **options)
-
-
-def get_connector_properties(**kwargs: Any) -> dict[str, Any]:
+def get_connector_properties(**kwargs: Any) -> Dict[str, Any]:
     from blocklink.initiator.properties import get_connector_properties as _props
 
     return _props(**kwargs)

@@ -17,16 +17,18 @@ from typing import Any, Callable, Dict, Mapping
 
 from blocklink.errors import InvalidConnectionInfo
 from blocklink.models.fc import FcInfo, normalize_wwn
-from blocklink.models.fields import _ALIASES, ConnectionInfo, _describe, check_ceph_name, check_host, check_name
-from blocklink.models.host import AttachedDevice, HostConnector
+from blocklink.models.fields import ConnectionInfo, _describe, check_ceph_name, check_host, check_name
+from blocklink.models.host import AttachedDevice, DeviceKind, HostConnector
 from blocklink.models.iscsi import IscsiInfo, IscsiTarget, Portal
 from blocklink.models.nvmeof import NvmeofInfo, NvmePortal
+from blocklink.models.protocols import PROTOCOL_ALIASES, PROTOCOLS, canonical_protocol
 from blocklink.models.rbd import RbdInfo
 
 __all__ = [
     "Portal", "IscsiTarget", "IscsiInfo", "RbdInfo", "FcInfo", "NvmeofInfo", "NvmePortal",
-    "HostConnector", "AttachedDevice", "ConnectionInfo", "parse_connection_info", "register_info_type",
-    "check_name", "check_host", "check_ceph_name", "normalize_wwn",
+    "HostConnector", "AttachedDevice", "DeviceKind", "ConnectionInfo", "parse_connection_info", "register_info_type",
+    "check_name", "check_host", "check_ceph_name", "normalize_wwn", "PROTOCOLS", "PROTOCOL_ALIASES",
+    "canonical_protocol",
 ]
 
 
@@ -55,7 +57,7 @@ def parse_connection_info(d: Any) -> ConnectionInfo:
     dvt = d.get("driver_volume_type")
     if not isinstance(dvt, str):
         raise InvalidConnectionInfo("driver_volume_type", "missing" if dvt is None else f"not a string: {_describe(dvt)}")
-    parser = _INFO_TYPES.get(_ALIASES.get(dvt.lower(), dvt.lower()))
+    parser = _INFO_TYPES.get(canonical_protocol(dvt))
     if parser is None:
         raise InvalidConnectionInfo("driver_volume_type", f"unknown type {dvt[:40]!r}; known: {', '.join(sorted(_INFO_TYPES))}")
     return parser(d)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
+from blocklink.masking import mask_text
+
 
 class BlocklinkError(Exception):
     """Base of every error blocklink raises on purpose."""
@@ -86,13 +88,17 @@ class DeviceNotFound(BlocklinkError):
 
 
 class DeviceMismatch(BlocklinkError):
-    """A device exists but belongs to a different volume (WWN mismatch): never hand it out."""
+    """A device exists but belongs to a different volume: never hand it out (nor detach it).
 
-    def __init__(self, device: str, expected: str, found: str) -> None:
+    ``expected`` and ``found`` identify the volumes by ``what`` (a WWN for SCSI, the image or volume
+    name for RBD and userspace attachments)."""
+
+    def __init__(self, device: str, expected: str, found: str, what: str = "WWN") -> None:
         self.device = device
         self.expected = expected
         self.found = found
-        super().__init__(f"device {device} has WWN {found!r}, expected {expected!r}")
+        self.what = what
+        super().__init__(f"device {device} has {what} {found!r}, expected {expected!r}")
 
 
 class DeviceBusy(BlocklinkError):
@@ -138,3 +144,109 @@ class MissingDependency(BlocklinkError, ImportError):
     def __init__(self, module: str, hint: str) -> None:
         self.module = module
         super().__init__(f"{module} is required for this operation: {hint}")
+
+
+# ---------------------------------------------------------------------------------------------
+# protocol- and layer-specific errors (defined here so ``from blocklink import X`` finds them all;
+# the modules that raise them re-export them under their old import paths)
+# ---------------------------------------------------------------------------------------------
+
+class MultipathdNotRunning(BlocklinkError):
+    def __init__(self) -> None:
+        super().__init__("enforce_multipath is set but multipathd is not running")
+
+
+class RbdIOError(ConnectionFailed, OSError):
+    """librbd failed an I/O on an open handle (OSD unreachable, op timeout, client blocklisted).
+
+    A :class:`ConnectionFailed` naming the image, and an :class:`OSError` for file-object callers."""
+
+
+class QmpError(BlocklinkError):
+    """A QMP command failed or the monitor could not be reached; ``command`` names it."""
+
+    def __init__(self, command: str, error_class: str, desc: str) -> None:
+        self.command = command
+        self.error_class = error_class
+        self.desc = desc
+        super().__init__(f"QMP {command}: {error_class}: {desc}")
+
+
+class DaemonDied(ConnectionFailed):
+    """The qemu-storage-daemon serving a volume is gone (or no longer answers its monitor)."""
+
+    def __init__(self, target: str, reason: str, pid: Optional[int] = None) -> None:
+        self.pid = pid
+        super().__init__(target, reason)
+
+
+class LioError(Exception):
+    """Raised inside the privileged LIO functions; plain string args so oslo.privsep can carry it back
+    (deliberately not a :class:`BlocklinkError`: callers see the typed error it is translated to)."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(kind, message)
+        self.kind = kind
+        self.message = message
+
+
+class TgtAdmError(TargetError):
+    """tgtd refused a request; ``code`` is tgtd's error name (``NO_TARGET``, ``USER_EXIST``, ...)."""
+
+    def __init__(self, target: str, code: str, message: str) -> None:
+        self.code = code
+        super().__init__(target, message)
+
+
+class SecretError(HypervisorError):
+    """libvirt refused to define, set or remove a secret; ``secret`` names it (UUID or usage)."""
+
+    def __init__(self, secret: str, reason: str) -> None:
+        self.secret = secret
+        self.domain = ""
+        self.reason = reason
+        Exception.__init__(self, f"libvirt secret {secret}: {reason}")
+
+
+class InvalidDiskConfig(InvalidConnectionInfo):
+    """A disk option or a value bound for the ``<disk>`` XML is invalid; ``field`` names it."""
+
+
+class TooManyDevices(InvalidDiskConfig):
+    """No free device name (or SCSI unit) is left on the bus."""
+
+
+class SchemaError(InvalidDiskConfig):
+    """The XML does not match libvirt's grammar; ``field`` is the element path, ``reason`` lxml's message."""
+
+
+class VolumeBusy(BlocklinkError):
+    def __init__(self, volume_id: str, holder: str) -> None:
+        self.volume_id = volume_id
+        self.holder = holder
+        super().__init__(f"volume {volume_id} is already attached or being attached ({holder}) and is not multiattach")
+
+
+class StaleRecord(BlocklinkError):
+    def __init__(self, attachment_id: str, expected: Sequence[str], found: str) -> None:
+        super().__init__(f"attachment {attachment_id} is {found!r}, expected {'/'.join(expected)}")
+
+
+class AttachFailed(BlocklinkError):
+    """Attach failed at ``step``; every earlier step was undone (``undo_failures`` lists what was not)."""
+
+    def __init__(self, step: str, cause: BaseException, undo_failures: Sequence[str] = ()) -> None:
+        self.step = step
+        self.cause = cause
+        self.undo_failures = tuple(undo_failures)
+        msg = f"attach failed at step {step!r}: {type(cause).__name__}: {mask_text(str(cause))}"
+        if self.undo_failures:
+            msg += f"; rollback left: {'; '.join(self.undo_failures)}"
+        super().__init__(msg)
+
+
+class DetachFailed(BlocklinkError):
+    def __init__(self, step: str, cause: BaseException) -> None:
+        self.step = step
+        self.cause = cause
+        super().__init__(f"detach failed at step {step!r}: {type(cause).__name__}: {mask_text(str(cause))}")

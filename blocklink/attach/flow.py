@@ -21,36 +21,17 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional
 
 from blocklink.attach.records import ACTIVE, Attachment, AttachmentStore
 from blocklink.connection import AttachedDevice, ConnectionInfo, parse_connection_info
-from blocklink.errors import BlocklinkError
+from blocklink.errors import AttachFailed, BlocklinkError, DetachFailed
 from blocklink.masking import get_logger, mask_text
+from blocklink.target.base import ExportingTargetHelper, TargetHelper
 
 LOG = get_logger(__name__)
 
 STEPS = ("reserve", "device_name", "connector", "export", "initialize", "connect", "hypervisor")
-
-
-class AttachFailed(BlocklinkError):
-    """Attach failed at ``step``; every earlier step was undone (``undo_failures`` lists what was not)."""
-
-    def __init__(self, step: str, cause: BaseException, undo_failures: Sequence[str] = ()) -> None:
-        self.step = step
-        self.cause = cause
-        self.undo_failures = tuple(undo_failures)
-        msg = f"attach failed at step {step!r}: {type(cause).__name__}: {mask_text(str(cause))}"
-        if self.undo_failures:
-            msg += f"; rollback left: {'; '.join(self.undo_failures)}"
-        super().__init__(msg)
-
-
-class DetachFailed(BlocklinkError):
-    def __init__(self, step: str, cause: BaseException) -> None:
-        self.step = step
-        self.cause = cause
-        super().__init__(f"detach failed at step {step!r}: {type(cause).__name__}: {mask_text(str(cause))}")
 
 
 @dataclass(frozen=True)
@@ -88,13 +69,14 @@ class _Run:
 class AttachFlow:
     """Compose a target helper per protocol, connectors and a :class:`LibvirtHost` into attach/detach.
 
-    ``targets``: protocol → target helper (``IscsiTargetHelper`` subclass, ``RbdTarget``, ...).
+    ``targets``: protocol → :class:`~blocklink.target.base.TargetHelper` (LioTarget, TgtTarget,
+    NvmetTarget, RbdTarget, ...); one that is also an :class:`ExportingTargetHelper` gets an export first.
     ``connector_factory(protocol)`` returns the initiator connector for host-attached volumes.
     ``connector_properties()`` returns this host's connector dict. ``on_step(name, attachment)`` is
     called after each completed step (progress display; tests use it to inject faults).
     """
 
-    def __init__(self, *, store: AttachmentStore, targets: Mapping[str, Any], hypervisor: Any,
+    def __init__(self, *, store: AttachmentStore, targets: Mapping[str, TargetHelper], hypervisor: Any,
                  connector_factory: Optional[Callable[[str], Any]] = None,
                  connector_properties: Optional[Callable[[], Dict[str, Any]]] = None,
                  on_step: Optional[Callable[[str, Attachment], None]] = None) -> None:
@@ -115,7 +97,7 @@ class AttachFlow:
         self._connectors: Dict[str, Any] = {}
 
     # ------------------------------------------------------------------ helpers
-    def _target(self, protocol: str) -> Any:
+    def _target(self, protocol: str) -> TargetHelper:
         try:
             return self.targets[protocol]
         except KeyError:
@@ -153,7 +135,7 @@ class AttachFlow:
             self._step(run, "connector")
             target = self._target(spec.protocol)
             current = "export"
-            if hasattr(target, "get_export"):  # iSCSI/NVMe helpers export a device; RBD needs no export
+            if isinstance(target, ExportingTargetHelper):  # iSCSI/NVMe export a device; RBD needs none
                 if target.get_export(spec.volume_id) is None:
                     run.extra_export_absent = True
                     target.create_export(spec.volume_id, spec.device_path, size=spec.size)
@@ -226,8 +208,9 @@ class AttachFlow:
             undo("connect", lambda: self._connector(spec.protocol).disconnect_volume(run.info, run.device, force=True))
         target = self.targets.get(spec.protocol)
         if "initialize" in done and target is not None:
-            undo("initialize", lambda: target.terminate_connection(spec.volume_id, run.connector))
-        if "export" in done and run.export_created and target is not None:
+            undo("initialize", lambda: target.terminate_connection(spec.volume_id,
+                                                                   run.connector or self.connector_properties()))
+        if "export" in done and run.export_created and isinstance(target, ExportingTargetHelper):
             undo("export", lambda: target.remove_export(spec.volume_id))
         return failures
 
@@ -278,7 +261,7 @@ class AttachFlow:
             if "initialize" in steps and target is not None:
                 target.terminate_connection(spec.volume_id, run.connector or self.connector_properties())
             current = "export"
-            if run.export_created and target is not None:
+            if run.export_created and isinstance(target, ExportingTargetHelper):
                 target.remove_export(spec.volume_id)
         except Exception as e:
             self.store.transition(rec.id, ["detaching"], "detaching", error=mask_text(f"{current}: {e}"))

@@ -20,23 +20,11 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
 
-from blocklink.errors import BlocklinkError
+from blocklink.errors import StaleRecord, VolumeBusy
 
 ACTIVE = ("attaching", "attached", "detaching")
 STATUSES = ("attaching", "attached", "detaching", "detached", "error")
 _SECRET_KEYS = ("auth_password", "auth_password_in", "discovery_auth_password", "keyring", "key")
-
-
-class VolumeBusy(BlocklinkError):
-    def __init__(self, volume_id: str, holder: str) -> None:
-        self.volume_id = volume_id
-        self.holder = holder
-        super().__init__(f"volume {volume_id} is already attached or being attached ({holder}) and is not multiattach")
-
-
-class StaleRecord(BlocklinkError):
-    def __init__(self, attachment_id: str, expected: Sequence[str], found: str) -> None:
-        super().__init__(f"attachment {attachment_id} is {found!r}, expected {'/'.join(expected)}")
 
 
 def mask_connection_info(info: Mapping[str, Any]) -> Dict[str, Any]:

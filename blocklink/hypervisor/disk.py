@@ -14,7 +14,7 @@ import uuid as uuidlib
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
-from blocklink.errors import InvalidConnectionInfo
+from blocklink.errors import InvalidDiskConfig
 
 __all__ = [
     "InvalidDiskConfig", "DiskDriver", "BlockSource", "FileSource", "NetworkHost", "NetworkSource",
@@ -22,10 +22,6 @@ __all__ = [
     "BUSES", "CACHE_MODES", "IO_MODES", "DISCARD_MODES", "DEVICE_TYPES", "PROTOCOLS", "IOTUNE_ORDER", "NOVA_IOTUNE_ORDER",
     "normalize_target_dev", "check_uuid",
 ]
-
-
-class InvalidDiskConfig(InvalidConnectionInfo):
-    """A disk option or a value bound for the ``<disk>`` XML is invalid; ``field`` names it."""
 
 
 # value sets from libvirt's schema (the subset a volume attachment can use)

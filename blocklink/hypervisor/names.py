@@ -10,7 +10,8 @@ from __future__ import annotations
 import re
 from typing import Collection, Iterable, Optional, Set
 
-from blocklink.hypervisor.disk import BUSES, InvalidDiskConfig
+from blocklink.errors import InvalidDiskConfig, TooManyDevices
+from blocklink.hypervisor.disk import BUSES
 from blocklink.hypervisor.xml import parse_xml, target_devs
 
 __all__ = ["device_prefix", "device_name", "device_index", "used_device_names", "next_device_name",
@@ -19,10 +20,6 @@ __all__ = ["device_prefix", "device_name", "device_index", "used_device_names", 
 _PREFIX = {"virtio": "vd", "scsi": "sd", "sata": "sd", "usb": "sd", "ide": "hd", "fdc": "fd", "xen": "xvd"}
 _LIMIT = {"ide": 4, "fdc": 2}
 _NAME_RE = re.compile(r"^(xvd|vd|sd|hd|fd)([a-z]+)$")
-
-
-class TooManyDevices(InvalidDiskConfig):
-    """No free device name (or SCSI unit) is left on the bus."""
 
 
 def device_prefix(bus: str) -> str:

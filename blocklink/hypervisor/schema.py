@@ -12,18 +12,13 @@ import os
 import threading
 from typing import Any, Dict, Optional
 
-from blocklink.errors import MissingDependency
-from blocklink.hypervisor.disk import InvalidDiskConfig
+from blocklink.errors import MissingDependency, SchemaError
 
 __all__ = ["SCHEMA_DIR", "schema_available", "validate_disk_xml", "validate_secret_xml", "SchemaError"]
 
 SCHEMA_DIR = "/usr/share/libvirt/schemas"
 _lock = threading.Lock()
 _cache: Dict[str, Any] = {}
-
-
-class SchemaError(InvalidDiskConfig):
-    """The XML does not match libvirt's grammar; ``field`` is the element path, ``reason`` lxml's message."""
 
 
 def _lxml() -> Any:

@@ -17,7 +17,7 @@ import uuid as uuidlib
 import xml.etree.ElementTree as ET
 from typing import Any, List, Optional, Union
 
-from blocklink.errors import HypervisorError, MissingDependency
+from blocklink.errors import MissingDependency, SecretError
 from blocklink.hypervisor.disk import InvalidDiskConfig, _abs_path, _text, check_uuid
 from blocklink.masking import Secret, get_logger, mask_text
 
@@ -28,16 +28,6 @@ __all__ = ["SecretError", "USAGE_TYPES", "secret_xml", "secret_value_bytes", "de
 
 USAGE_TYPES = ("ceph", "iscsi", "volume")
 _USAGE_ELEMENT = {"ceph": "name", "iscsi": "target", "volume": "volume"}
-
-
-class SecretError(HypervisorError):
-    """libvirt refused to define, set or remove a secret; ``secret`` names it (UUID or usage)."""
-
-    def __init__(self, secret: str, reason: str) -> None:
-        self.secret = secret
-        self.domain = ""
-        self.reason = reason
-        Exception.__init__(self, f"libvirt secret {secret}: {reason}")
 
 
 def _libvirt() -> Any:

@@ -9,6 +9,7 @@ from blocklink.connection import AttachedDevice, ConnectionInfo, parse_connectio
 from blocklink.errors import InvalidConnectionInfo
 from blocklink.executor import Executor, default_executor
 from blocklink.hostpaths import HostPaths
+from blocklink.initiator.properties import protocol_properties
 
 InfoLike = Union[ConnectionInfo, Mapping[str, Any]]
 DeviceLike = Union[AttachedDevice, Mapping[str, Any], None]
@@ -49,8 +50,9 @@ class Connector(abc.ABC):
         return AttachedDevice.from_dict(device, self.protocol)
 
     def get_connector_properties(self, **kwargs: Any) -> Dict[str, Any]:
-        """This protocol's keys of the host connector (see :func:`blocklink.get_connector_properties`)."""
-        return {}
+        """This protocol's keys of the host connector (see :func:`blocklink.get_connector_properties`),
+        from the one reader of them, :func:`blocklink.initiator.properties.protocol_properties`."""
+        return protocol_properties(self.protocol, self.paths)
 
     @abc.abstractmethod
     def connect_volume(self, info: InfoLike) -> AttachedDevice:

@@ -28,7 +28,7 @@ from blocklink.initiator.host.fc import FcHost, RemotePort
 from blocklink.initiator.host.scsi import Hctl
 from blocklink.initiator.host.scsi_volume import ScsiConnector, lun_for_addressing
 from blocklink.initiator.host.wait import wait_for
-from blocklink.initiator.properties import read_fc_ports
+from blocklink.initiator.properties import protocol_properties
 from blocklink.masking import get_logger
 
 LOG = get_logger(__name__)
@@ -67,8 +67,7 @@ class FibreChannelConnector(ScsiConnector):
     label = "FC"
 
     def get_connector_properties(self, **kwargs: Any) -> Dict[str, Any]:
-        ports = read_fc_ports(self.paths)
-        return {"wwpns": [p[1] for p in ports], "wwnns": [p[2] for p in ports]} if ports else {}
+        return protocol_properties(self.protocol, self.paths)
 
     # ------------------------------------------------------------------ what to reach
     def targets(self, info: FcInfo) -> List[Tuple[str, int]]:

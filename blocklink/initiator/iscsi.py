@@ -39,7 +39,7 @@ from blocklink.initiator.host.scsi_volume import ScsiConnector, Step, lun_for_ad
 from blocklink.initiator.host.wait import wait_for
 from blocklink.initiator.host.wwn import device_wwid, same_wwn
 from blocklink.initiator.options import choice, count
-from blocklink.initiator.properties import read_initiator_name
+from blocklink.initiator.properties import protocol_properties
 from blocklink.masking import Secret, get_logger
 
 LOG = get_logger(__name__)
@@ -84,8 +84,7 @@ class ISCSIConnector(ScsiConnector):
         self._manual_scan_checked = False
 
     def get_connector_properties(self, **kwargs: Any) -> Dict[str, Any]:
-        name = read_initiator_name(self.paths)
-        return {"initiator": name} if name else {}
+        return protocol_properties(self.protocol, self.paths)
 
     # ------------------------------------------------------------------ connect
     def _volume_lock(self, vol: IscsiInfo) -> str:

@@ -20,24 +20,29 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from contextlib import contextmanager
 from typing import Any, Dict, Iterator, List, Optional, Set
 
-from blocklink.connection import AttachedDevice, NvmeofInfo
+from blocklink.connection import AttachedDevice, DeviceKind, NvmeofInfo
 from blocklink.errors import (AuthenticationFailed, BlocklinkError, CommandFailed, ConnectionFailed,
-                              DetachIncomplete, DeviceBusy, DeviceMismatch, DeviceNotFound, InvalidConnectionInfo)
+                              DetachIncomplete, DeviceBusy, DeviceMismatch, DeviceNotFound, InvalidConnectionInfo,
+                              InvalidOption)
 from blocklink.executor import Executor
 from blocklink.hostpaths import HostPaths
 from blocklink.initiator.base import Connector, DeviceLike, InfoLike
 from blocklink.initiator.host.nvme import (Controller, Namespace, NvmeHost, NvmePortalSpec, normalize_nguid,
                                            normalize_uuid)
 from blocklink.initiator.host.wait import wait_for
-from blocklink.initiator.properties import read_nvme_ids
+from blocklink.initiator.options import count, flag, fold_renamed, seconds
+from blocklink.initiator.properties import protocol_properties, read_nvme_ids, read_nvme_native_multipath
 from blocklink.locks import LockFactory
 from blocklink.masking import get_logger
 from blocklink.privatefile import replace_private
 
 LOG = get_logger(__name__)
+
+_OPTION_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:\-]{0,222}")  # NQNs and host IDs reach nvme connect's argv
 
 
 class _Identity:
@@ -71,45 +76,46 @@ class _Identity:
 
 
 class NVMeOFConnector(Connector):
-    """``connector_for("nvmeof", use_multipath=True, timeout=30.0, ...)``.
+    """``connector_for("nvmeof", use_multipath=False, timeout=30.0, ...)``.
 
-    Options: ``use_multipath`` (connect every portal when the kernel has native NVMe multipath),
+    Options: ``use_multipath`` (default False, as every connector: connect every portal when the kernel
+    has native NVMe multipath; otherwise the first portal that works),
     ``host_nqn``/``host_id`` (default: /etc/nvme/hostnqn and nvme-cli's own host id; the connection
     info's ``host_nqn`` wins), ``ctrl_loss_tmo``/``reconnect_delay``/``keep_alive_tmo``/``nr_io_queues``
     (nvme connect's ``-l``/``-c``/``-k``/``-i``; None keeps the kernel defaults), ``timeout`` for the
     namespace to appear and for what a disconnect removed to be gone, ``run_dir`` for the
-    per-subsystem attach records, ``lock_path``.
+    per-subsystem attach records, ``lock_path``. A bad value raises :class:`InvalidOption` naming it.
     """
 
     protocol = "nvmeof"
     info_type = NvmeofInfo
 
-    def __init__(self, *, use_multipath: bool = True, host_nqn: Optional[str] = None, host_id: Optional[str] = None,
+    def __init__(self, *, use_multipath: bool = False, host_nqn: Optional[str] = None, host_id: Optional[str] = None,
                  ctrl_loss_tmo: Optional[int] = None, reconnect_delay: Optional[int] = None,
                  keep_alive_tmo: Optional[int] = None, nr_io_queues: Optional[int] = None,
                  timeout: float = 30.0, run_dir: str = "/run/blocklink", lock_path: Optional[str] = None,
-                 executor: Optional[Executor] = None, paths: Optional[HostPaths] = None) -> None:
+                 executor: Optional[Executor] = None, paths: Optional[HostPaths] = None, **legacy: Any) -> None:
         super().__init__(executor=executor, paths=paths)
-        self.use_multipath = use_multipath
+        timeout = fold_renamed("NVMeOFConnector", legacy, {"timeout": timeout})["timeout"]
+        self.use_multipath = flag("use_multipath", use_multipath)
+        for name, value in (("host_nqn", host_nqn), ("host_id", host_id)):
+            if value is not None and (not isinstance(value, str) or not _OPTION_ID_RE.fullmatch(value)):
+                raise InvalidOption(name, f"{str(value)[:60]!r} is not an NQN / host ID")
         self.host_nqn = host_nqn
         self.host_id = host_id
-        self.ctrl_loss_tmo = ctrl_loss_tmo
-        self.reconnect_delay = reconnect_delay
-        self.keep_alive_tmo = keep_alive_tmo
-        self.nr_io_queues = nr_io_queues
-        self.timeout = timeout
+        # nvme connect: -l -1 means "retry forever"; the others are counts of seconds or queues
+        self.ctrl_loss_tmo = None if ctrl_loss_tmo is None else count("ctrl_loss_tmo", ctrl_loss_tmo, minimum=-1)
+        self.reconnect_delay = None if reconnect_delay is None else count("reconnect_delay", reconnect_delay, minimum=1)
+        self.keep_alive_tmo = None if keep_alive_tmo is None else count("keep_alive_tmo", keep_alive_tmo)
+        self.nr_io_queues = None if nr_io_queues is None else count("nr_io_queues", nr_io_queues, minimum=1)
+        self.timeout = seconds("timeout", timeout)
         self.record_dir = os.path.join(run_dir, "nvme")
         self.locks = LockFactory(lock_path or os.path.join(run_dir, "locks"))
         self.host = NvmeHost(self.paths, self.executor)
 
     # ------------------------------------------------------------------ connector properties
     def get_connector_properties(self, **kwargs: Any) -> Dict[str, Any]:
-        ids = read_nvme_ids(self.paths)
-        out: Dict[str, Any] = {k: ids[k] for k in ("nqn", "nvme_hostid") if k in ids}
-        if self.host_nqn:
-            out["nqn"] = self.host_nqn
-        out["nvme_native_multipath"] = self.host.native_multipath()
-        return out
+        return protocol_properties(self.protocol, self.paths, nqn=self.host_nqn)
 
     def _hostnqn(self, info: NvmeofInfo) -> str:
         nqn = info.host_nqn or self.host_nqn or read_nvme_ids(self.paths).get("nqn")
@@ -143,13 +149,13 @@ class NVMeOFConnector(Connector):
                 self._undo(created)
                 raise
         LOG.info("nvme: %s attached at %s via %s", ident, ns.path, ", ".join(ns.controllers))
-        return AttachedDevice(protocol=self.protocol, path=ns.path, type="block", wwn=ns.wwid,
-                              extra={"nqn": ninfo.target_nqn, "nsid": ns.nsid, "uuid": ns.uuid,
-                                     "controllers": list(ns.controllers), "size": ns.size})
+        return AttachedDevice(protocol=self.protocol, path=ns.path, type=DeviceKind.BLOCK, wwn=ns.wwid,
+                              nqn=ninfo.target_nqn, nsid=ns.nsid, uuid=ns.uuid, controllers=tuple(ns.controllers),
+                              size=ns.size)
 
     def _connect_and_find(self, info: NvmeofInfo, ident: _Identity, hostnqn: str, portals: List[NvmePortalSpec],
                           existing: Dict[NvmePortalSpec, Controller], created: List[str]) -> Namespace:
-        all_paths = self.use_multipath and self.host.native_multipath()
+        all_paths = self.use_multipath and read_nvme_native_multipath(self.paths)
         live = [c for c in existing.values() if c.live]
         for c in live:  # a target without namespace-change notices shows a new namespace only after a rescan
             self._rescan(c.name)

@@ -10,18 +10,13 @@ from __future__ import annotations
 import platform
 import socket
 import sys
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from blocklink.connection import normalize_wwn
-from blocklink.errors import BlocklinkError
+from blocklink.errors import MultipathdNotRunning
 from blocklink.hostpaths import HostPaths
 
 MULTIPATHD_SOCKET = "@/org/kernel/linux/storage/multipathd"
-
-
-class MultipathdNotRunning(BlocklinkError):
-    def __init__(self) -> None:
-        super().__init__("enforce_multipath is set but multipathd is not running")
 
 
 def read_initiator_name(paths: HostPaths) -> Optional[str]:
@@ -68,6 +63,46 @@ def read_nvme_ids(paths: HostPaths) -> Dict[str, str]:
     return out
 
 
+def read_nvme_native_multipath(paths: HostPaths) -> bool:
+    """Whether nvme_core does native NVMe multipath (one /dev/nvmeXnY over every controller of a subsystem)."""
+    v = paths.read(paths.sys("module", "nvme_core", "parameters", "multipath"), "")
+    return (v or "").upper() in ("Y", "1")
+
+
+def _iscsi_keys(paths: HostPaths) -> Dict[str, Any]:
+    name = read_initiator_name(paths)
+    return {"initiator": name} if name else {}
+
+
+def _fc_keys(paths: HostPaths) -> Dict[str, Any]:
+    ports = read_fc_ports(paths)
+    return {"wwpns": [p[1] for p in ports], "wwnns": [p[2] for p in ports]} if ports else {}
+
+
+def _nvme_keys(paths: HostPaths) -> Dict[str, Any]:
+    out: Dict[str, Any] = dict(read_nvme_ids(paths))
+    out["nvme_native_multipath"] = read_nvme_native_multipath(paths)
+    return out
+
+
+# protocol -> reader of its host-connector keys: the one table both get_connector_properties and each
+# connector's get_connector_properties read (RBD's only key, do_local_attach, is a caller's choice)
+PROTOCOL_KEYS: Mapping[str, Callable[[HostPaths], Dict[str, Any]]] = {
+    "iscsi": _iscsi_keys,
+    "fibre_channel": _fc_keys,
+    "nvmeof": _nvme_keys,
+}
+
+
+def protocol_properties(protocol: str, paths: Optional[HostPaths] = None, **overrides: Any) -> Dict[str, Any]:
+    """``protocol``'s keys of the host connector, read from files; ``overrides`` (a connector's own
+    options, e.g. its configured ``nqn`` or ``do_local_attach``) replace what was read when not None."""
+    reader = PROTOCOL_KEYS.get(protocol)
+    out = reader(paths or HostPaths()) if reader is not None else {}
+    out.update({k: v for k, v in overrides.items() if v is not None})
+    return out
+
+
 def _default_ip() -> str:
     """The source address of the default route: a UDP connect only consults the routing table."""
     for family, probe in ((socket.AF_INET, "192.0.2.1"), (socket.AF_INET6, "2001:db8::1")):
@@ -87,8 +122,8 @@ def get_connector_properties(*, ip: Optional[str] = None, host: Optional[str] = 
     """The host connector dict in os-brick's format.
 
     Keys: ``platform``, ``os_type``, ``ip``, ``host``, ``multipath``, ``enforce_multipath``,
-    ``do_local_attach``, and where the host has them ``initiator``, ``wwpns``, ``wwnns``, ``nqn``,
-    ``nvme_hostid``, ``uuid``. ``multipath`` is true only when asked for and multipathd runs; with
+    ``do_local_attach``, ``nvme_native_multipath``, and where the host has them ``initiator``, ``wwpns``,
+    ``wwnns``, ``nqn``, ``nvme_hostid``, ``uuid`` (each protocol's keys from :data:`PROTOCOL_KEYS`). ``multipath`` is true only when asked for and multipathd runs; with
     ``enforce_multipath`` a missing multipathd raises :class:`MultipathdNotRunning`.
     """
     paths = paths or HostPaths()
@@ -106,12 +141,6 @@ def get_connector_properties(*, ip: Optional[str] = None, host: Optional[str] = 
         "enforce_multipath": enforce_multipath,
         "do_local_attach": do_local_attach,
     }
-    initiator = read_initiator_name(paths)
-    if initiator:
-        props["initiator"] = initiator
-    ports = read_fc_ports(paths)
-    if ports:
-        props["wwpns"] = [p[1] for p in ports]
-        props["wwnns"] = [p[2] for p in ports]
-    props.update(read_nvme_ids(paths))
+    for reader in PROTOCOL_KEYS.values():
+        props.update(reader(paths))
     return props

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
-from blocklink.errors import BlocklinkError, ConnectionFailed
+from blocklink.errors import DaemonDied, InvalidOption, QmpError
 from blocklink.executor import Executor
 from blocklink.hostpaths import HostPaths
 from blocklink.masking import Secret, get_logger
@@ -33,24 +33,6 @@ NODE = "vol"        # the block node every daemon exports
 EXPORT = "exp0"     # the export's id
 SECRET_ID = "sec0"  # the secret object's id
 UNIX_PATH_MAX = 107  # sun_path is 108 bytes including the NUL
-
-
-class QmpError(BlocklinkError):
-    """A QMP command failed or the monitor could not be reached; ``command`` names it."""
-
-    def __init__(self, command: str, error_class: str, desc: str) -> None:
-        self.command = command
-        self.error_class = error_class
-        self.desc = desc
-        super().__init__(f"QMP {command}: {error_class}: {desc}")
-
-
-class DaemonDied(ConnectionFailed):
-    """The qemu-storage-daemon serving a volume is gone (or no longer answers its monitor)."""
-
-    def __init__(self, target: str, reason: str, pid: Optional[int] = None) -> None:
-        self.pid = pid
-        super().__init__(target, reason)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -388,7 +370,7 @@ def export_args(export: str, layout: DaemonLayout, read_only: bool) -> Dict[str,
     elif export == "vhost-user-blk":
         args["addr"] = {"type": "unix", "path": layout.vhost}
     else:
-        raise ValueError(f"unknown export type {export!r}")
+        raise InvalidOption("export", f"unknown export type {export!r}")
     return args
 
 

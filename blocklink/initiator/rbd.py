@@ -14,26 +14,22 @@ import io
 import json
 import os
 import threading
-from typing import Any, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 from blocklink.ceph_client import (CephFiles, ClusterSpec, connect, import_rados, iter_keyring_candidates,
                                    key_from_keyring, open_image, open_ioctx)
-from blocklink.connection import AttachedDevice, RbdInfo
-from blocklink.errors import (CommandFailed, ConnectionFailed, DetachIncomplete, DeviceBusy, DeviceNotFound,
-                              InvalidConnectionInfo, VolumeNotFound)
+from blocklink.connection import AttachedDevice, DeviceKind, RbdInfo
+from blocklink.errors import (CommandFailed, ConnectionFailed, DetachIncomplete, DeviceBusy, DeviceMismatch,
+                              DeviceNotFound, InvalidConnectionInfo, InvalidOption, RbdIOError, VolumeNotFound)
 from blocklink.executor import Executor
 from blocklink.hostpaths import HostPaths
 from blocklink.initiator.base import Connector, DeviceLike, InfoLike
+from blocklink.initiator.options import choice, flag, fold_renamed, seconds
+from blocklink.initiator.properties import protocol_properties
 from blocklink.locks import LockFactory
 from blocklink.masking import Secret, get_logger
 
 LOG = get_logger(__name__)
-
-
-class RbdIOError(ConnectionFailed, OSError):
-    """librbd failed an I/O on an open handle (OSD unreachable, op timeout, client blocklisted).
-
-    A :class:`ConnectionFailed` naming the image, and an :class:`OSError` for file-object callers."""
 
 
 @contextlib.contextmanager
@@ -194,19 +190,21 @@ class RBDConnector(Connector):
     def __init__(self, *, do_local_attach: bool = False, device_type: str = "krbd",
                  conffile: Optional[str] = None, timeout: float = 30.0, lock_path: Optional[str] = None,
                  run_dir: str = "/run/blocklink", executor: Optional[Executor] = None,
-                 paths: Optional[HostPaths] = None) -> None:
+                 paths: Optional[HostPaths] = None, **legacy: Any) -> None:
         super().__init__(executor=executor, paths=paths)
-        if device_type not in ("krbd", "nbd"):
-            raise InvalidConnectionInfo("device_type", f"expected 'krbd' or 'nbd', got {device_type!r}")
-        self.do_local_attach = do_local_attach
-        self.device_type = device_type
+        timeout = fold_renamed("RBDConnector", legacy, {"timeout": timeout})["timeout"]
+        self.do_local_attach = flag("do_local_attach", do_local_attach)
+        self.device_type = choice("device_type", device_type, ("krbd", "nbd"))
+        if conffile is not None and not isinstance(conffile, str):
+            raise InvalidOption("conffile", f"expected a path, got {type(conffile).__name__}")
         self.conffile = conffile
-        self.timeout = timeout
+        self.timeout = seconds("timeout", timeout)
         self.run_dir = run_dir
         self.locks = LockFactory(lock_path or os.path.join(run_dir, "locks"))
 
-    def get_connector_properties(self, **kwargs: Any) -> dict:
-        return {"do_local_attach": kwargs.get("do_local_attach", self.do_local_attach)}
+    def get_connector_properties(self, **kwargs: Any) -> Dict[str, Any]:
+        return protocol_properties("rbd", self.paths,
+                                   do_local_attach=kwargs.get("do_local_attach", self.do_local_attach))
 
     # ------------------------------------------------------------------ cluster access
     def cluster_spec(self, info: RbdInfo) -> ClusterSpec:
@@ -247,8 +245,8 @@ class RBDConnector(Connector):
         rinfo: RbdInfo = self._info(info)
         if self._local(rinfo):
             return self._map(rinfo)
-        return AttachedDevice(protocol="rbd", handle=self.open_handle(rinfo), type="handle",
-                              extra={"name": rinfo.name})
+        return AttachedDevice(protocol="rbd", handle=self.open_handle(rinfo), type=DeviceKind.HANDLE,
+                              volume=rinfo.name, read_only=rinfo.read_only)
 
     def open_handle(self, info: InfoLike) -> RbdHandle:
         rinfo: RbdInfo = self._info(info)
@@ -302,38 +300,44 @@ class RBDConnector(Connector):
         return [dev] if dev else []
 
     # ------------------------------------------------------------------ local mapping
-    def _find_mapping(self, info: RbdInfo) -> Optional[str]:
+    def _mappings(self) -> Dict[str, str]:
+        """device path -> image spec ("pool/[namespace/]image[@snap]") of every mapping of our device type."""
+        out: Dict[str, str] = {}
         if self.device_type == "krbd":
             base = self.paths.sys("bus", "rbd", "devices")
             for dev_id in self.paths.listdir(base):
                 d = os.path.join(base, dev_id)
-                if (self.paths.read(os.path.join(d, "pool")) == info.pool
-                        and self.paths.read(os.path.join(d, "name")) == info.image
-                        and (self.paths.read(os.path.join(d, "pool_ns"), "") or "") == info.namespace
-                        and self.paths.read(os.path.join(d, "current_snap"), "-") in ("-", None)):
-                    return f"/dev/rbd{dev_id}"
-            return None
+                pool, image = self.paths.read(os.path.join(d, "pool")), self.paths.read(os.path.join(d, "name"))
+                if pool and image:
+                    out[f"/dev/rbd{dev_id}"] = _spec(pool, self.paths.read(os.path.join(d, "pool_ns"), "") or "",
+                                                     image, self.paths.read(os.path.join(d, "current_snap"), "-"))
+            return out
         res = self.executor.run(["rbd-nbd", "list-mapped", "--format", "json"], check=False)
         if res.exit_code != 0:
-            return None
+            return out
         try:
             entries = json.loads(res.stdout or "[]")
         except ValueError:
-            return None
+            return out
         for e in entries if isinstance(entries, list) else []:
-            if not isinstance(e, dict) or not str(e.get("device", "")).startswith("/dev/"):
+            if not isinstance(e, dict) or not str(e.get("device", "")).startswith("/dev/") or \
+                    not all(isinstance(e.get(k), str) and e[k] for k in ("pool", "image")):
                 continue  # not an entry rbd-nbd writes: never hand out its "device"
-            if (e.get("pool") == info.pool and e.get("image") == info.image
-                    and (e.get("namespace") or "") == info.namespace and e.get("snap", "-") in ("-", "")):
-                return str(e.get("device"))
-        return None
+            ns, snap = e.get("namespace") or "", e.get("snap", "-")
+            if isinstance(ns, str) and isinstance(snap, str):
+                out[str(e["device"])] = _spec(e["pool"], ns, e["image"], snap)
+        return out
+
+    def _find_mapping(self, info: RbdInfo) -> Optional[str]:
+        want = _spec(info.pool, info.namespace, info.image, "-")
+        return next((dev for dev, spec in self._mappings().items() if spec == want), None)
 
     def _map(self, info: RbdInfo) -> AttachedDevice:
         with self.locks.lock(f"rbd-{info.pool}-{info.namespace}-{info.image}"):
             existing = self._find_mapping(info)
             if existing:
                 LOG.info("rbd image %s already mapped at %s", info.name, existing)
-                return AttachedDevice(protocol="rbd", path=existing, type="block", extra={"name": info.name})
+                return self._device_of(info, existing)
             spec = self.cluster_spec(info)
             spec_name = f"{info.pool}/{info.namespace + '/' if info.namespace else ''}{info.image}"
             with CephFiles(spec, base_dir=self.run_dir) as files:
@@ -354,13 +358,19 @@ class RBDConnector(Connector):
             if not path:
                 raise DeviceNotFound(f"rbd image {info.name}")
             LOG.info("mapped rbd image %s at %s (%s)", info.name, path, self.device_type)
-            return AttachedDevice(protocol="rbd", path=path, type="block", extra={"name": info.name})
+            return self._device_of(info, path)
+
+    def _device_of(self, info: RbdInfo, path: str) -> AttachedDevice:
+        return AttachedDevice(protocol="rbd", path=path, type=DeviceKind.BLOCK, volume=info.name,
+                              read_only=info.read_only)
 
     def _unmap(self, info: RbdInfo, path: Optional[str], force: bool) -> None:
         with self.locks.lock(f"rbd-{info.pool}-{info.namespace}-{info.image}"):
             found = self._find_mapping(info)
             if path and found and path != found:
-                raise DeviceBusy(path, f"is not the mapping of {info.name} (that is {found})")
+                # the caller's device is another image's mapping now: never unmap it
+                raise DeviceMismatch(path, expected=_spec(info.pool, info.namespace, info.image, "-"),
+                                     found=self._mappings().get(path, "no image"), what="image")
             target = found or None
             if target is None:
                 return  # already unmapped: disconnecting twice is harmless
@@ -373,6 +383,10 @@ class RBDConnector(Connector):
                     raise DetachIncomplete(info.name, [f"unmap {target}: {e}"]) from None
                 raise DeviceBusy(target, e.stderr.strip().splitlines()[-1] if e.stderr.strip() else str(e)) from None
             LOG.info("unmapped rbd image %s from %s", info.name, target)
+
+
+def _spec(pool: str, namespace: str, image: str, snap: Optional[str]) -> str:
+    return f"{pool}/{namespace + '/' if namespace else ''}{image}{'' if snap in ('-', '', None) else '@' + str(snap)}"
 
 
 def _map_error(name: str, e: CommandFailed) -> Exception:

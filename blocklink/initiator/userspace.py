@@ -35,12 +35,14 @@ import time
 from typing import Any, ClassVar, Dict, Iterator, List, Optional, Tuple
 
 from blocklink.ceph_client import key_from_keyring, mon_host_entry
-from blocklink.connection import AttachedDevice, IscsiInfo, IscsiTarget, RbdInfo
+from blocklink.connection import AttachedDevice, DeviceKind, IscsiInfo, IscsiTarget, RbdInfo
 from blocklink.errors import (AuthenticationFailed, CommandFailed, CommandTimeout, ConnectionFailed, DetachIncomplete,
-                              DeviceBusy, DeviceNotFound, InvalidConnectionInfo, InvalidConnector, VolumeNotFound)
+                              DeviceBusy, DeviceMismatch, DeviceNotFound, InvalidConnectionInfo, InvalidConnector,
+                              InvalidOption, VolumeNotFound)
 from blocklink.executor import Executor
 from blocklink.hostpaths import HostPaths
 from blocklink.initiator.base import Connector, DeviceLike, InfoLike
+from blocklink.initiator.options import choice, flag, fold_renamed, seconds
 from blocklink.initiator.qsd import (EXPORT, NODE, SECRET_ID, UNIX_PATH_MAX, DaemonDied, DaemonLayout, DaemonSpec,
                                      DaemonStatus, daemon_message,
                                      QmpClient, QmpError, build_argv, export_args, mount_fstype, open_by, pid_alive, pid_cmdline,
@@ -53,15 +55,10 @@ from blocklink.privatefile import create_private
 LOG = get_logger(__name__)
 
 EXPORTS = ("fuse", "nbd", "vhost-user-blk")
+# what the attached device's path is, per export: a file to open, or a socket for an NBD / vhost-user client
+EXPORT_KINDS = {"fuse": DeviceKind.FILE, "nbd": DeviceKind.SOCKET, "vhost-user-blk": DeviceKind.SOCKET}
 FILE_BRIDGES = ("nbdfuse", "qsd")
 _RUN_DIR_RE = re.compile(r"^/[A-Za-z0-9._/\-]+$")  # ends up in a QemuOpts string: no commas or '='
-
-# registry targets for connector_for(protocol, attach="userspace")
-USERSPACE_CONNECTORS = {
-    "iscsi": "blocklink.initiator.userspace:UserspaceISCSIConnector",
-    "rbd": "blocklink.initiator.userspace:UserspaceRBDConnector",
-}
-
 
 class _Attempt(Exception):
     """A start attempt failed; ``retry`` says whether another portal may do better."""
@@ -90,19 +87,22 @@ class UserspaceConnector(Connector):
     def __init__(self, *, export: str = "fuse", run_dir: str = "/run/blocklink/qsd", lock_path: Optional[str] = None,
                  timeout: float = 30.0, binary: str = "qemu-storage-daemon", netns: Optional[str] = None,
                  cache_direct: bool = True, file_bridge: str = "nbdfuse", nbdfuse: str = "nbdfuse",
-                 executor: Optional[Executor] = None, paths: Optional[HostPaths] = None) -> None:
+                 executor: Optional[Executor] = None, paths: Optional[HostPaths] = None, **legacy: Any) -> None:
         super().__init__(executor=executor, paths=paths)
-        if export not in EXPORTS:
-            raise InvalidConnectionInfo("export", f"expected one of {', '.join(EXPORTS)}, got {export!r}")
+        timeout = fold_renamed(type(self).__name__, legacy, {"timeout": timeout})["timeout"]
+        choice("export", export, EXPORTS)
+        if not isinstance(run_dir, str):
+            raise InvalidOption("run_dir", f"expected a path, got {type(run_dir).__name__}")
         run_dir = os.path.abspath(run_dir)
         if not _RUN_DIR_RE.match(run_dir):
-            raise InvalidConnectionInfo("run_dir", "may contain only letters, digits and . _ - /")
+            raise InvalidOption("run_dir", "may contain only letters, digits and . _ - /")
         if len(run_dir) + len("/rbd-0123456789abcdef/vhost.sock") > UNIX_PATH_MAX:
-            raise InvalidConnectionInfo("run_dir", "too long for the daemon's unix sockets")
-        if file_bridge not in FILE_BRIDGES:
-            raise InvalidConnectionInfo("file_bridge", f"expected one of {', '.join(FILE_BRIDGES)}, got {file_bridge!r}")
-        if netns is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._\-]*", netns):
-            raise InvalidConnectionInfo("netns", f"{netns[:40]!r} is not a network namespace name")
+            raise InvalidOption("run_dir", "too long for the daemon's unix sockets")
+        choice("file_bridge", file_bridge, FILE_BRIDGES)
+        if netns is not None and not (isinstance(netns, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._\-]*", netns)):
+            raise InvalidOption("netns", f"{str(netns)[:40]!r} is not a network namespace name")
+        flag("cache_direct", cache_direct)
+        timeout = seconds("timeout", timeout)
         self.export = export
         self.run_dir = run_dir
         self.timeout = timeout
@@ -176,7 +176,9 @@ class UserspaceConnector(Connector):
             if not os.path.isdir(layout.dir):
                 return  # never attached, or already detached: harmless
             if dev is not None and dev.path and dev.path not in (layout.disk, layout.nbd, layout.vhost):
-                raise DeviceBusy(dev.path, f"is not the userspace attachment of {name} ({layout.dir})")
+                # another volume's attachment (or nothing of ours): never tear it down for this one
+                raise DeviceMismatch(dev.path, expected=layout.dir, found=os.path.dirname(dev.path),
+                                     what="attachment directory")
             state = self._state(layout)
             pid = self._pid(layout)
             if state.get("export") == "fuse" and not force:
@@ -297,13 +299,14 @@ class UserspaceConnector(Connector):
         return status
 
     def _device_for(self, status: DaemonStatus, layout: DaemonLayout, name: str) -> AttachedDevice:
-        extra: Dict[str, Any] = {"export": status.export, "pid": status.pid, "run_dir": layout.dir,
-                                 "size": status.size, "read_only": status.read_only, "name": name}
-        if status.export == "nbd":
-            extra.update(nbd_export=NODE, uri=nbd_uri(layout))
+        bridge = None
         if status.export == "fuse":
-            extra["bridge"] = self._state(layout).get("bridge") or ("nbdfuse" if status.bridge_pid else "qsd")
-        return AttachedDevice(protocol=self.protocol, path=status.path, type="file", extra=extra)
+            bridge = self._state(layout).get("bridge") or ("nbdfuse" if status.bridge_pid else "qsd")
+        nbd = status.export == "nbd"
+        return AttachedDevice(protocol=self.protocol, path=status.path, type=EXPORT_KINDS[status.export],
+                              volume=name, size=status.size, read_only=status.read_only, pid=status.pid,
+                              export=status.export, bridge=bridge, run_dir=layout.dir,
+                              uri=nbd_uri(layout) if nbd else None, nbd_export=NODE if nbd else None)
 
     # ------------------------------------------------------------------ health and state
     def _pid(self, layout: DaemonLayout) -> Optional[int]:
@@ -458,8 +461,8 @@ class UserspaceISCSIConnector(UserspaceConnector):
                  probe_timeout: float = 3.0, **options: Any) -> None:
         super().__init__(**options)
         self.initiator_name = initiator_name
-        self.allow_one_way_chap = allow_one_way_chap
-        self.probe_timeout = probe_timeout
+        self.allow_one_way_chap = flag("allow_one_way_chap", allow_one_way_chap)
+        self.probe_timeout = seconds("probe_timeout", probe_timeout)
 
     def initiator(self) -> str:
         from blocklink.connection import check_name
@@ -616,4 +619,4 @@ class UserspaceRBDConnector(UserspaceConnector):
 
 
 __all__ = ["UserspaceConnector", "UserspaceISCSIConnector", "UserspaceRBDConnector", "DaemonStatus", "DaemonDied",
-           "USERSPACE_CONNECTORS", "EXPORTS"]
+           "EXPORTS", "EXPORT_KINDS"]

@@ -9,6 +9,7 @@ from typing import Any, ClassVar, Dict, Iterable, Mapping, Optional, Tuple, Type
 
 from blocklink.errors import InvalidConnectionInfo
 from blocklink.masking import Secret, reveal
+from blocklink.models.protocols import canonical_protocol
 
 T = TypeVar("T")
 _Err = Type[InvalidConnectionInfo]
@@ -97,9 +98,9 @@ def _describe(v: Any) -> str:
     return f"{type(v).__name__} {s[:40]}" if len(s) <= 40 else f"{type(v).__name__} {s[:37]}..."
 
 
-def check_name(v: Any, where: str, err: _Err = InvalidConnectionInfo, max_len: int = 255) -> str:
+def check_name(value: Any, where: str, err: _Err = InvalidConnectionInfo, max_len: int = 255) -> str:
     """An identifier that will reach a path, argv or sysfs write: strict character set."""
-    v = _text(v, where, err)
+    v = _text(value, where, err)
     if not v:
         raise err(where, "is empty")
     if len(v) > max_len:
@@ -109,9 +110,9 @@ def check_name(v: Any, where: str, err: _Err = InvalidConnectionInfo, max_len: i
     return v
 
 
-def check_host(v: Any, where: str, err: _Err = InvalidConnectionInfo) -> str:
+def check_host(value: Any, where: str, err: _Err = InvalidConnectionInfo) -> str:
     """An IPv4/IPv6 address (IPv6 without brackets) or a DNS name."""
-    v = _text(v, where, err)
+    v = _text(value, where, err)
     try:
         ipaddress.ip_address(v)
         return v
@@ -122,8 +123,8 @@ def check_host(v: Any, where: str, err: _Err = InvalidConnectionInfo) -> str:
     return v
 
 
-def check_ceph_name(v: Any, where: str, err: _Err = InvalidConnectionInfo) -> str:
-    v = _text(v, where, err)
+def check_ceph_name(value: Any, where: str, err: _Err = InvalidConnectionInfo) -> str:
+    v = _text(value, where, err)
     # a leading '-' would make "pool/image" an option of the rbd/rbd-nbd command line
     if not v or v in (".", "..") or v.startswith("-") or not _CEPH_NAME_RE.match(v) or len(v) > 255:
         raise err(where, f"{v[:60]!r} is not a valid Ceph pool/namespace/image/user name")
@@ -145,7 +146,6 @@ def _put(out: Dict[str, Any], key: str, value: Any) -> None:
 # ---------------------------------------------------------------------------------------------
 
 _ENVELOPE_KEYS = ("driver_volume_type", "data")
-_ALIASES = {"fc": "fibre_channel", "ceph": "rbd", "nvme": "nvmeof"}
 
 
 def _split_envelope(d: Any, expected_type: str) -> Tuple[Mapping[str, Any], Dict[str, Any], str]:
@@ -154,7 +154,7 @@ def _split_envelope(d: Any, expected_type: str) -> Tuple[Mapping[str, Any], Dict
         raise InvalidConnectionInfo("connection_info", f"expected a dict, got {_describe(d)}")
     if "driver_volume_type" in d or "data" in d:
         dvt = d.get("driver_volume_type")
-        if dvt is not None and (not isinstance(dvt, str) or _ALIASES.get(dvt.lower(), dvt.lower()) != expected_type):
+        if dvt is not None and (not isinstance(dvt, str) or canonical_protocol(dvt) != expected_type):
             raise InvalidConnectionInfo("driver_volume_type", f"expected {expected_type!r}, got {_describe(dvt)}")
         data = d.get("data")
         if not isinstance(data, Mapping):

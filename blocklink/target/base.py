@@ -24,15 +24,15 @@ import abc
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Protocol, Sequence, Tuple, Union, runtime_checkable
 
-from blocklink.connection import HostConnector, IscsiInfo, IscsiTarget, Portal
+from blocklink.connection import ConnectionInfo, HostConnector, IscsiInfo, IscsiTarget, Portal
 from blocklink.errors import InvalidConnectionInfo, InvalidConnector
 from blocklink.locks import LockFactory
 from blocklink.masking import Secret, get_logger
 from blocklink.target.chap import ChapCredentials
 
-__all__ = ["Export", "Access", "IscsiTargetHelper", "ChapCredentials", "check_volume_id", "check_iscsi_name",
+__all__ = ["Export", "Access", "TargetHelper", "ExportingTargetHelper", "HostConnectorLike", "IscsiTargetHelper", "ChapCredentials", "check_volume_id", "check_iscsi_name",
            "validate_connector", "DEFAULT_IQN_PREFIX"]
 
 LOG = get_logger(__name__)
@@ -143,6 +143,33 @@ def _portal(p: Union[str, Portal], i: int) -> Portal:
     if isinstance(p, Portal):
         return p
     return Portal.parse(p, f"portals[{i}]")
+
+
+HostConnectorLike = Union[HostConnector, Mapping[str, Any]]
+
+
+@runtime_checkable
+class TargetHelper(Protocol):
+    """What :class:`~blocklink.attach.flow.AttachFlow` needs from a storage target: open a volume to
+    one host (returning its connection info) and close it again. Structural: LioTarget, TgtTarget,
+    NvmetTarget, RbdTarget and the test fakes conform without inheriting (mypy checks it)."""
+
+    def initialize_connection(self, volume_id: str, host_connector: HostConnectorLike, /, *,
+                              access_mode: str = ...) -> Union[ConnectionInfo, Mapping[str, Any]]: ...
+
+    def terminate_connection(self, volume_id: str, host_connector: HostConnectorLike, /) -> None: ...
+
+
+@runtime_checkable
+class ExportingTargetHelper(TargetHelper, Protocol):
+    """A target that exports a local device per volume first (iSCSI, NVMe-oF); RBD needs no export.
+    ``remove_export`` of a missing export is not an error."""
+
+    def get_export(self, volume_id: str, /) -> Optional[object]: ...
+
+    def create_export(self, volume_id: str, device_path: Optional[str], /, *, size: Optional[int] = ...) -> object: ...
+
+    def remove_export(self, volume_id: str, /) -> None: ...
 
 
 class IscsiTargetHelper(abc.ABC):

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from blocklink.connection import Portal
-from blocklink.errors import ExportNotFound, InvalidConnectionInfo, MissingDependency, TargetError
+from blocklink.errors import ExportNotFound, InvalidConnectionInfo, LioError, MissingDependency, TargetError
 from blocklink.masking import Secret, get_logger
 from blocklink.privatefile import replace_private
 from blocklink.privileged import entrypoint
@@ -49,15 +49,6 @@ LOG = get_logger(__name__)
 
 Creds = Union[bool, ChapCredentials, Tuple[str, str], None]
 _RTSLIB: Any = None  # tests may install a stand-in module here
-
-
-class LioError(Exception):
-    """Raised inside the privileged functions; plain string args so oslo.privsep can carry it back."""
-
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(kind, message)
-        self.kind = kind
-        self.message = message
 
 
 def _rts() -> Any:

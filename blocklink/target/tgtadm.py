@@ -26,7 +26,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
-from blocklink.errors import TargetError
+from blocklink.errors import TargetError, TgtAdmError
 from blocklink.masking import Secret, get_logger
 from blocklink.privileged import entrypoint
 
@@ -59,14 +59,6 @@ ERRORS: Tuple[Tuple[str, str], ...] = (
     ("UNKNOWN_PARAM", "unknown parameter"), ("PREVENT_REMOVAL", "this device has Prevent Removal set"),
 )
 _VALUE_RE = re.compile(r"^[^,=\x00-\x1f\x7f]+$")  # what may stand in a k=v,k=v request
-
-
-class TgtAdmError(TargetError):
-    """tgtd refused a request; ``code`` is tgtd's error name (``NO_TARGET``, ``USER_EXIST``, ...)."""
-
-    def __init__(self, target: str, code: str, message: str) -> None:
-        self.code = code
-        super().__init__(target, message)
 
 
 Part = Union[str, Secret]

@@ -116,10 +116,10 @@ def test_fuse_write_lands_in_backing_file_and_detach_leaves_nothing(tgtd, run_di
     attach_ms = (time.monotonic() - t0) * 1000
     assert dev.type == "file" and os.path.isfile(dev.path) and os.stat(dev.path).st_size == 64 * MiB
     assert mount_fstype(dev.path) == "fuse"
-    run = dev.extra["run_dir"]
+    run = dev.run_dir
     assert oct(os.stat(run).st_mode & 0o777) == "0o700"
     assert "secret" not in os.listdir(run), "the CHAP secret file must be gone once the daemon is up"
-    with open(f"/proc/{dev.extra['pid']}/cmdline", "rb") as f:
+    with open(f"/proc/{dev.pid}/cmdline", "rb") as f:
         assert info["data"]["auth_password"].encode() not in f.read()
     assert tgtd.sessions() == 1
     data = os.urandom(4 * MiB)
@@ -186,7 +186,7 @@ def test_first_reachable_portal_is_used(tgtd, run_dir):
     conn = _conn(run_dir, probe_timeout=1)
     dev = conn.connect_volume(multi)
     try:
-        with open(os.path.join(dev.extra["run_dir"], "state.json")) as f:
+        with open(os.path.join(dev.run_dir, "state.json")) as f:
             assert d["target_portal"] in f.read()
     finally:
         conn.disconnect_volume(multi, dev)
@@ -203,7 +203,7 @@ def test_read_only_attach(tgtd, run_dir):
     conn = _conn(run_dir)
     dev = conn.connect_volume(ro)
     try:
-        assert dev.extra["read_only"] is True
+        assert dev.read_only is True
         with open(dev.path, "rb") as f:
             assert f.read(4096) == b"ro-check" * 512
         with pytest.raises(OSError):
@@ -237,7 +237,7 @@ def test_dead_daemon_is_reported_and_cleaned(tgtd, run_dir):
     info, _ = tgtd.volume()
     conn = _conn(run_dir)
     dev = conn.connect_volume(info)
-    pid = dev.extra["pid"]
+    pid = dev.pid
     os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 10
     while pid_alive(pid) and time.monotonic() < deadline:
@@ -249,9 +249,9 @@ def test_dead_daemon_is_reported_and_cleaned(tgtd, run_dir):
     assert mount_fstype(dev.path) == "fuse"  # the stale mount of the dead daemon is still there ...
     with pytest.raises(DaemonDied):
         conn.connect_volume(info)  # ... reported by connect, which also clears the leftovers
-    assert mount_fstype(dev.path) is None and not os.path.exists(dev.extra["run_dir"])
+    assert mount_fstype(dev.path) is None and not os.path.exists(dev.run_dir)
     dev2 = conn.connect_volume(info)  # and a retry attaches afresh
-    assert dev2.extra["pid"] != pid
+    assert dev2.pid != pid
     conn.disconnect_volume(info, dev2)
 
 
@@ -263,11 +263,11 @@ def test_open_file_blocks_detach_unless_forced(tgtd, run_dir):
     try:
         with pytest.raises(DeviceBusy):
             conn.disconnect_volume(info, dev)
-        assert conn.check_health(info).pid == dev.extra["pid"]
+        assert conn.check_health(info).pid == dev.pid
         conn.disconnect_volume(info, dev, force=True)
     finally:
         f.close()
-    assert not os.path.exists(dev.extra["run_dir"])
+    assert not os.path.exists(dev.run_dir)
 
 
 def test_nbd_export(tgtd, run_dir):
@@ -275,17 +275,17 @@ def test_nbd_export(tgtd, run_dir):
     conn = _conn(run_dir, export="nbd")
     dev = conn.connect_volume(info)
     try:
-        assert dev.extra["export"] == "nbd" and os.path.exists(dev.path)
+        assert dev.export == "nbd" and os.path.exists(dev.path)
         pattern = os.path.join(run_dir, "pat.raw")
         with open(pattern, "wb") as f:
             f.write(os.urandom(2 * MiB))
-        subprocess.run(["qemu-img", "convert", "-n", "-f", "raw", "-O", "raw", pattern, dev.extra["uri"]],
+        subprocess.run(["qemu-img", "convert", "-n", "-f", "raw", "-O", "raw", pattern, dev.uri],
                        check=True, capture_output=True)
         with open(pattern, "rb") as a, open(backing, "rb") as b:
             assert a.read() == b.read(2 * MiB)
         os.unlink(pattern)
         # a connected NBD client makes a plain detach refuse
-        client = subprocess.Popen(["qemu-io", "-f", "raw", dev.extra["uri"]], stdin=subprocess.PIPE,
+        client = subprocess.Popen(["qemu-io", "-f", "raw", dev.uri], stdin=subprocess.PIPE,
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         try:
             client.stdin.write(b"read 0 512\n")

@@ -69,7 +69,7 @@ def test_write_through_file_lands_in_the_image(ceph_cluster, rbd_volume, run_dir
     t0 = time.monotonic()
     dev = conn.connect_volume(info)
     attach_ms = (time.monotonic() - t0) * 1000
-    run = dev.extra["run_dir"]
+    run = dev.run_dir
     assert dev.type == "file" and os.stat(dev.path).st_size == 64 * MiB and mount_fstype(dev.path) == "fuse"
     assert "secret" not in os.listdir(run)
     key = ceph_cluster.admin_key()
@@ -120,7 +120,7 @@ def test_read_only_and_extend(ceph_cluster, rbd_volume, run_dir):
     conn = UserspaceRBDConnector(run_dir=run_dir)
     dev = conn.connect_volume(ro)
     try:
-        assert dev.extra["read_only"] is True
+        assert dev.read_only is True
         with pytest.raises(OSError):
             os.close(os.open(dev.path, os.O_WRONLY))
     finally:
@@ -146,9 +146,9 @@ def test_dead_daemon_is_reported(ceph_cluster, rbd_volume, run_dir):
     dev = conn.connect_volume(info)
     watchers = ceph_cluster.watchers(f"volume-{rbd_volume}")
     assert len(watchers) == 1
-    os.kill(dev.extra["pid"], 9)
+    os.kill(dev.pid, 9)
     deadline = time.monotonic() + 10
-    while pid_alive(dev.extra["pid"]) and time.monotonic() < deadline:
+    while pid_alive(dev.pid) and time.monotonic() < deadline:
         time.sleep(0.02)  # bounded
     with pytest.raises(DaemonDied):
         conn.check_health(info)

@@ -61,7 +61,7 @@ class FakeTarget:
     def remove_export(self, vid):  # idempotent, like the real helpers
         self.st.change(lambda s: vid in s["exports"] and s["exports"].remove(vid))
 
-    def initialize_connection(self, vid, connector):
+    def initialize_connection(self, vid, connector, *, access_mode="rw"):
         self.st.change(lambda s: s["acls"].append([vid, connector["initiator"]]))
         self.faults.check("initialize_connection")
         return IscsiInfo.from_dict({"target_portal": "127.0.0.1:3260", "target_iqn": f"iqn.2010-10.org.test:{vid}",

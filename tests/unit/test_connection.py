@@ -193,7 +193,8 @@ def test_host_connector_round_trip_and_errors():
 
 def test_attached_device_os_brick_shape():
     dev = AttachedDevice(protocol="iscsi", path="/dev/dm-0", wwn="3600", multipath_id="3600")
-    assert dev.to_dict() == {"type": "block", "path": "/dev/dm-0", "scsi_wwn": "3600", "multipath_id": "3600"}
+    assert dev.to_dict() == {"protocol": "iscsi", "type": "block", "path": "/dev/dm-0", "scsi_wwn": "3600",
+                             "multipath_id": "3600"}
     back = AttachedDevice.from_dict(dev.to_dict(), "iscsi")
     assert back == dev
     handle = object()

@@ -32,7 +32,7 @@ class Env:
         self.target = NvmetTarget(portals=list(portals), paths=self.kernel.paths, configfs=self.kernel.configfs,
                                   backing_dir=str(tmp_path), lock_path=str(tmp_path / "tlocks"), buffered_io=True)
         self.conn = NVMeOFConnector(paths=self.kernel.paths, executor=self.ex, run_dir=str(tmp_path / "run"),
-                                    timeout=0.3)
+                                    timeout=0.3, use_multipath=True)
         self.host = {"host": "compute-1", "nqn": self.kernel.hostnqn}
 
     def export(self, vid=VOL, size=16 * MiB, allow=True):
@@ -64,11 +64,23 @@ def test_registry_and_connector_properties(env):
     assert Env(env.tmp / "nomp", multipath=False).conn.get_connector_properties()["nvme_native_multipath"] is False
 
 
+def test_default_is_single_path_even_with_native_multipath(env):
+    """use_multipath is False by default for NVMe as for every connector: one controller, first portal."""
+    conn = NVMeOFConnector(paths=env.kernel.paths, executor=env.ex, run_dir=str(env.tmp / "run1"), timeout=0.3)
+    assert conn.use_multipath is False
+    info = env.export()
+    dev = conn.connect_volume(info)
+    assert dev.controllers == ("nvme0",) and env.ctrls() == ["nvme0"]
+    assert [a[a.index("-a") + 1] for a in env.connects()] == ["127.0.0.1"]
+    conn.disconnect_volume(info, dev)
+    assert env.ctrls() == [] and env.kernel.devices() == []
+
+
 def test_connect_both_portals_with_native_multipath(env):
     info = env.export()
     dev = env.conn.connect_volume(info.to_dict())  # the plain os-brick dict works as well as the typed info
     assert dev.path == "/dev/nvme0n1" and dev.type == "block" and dev.wwn == f"uuid.{VOL}"
-    assert dev.extra["controllers"] == ["nvme0", "nvme1"] and dev.extra["size"] == 16 * MiB
+    assert dev.controllers == ("nvme0", "nvme1") and dev.size == 16 * MiB
     assert env.kernel.devices() == ["nvme0n1"] and env.ctrls() == ["nvme0", "nvme1"]
     assert [a[a.index("-a") + 1] for a in env.connects()] == ["127.0.0.1", "127.0.0.2"]
     assert all(a[a.index("-q") + 1] == env.kernel.hostnqn for a in env.connects())

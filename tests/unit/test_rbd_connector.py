@@ -7,7 +7,7 @@ import stat
 import pytest
 
 from blocklink.connection import RbdInfo
-from blocklink.errors import DeviceBusy, InvalidConnectionInfo, VolumeNotFound
+from blocklink.errors import DeviceMismatch, InvalidConnectionInfo, VolumeNotFound
 from blocklink.hostpaths import HostPaths
 from blocklink.initiator.rbd import RBDConnector, RbdHandle
 from blocklink.testing.fakes import FakeExecutor
@@ -178,8 +178,10 @@ def test_unmap_is_idempotent_and_checks_the_device(tmp_path):
 
     fx = FakeExecutor().on(("rbd", "device", "unmap"), unmap)
     conn = RBDConnector(do_local_attach=True, executor=fx, paths=paths, run_dir=str(tmp_path / "run"))
-    with pytest.raises(DeviceBusy):
+    with pytest.raises(DeviceMismatch) as ei:
         conn.disconnect_volume(INFO, {"path": "/dev/rbd0", "type": "block"})  # not ours: refused
+    assert (ei.value.device, ei.value.found, ei.value.expected) == ("/dev/rbd0", "volumes/other-image",
+                                                                    "volumes/volume-1")
     assert fx.calls == []
     conn.disconnect_volume(INFO, {"path": "/dev/rbd1", "type": "block"})
     assert fx.argvs(("rbd", "device", "unmap")) == [("rbd", "device", "unmap", "/dev/rbd1")]

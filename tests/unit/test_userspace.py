@@ -14,13 +14,13 @@ import threading
 
 import pytest
 
-from blocklink.connection import RbdInfo
-from blocklink.errors import (AuthenticationFailed, ConnectionFailed, DeviceBusy, InvalidConnectionInfo,
-                              InvalidConnector, VolumeNotFound)
+from blocklink.connection import AttachedDevice, DeviceKind, RbdInfo
+from blocklink.errors import (AuthenticationFailed, ConnectionFailed, DeviceBusy, DeviceMismatch, InvalidConnectionInfo,
+                              InvalidConnector, InvalidOption, VolumeNotFound)
 from blocklink.hostpaths import HostPaths
 from blocklink.initiator.qsd import (DaemonDied, DaemonLayout, DaemonSpec, QmpClient, QmpError, build_argv,
                                      daemon_message, mount_fstype)
-from blocklink.initiator.userspace import UserspaceISCSIConnector, UserspaceRBDConnector, _probe
+from blocklink.initiator.userspace import UserspaceConnector, UserspaceISCSIConnector, UserspaceRBDConnector, _probe
 from blocklink.masking import Secret
 from blocklink.testing.fakes import FakeExecutor
 
@@ -294,7 +294,7 @@ def test_connect_check_disconnect_leaves_nothing(host, run_dir, portal):
     conn = _conn(host, run_dir)
     dev = conn.connect_volume(_iscsi(portal))
     layout = conn.layout(_iscsi(portal))
-    assert dev.type == "file" and dev.path == layout.disk and dev.extra["bridge"] == "nbdfuse"
+    assert dev.type is DeviceKind.FILE and dev.path == layout.disk and dev.bridge == "nbdfuse"
     assert host.seen_secrets == [PW]
     assert not os.path.exists(layout.secret), "secret file must go once QMP says the export is up"
     assert stat.S_IMODE(os.stat(layout.dir).st_mode) == 0o700
@@ -324,7 +324,7 @@ def test_qsd_fuse_bridge_and_read_only(host, run_dir, portal):
     conn = _conn(host, run_dir, file_bridge="qsd")
     info = _iscsi(portal, access_mode="ro")
     dev = conn.connect_volume(info)
-    assert dev.extra["read_only"] is True and host.ex.argvs(("start-stop-daemon",)) == []
+    assert dev.read_only is True and host.ex.argvs(("start-stop-daemon",)) == []
     argv = host.ex.argvs(("qemu-storage-daemon",))[0]
     assert json.loads(argv[argv.index("--export") + 1])["writable"] is False
     with pytest.raises(DeviceBusy):  # read-write while attached read-only
@@ -337,10 +337,10 @@ def test_dead_daemon_reported_by_health_and_connect_then_cleaned(host, run_dir, 
     conn = _conn(host, run_dir)
     info = _iscsi(portal)
     dev = conn.connect_volume(info)
-    host.exit(dev.extra["pid"])
+    host.exit(dev.pid)
     with pytest.raises(DaemonDied) as ei:
         conn.check_health(info)
-    assert ei.value.pid == dev.extra["pid"] and "exited" in str(ei.value)
+    assert ei.value.pid == dev.pid and "exited" in str(ei.value)
     assert conn.get_volume_paths(info) == []
     with pytest.raises(DaemonDied):
         conn.connect_volume(info)
@@ -358,7 +358,7 @@ def test_open_file_makes_detach_busy_unless_forced(host, run_dir, portal):
     os.symlink(dev.path, host.paths.procpath(str(user), "fd", "3"))
     with pytest.raises(DeviceBusy, match=str(user)):
         conn.disconnect_volume(info, dev)
-    assert conn.check_health(info).pid == dev.extra["pid"]  # nothing was torn down
+    assert conn.check_health(info).pid == dev.pid  # nothing was torn down
     conn.disconnect_volume(info, dev, force=True)
     assert not os.path.exists(conn.layout(info).dir)
 
@@ -367,8 +367,17 @@ def test_nbd_clients_make_detach_busy(host, run_dir, portal):
     conn = _conn(host, run_dir, export="nbd")
     info = _iscsi(portal)
     dev = conn.connect_volume(info)
-    assert dev.path.endswith("nbd.sock") and dev.extra["uri"].startswith("nbd+unix:///vol?socket=")
-    host.qmp[dev.extra["pid"]].in_use = True
+    assert dev.path.endswith("nbd.sock") and dev.uri.startswith("nbd+unix:///vol?socket=")
+    assert dev.type is DeviceKind.SOCKET and dev.to_dict()["type"] == "socket" and dev.export == "nbd"
+    assert dev.nbd_export and dev.pid and dev.run_dir == conn.layout(info).dir and dev.read_only is False
+    assert AttachedDevice.from_dict(dev.to_dict()) == dev
+    # a device of another volume's attachment is a mismatch, and nothing is torn down for it
+    other = AttachedDevice(protocol="iscsi", path=os.path.join(run_dir, "iscsi-someone-else", "nbd.sock"))
+    with pytest.raises(DeviceMismatch) as ei:
+        conn.disconnect_volume(info, other)
+    assert ei.value.device == other.path and ei.value.expected == conn.layout(info).dir
+    assert os.path.isdir(conn.layout(info).dir) and host.qsd_runs() == 1
+    host.qmp[dev.pid].in_use = True
     with pytest.raises(DeviceBusy, match="clients are connected"):
         conn.disconnect_volume(info, dev)
     conn.disconnect_volume(info, dev, force=True)  # mode=hard drops them
@@ -380,7 +389,7 @@ def test_extend_recreates_the_nbd_export(host, run_dir, portal):
     info = _iscsi(portal)
     dev = conn.connect_volume(info)
     assert conn.extend_volume(info) == 96 << 20
-    qmp = host.qmp[dev.extra["pid"]]
+    qmp = host.qmp[dev.pid]
     assert qmp.commands[-4:] == ["block-export-del", "block_resize", "block-export-add", "query-named-block-nodes"]
     assert len(host.ex.argvs(("start-stop-daemon",))) == 2  # nbdfuse remounted with the new size
     assert conn.check_health(info).size == 96 << 20
@@ -456,12 +465,20 @@ def test_chap_without_password_and_no_initiator_name(host, run_dir, portal):
 
 @pytest.mark.parametrize("kw,field", [
     ({"export": "iscsi"}, "export"), ({"file_bridge": "x"}, "file_bridge"), ({"run_dir": "/run/a,b"}, "run_dir"),
-    ({"run_dir": "/" + "x" * 90}, "run_dir"), ({"netns": "../x"}, "netns"),
+    ({"run_dir": "/" + "x" * 90}, "run_dir"), ({"netns": "../x"}, "netns"), ({"timeout": 0}, "timeout"),
+    ({"cache_direct": "yes"}, "cache_direct"), ({"probe_timeout": float("nan")}, "probe_timeout"),
+    ({"allow_one_way_chap": 1}, "allow_one_way_chap"), ({"no_such_option": 1}, "no_such_option"),
 ])
 def test_bad_options_name_their_field(kw, field):
-    with pytest.raises(InvalidConnectionInfo) as ei:
+    with pytest.raises(InvalidOption) as ei:
         UserspaceISCSIConnector(**kw)
-    assert ei.value.field == field
+    assert ei.value.option == field and isinstance(ei.value, ValueError)
+
+
+def test_renamed_timeout_option_warns_and_applies(run_dir):
+    with pytest.warns(DeprecationWarning, match="device_timeout"):
+        conn = UserspaceRBDConnector(run_dir=run_dir, device_timeout=7)
+    assert conn.timeout == 7.0
 
 
 # ------------------------------------------------------------------------------------------------ RBD
@@ -500,12 +517,11 @@ def test_rbd_errors_are_typed(stderr, error, text):
     assert type(a.error) is error and text in str(a.error) and not a.retry
 
 
-def test_registry_targets_resolve_to_the_connectors():
-    import importlib
+def test_registry_userspace_table_gives_the_userspace_connectors(run_dir):
+    """The registry's table is the only one: every entry builds that protocol's userspace connector."""
+    from blocklink.registry import USERSPACE_CONNECTORS, connector_for
 
-    from blocklink.initiator.userspace import USERSPACE_CONNECTORS
-
-    for protocol, ref in USERSPACE_CONNECTORS.items():
-        mod, _, attr = ref.partition(":")
-        cls = getattr(importlib.import_module(mod), attr)
-        assert cls.protocol == protocol
+    assert set(USERSPACE_CONNECTORS) == {"iscsi", "rbd"}
+    for protocol in USERSPACE_CONNECTORS:
+        conn = connector_for(protocol, attach="userspace", run_dir=run_dir)
+        assert isinstance(conn, UserspaceConnector) and conn.protocol == protocol

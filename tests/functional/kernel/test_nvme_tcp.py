@@ -122,7 +122,7 @@ def target(nvme_modules: None, workdir: str) -> Iterator[NvmetTarget]:
 
 @pytest.fixture
 def connector(nvme_modules: None, workdir: str) -> NVMeOFConnector:
-    c = connector_for("nvmeof", run_dir=os.path.join(workdir, "run"), timeout=60.0)
+    c = connector_for("nvmeof", run_dir=os.path.join(workdir, "run"), timeout=60.0, use_multipath=True)
     assert isinstance(c, NVMeOFConnector)
     return c
 
@@ -303,8 +303,8 @@ def test_two_portals_native_multipath(nvme_modules: None, connector: NVMeOFConne
         info = target.initialize_connection(vid, host)
         assert [(p.address, p.port) for p in info.portals] == [("127.0.0.1", 4420), ("127.0.0.2", 4420)]
         dev = timing("connect_multipath", connector.connect_volume, info)
-        assert sorted(dev.extra["controllers"]) == sorted(os.listdir("/sys/class/nvme"))
-        assert len(dev.extra["controllers"]) == 2
+        assert sorted(list(dev.controllers)) == sorted(os.listdir("/sys/class/nvme"))
+        assert len(list(dev.controllers)) == 2
         subs = [s for s in subsystems_on_host() if s["nqn"] == export.nqn]
         assert len(subs) == 1 and sorted(p["address"].split(",")[0] for p in subs[0]["paths"]) == [
             "traddr=127.0.0.1", "traddr=127.0.0.2"]
@@ -331,7 +331,7 @@ def test_without_native_multipath_first_reachable_portal_only(
     modprobe.load("nvme_core", multipath="N")
     try:
         modprobe("nvme-fabrics", "nvme-tcp")
-        connector = NVMeOFConnector(run_dir=os.path.join(workdir, "run"), timeout=60.0)
+        connector = NVMeOFConnector(run_dir=os.path.join(workdir, "run"), timeout=60.0, use_multipath=True)
         assert connector.get_connector_properties()["nvme_native_multipath"] is False
         target = make_target(workdir, "127.0.0.2:4420")
         vid = str(uuid.uuid4())
@@ -369,7 +369,7 @@ def test_list_subsys_parser_matches_sysfs(target: NvmetTarget, connector: NVMeOF
         raw = json.loads(sh("nvme", "list-subsys", "-o", "json"))
         subs = parse_list_subsys(json.dumps(raw))
         assert [s["nqn"] for s in subs] == [info.target_nqn]
-        assert [p["name"] for p in subs[0]["paths"]] == dev.extra["controllers"]
+        assert [p["name"] for p in subs[0]["paths"]] == list(dev.controllers)
         assert subs[0]["paths"][0]["state"] == "live"
     finally:
         connector.disconnect_volume(info, dev)
