@@ -138,3 +138,16 @@ class MissingDependency(BlocklinkError, ImportError):
     def __init__(self, module: str, hint: str) -> None:
         self.module = module
         super().__init__(f"{module} is required for this operation: {hint}")
+
+
+class PathRefused(BlocklinkError, ValueError):
+    """A privileged operation was asked for ``path``, which is not inside ``root``, the one tree that
+    operation may touch (checked after resolving symlinks); nothing was done."""
+
+    def __init__(self, path: str, root: str) -> None:
+        self.path = path
+        self.root = root
+        super().__init__(path, root)  # args as given: oslo.privsep re-raises it as PathRefused(*args)
+
+    def __str__(self) -> str:
+        return f"refusing a privileged operation on {self.path!r}: only paths inside {self.root} are allowed"
