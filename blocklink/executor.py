@@ -21,7 +21,7 @@ from typing import Dict, Mapping, Optional, Protocol, Sequence, Tuple, Union, ru
 
 from blocklink.errors import CommandFailed, CommandTimeout
 from blocklink.masking import Secret, get_logger, mask_argv, mask_text
-from blocklink.privileged import separated
+from blocklink import privileged
 
 LOG = get_logger(__name__)
 
@@ -83,7 +83,7 @@ class ProcessExecutor:
         from oslo_concurrency import processutils  # lazy: `import blocklink` stays light
 
         cmd = _check_argv(argv)
-        if root and self.root_helper and separated():
+        if root and self.root_helper and privileged.separated():
             cmd = self.root_helper + cmd
         shown = tuple(mask_argv(cmd))
         envvars = dict(os.environ)  # processutils replaces the environment wholesale
