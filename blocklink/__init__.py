@@ -22,7 +22,7 @@ from blocklink.errors import (AttachFailed, AuthenticationFailed, BlocklinkError
                               ConnectionFailed, DaemonDied, DetachFailed, DetachIncomplete, DeviceBusy,
                               DeviceMismatch, DeviceNotFound, ExportNotFound, HypervisorError, InvalidConnectionInfo,
                               InvalidConnector, InvalidDiskConfig, InvalidOption, MissingDependency,
-                              MultipathdNotRunning, QmpError, RbdIOError, SchemaError, SecretError, StaleRecord,
+                              MultipathdNotRunning, PathRefused, QmpError, RbdIOError, SchemaError, SecretError, StaleRecord,
                               TargetError, TgtAdmError, TooManyDevices, UnknownProtocol, VolumeBusy,
                               VolumeNotFound)
 from blocklink.initiator.base import Connector
@@ -39,7 +39,7 @@ __all__ = [
     "BlocklinkError", "InvalidConnectionInfo", "InvalidConnector", "InvalidOption", "InvalidDiskConfig",
     "SchemaError", "UnknownProtocol", "CommandFailed", "CommandTimeout", "ConnectionFailed",
     "AuthenticationFailed", "VolumeNotFound", "RbdIOError", "DaemonDied", "QmpError", "DeviceNotFound",
-    "DeviceMismatch", "DeviceBusy", "DetachIncomplete", "MultipathdNotRunning", "TargetError", "ExportNotFound",
+    "DeviceMismatch", "DeviceBusy", "DetachIncomplete", "MultipathdNotRunning", "PathRefused", "TargetError", "ExportNotFound",
     "TgtAdmError", "HypervisorError", "SecretError", "MissingDependency", "VolumeBusy", "StaleRecord",
     "AttachFailed", "DetachFailed", "TooManyDevices",
 ]

@@ -250,3 +250,16 @@ class DetachFailed(BlocklinkError):
         self.step = step
         self.cause = cause
         super().__init__(f"detach failed at step {step!r}: {type(cause).__name__}: {mask_text(str(cause))}")
+
+
+class PathRefused(BlocklinkError, ValueError):
+    """A privileged operation was asked for ``path``, which is not inside ``root``, the one tree that
+    operation may touch (checked after resolving symlinks); nothing was done."""
+
+    def __init__(self, path: str, root: str) -> None:
+        self.path = path
+        self.root = root
+        super().__init__(path, root)  # args as given: oslo.privsep re-raises it as PathRefused(*args)
+
+    def __str__(self) -> str:
+        return f"refusing a privileged operation on {self.path!r}: only paths inside {self.root} are allowed"

@@ -2,7 +2,8 @@
 
 Everything blocklink runs goes through an :class:`Executor`. The default, :class:`ProcessExecutor`,
 uses ``oslo_concurrency.processutils.execute`` (argument lists, never a shell) and prefixes a root
-helper (``sudo``, ``sudo blocklink-rootwrap ...``) when not already root. Tests pass a recorder.
+helper (``sudo``, ``sudo blocklink-rootwrap ...``) when :func:`blocklink.privileged.separated` says
+privileged work leaves this process (not root, or ``BLOCKLINK_PRIVSEP=force``). Tests pass a recorder.
 
 Secrets never go on a command line: callers pass them on stdin or in 0600 files. As a guard,
 :class:`~blocklink.masking.Secret` objects in ``argv`` are refused, and every argv that reaches a
@@ -20,6 +21,7 @@ from typing import Dict, Mapping, Optional, Protocol, Sequence, Tuple, Union, ru
 
 from blocklink.errors import CommandFailed, CommandTimeout
 from blocklink.masking import Secret, get_logger, mask_argv, mask_text
+from blocklink import privileged
 
 LOG = get_logger(__name__)
 
@@ -63,7 +65,8 @@ def _check_argv(argv: Sequence[str]) -> Tuple[str, ...]:
 
 
 class ProcessExecutor:
-    """Runs commands with ``processutils.execute``; ``root_helper`` (e.g. ``"sudo"``) when not root."""
+    """Runs commands with ``processutils.execute``; ``root_helper`` (e.g. ``"sudo"``) when privilege is
+    separated (:func:`blocklink.privileged.separated`)."""
 
     def __init__(self, root_helper: Union[str, Sequence[str], None] = None,
                  default_timeout: Optional[float] = 120.0, env: Optional[Mapping[str, str]] = None) -> None:
@@ -80,7 +83,7 @@ class ProcessExecutor:
         from oslo_concurrency import processutils  # lazy: `import blocklink` stays light
 
         cmd = _check_argv(argv)
-        if root and self.root_helper and os.geteuid() != 0:
+        if root and self.root_helper and privileged.separated():
             cmd = self.root_helper + cmd
         shown = tuple(mask_argv(cmd))
         envvars = dict(os.environ)  # processutils replaces the environment wholesale

@@ -1,16 +1,19 @@
 """The one seam for host files: /sys, /dev, /etc, /proc and /run live under configurable roots.
 
 Unit tests point a :class:`HostPaths` at a fake tree (see :mod:`blocklink.testing.hosttree`) and the
-same host code runs unchanged; functional tests use the real roots. Writes to sysfs (SCSI scans,
-device deletion) go through :meth:`HostPaths.write`, which uses the privileged seam when needed.
+same host code runs unchanged; functional tests use the real roots. Writes under the ``sysfs``
+root (SCSI scans, device deletion, nvmet configfs) go through the tree's injected
+:class:`~blocklink.privileged.HostWriter`: :data:`~blocklink.privileged.PRIVILEGED` for the real host
+(the default), :data:`~blocklink.privileged.DIRECT` for a tree the caller owns (:meth:`HostPaths.under`).
 """
 
 from __future__ import annotations
 
-import errno
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator, List, Optional
+
+from blocklink.privileged import DIRECT, PRIVILEGED, HostWriter
 
 
 @dataclass(frozen=True)
@@ -20,11 +23,13 @@ class HostPaths:
     etc: str = "/etc"
     proc: str = "/proc"
     run: str = "/run"
+    writer: HostWriter = field(default=PRIVILEGED, compare=False, repr=False)  # for paths under sysfs
 
     @classmethod
     def under(cls, root: str) -> "HostPaths":
-        """All roots below one directory (a fake host tree)."""
-        return cls(*(os.path.join(root, d) for d in ("sys", "dev", "etc", "proc", "run")))
+        """All roots below one directory (a fake host tree, written with the caller's own rights)."""
+        sysfs, dev, etc, proc, run = (os.path.join(root, d) for d in ("sys", "dev", "etc", "proc", "run"))
+        return cls(sysfs, dev, etc, proc, run, writer=DIRECT)
 
     # path builders -----------------------------------------------------------------------
     def sys(self, *parts: str) -> str:
@@ -100,23 +105,13 @@ class HostPaths:
                 yield os.path.join(directory, name)
 
     # writes ------------------------------------------------------------------------------
+    def in_sysfs(self, path: str) -> bool:
+        return os.path.normpath(path).startswith(self.sysfs.rstrip("/") + "/")
+
+    def files(self, path: str) -> HostWriter:
+        """Who changes ``path``: the injected writer inside the sysfs root, the caller elsewhere."""
+        return self.writer if self.in_sysfs(path) else DIRECT
+
     def write(self, path: str, data: str) -> None:
-        """Write to a sysfs attribute; as root in-process, otherwise through the privileged seam."""
-        if os.geteuid() == 0 or not path.startswith("/sys/"):
-            _write(path, data)
-        else:  # pragma: no cover - exercised only as non-root with a privsep daemon
-            from blocklink import privileged
-
-            privileged.write_sysfs(path, data)
-
-
-def _write(path: str, data: str) -> None:
-    fd = os.open(path, os.O_WRONLY | getattr(os, "O_CLOEXEC", 0))
-    try:
-        os.write(fd, data.encode())
-    except OSError as e:
-        if e.errno == errno.ENXIO:  # a gone device: sysfs delete on a vanished disk
-            raise FileNotFoundError(errno.ENOENT, "device is gone", path) from None
-        raise
-    finally:
-        os.close(fd)
+        """Write an attribute (under sysfs through :attr:`writer`, e.g. as root)."""
+        self.files(path).write(path, data)

@@ -1,28 +1,50 @@
-"""In-process privileged calls (rtslib-fb, sysfs writes), through oslo.privsep only when needed.
+"""The privilege model: what runs as root, how it gets there, and which paths it may touch.
 
-Running as root, a privileged function is simply called: no daemon, and oslo.privsep (with the
-eventlet it pulls in) is never imported. Not root, the first call starts a privsep daemon through
-the root helper and every later call goes over its channel. ``import blocklink`` never imports
-oslo.privsep.
+One decision, :func:`separated`, says whether privileged work leaves this process: commands get the
+executor's root helper, privileged functions go to an oslo.privsep daemon (started through the root
+helper at the first call). Otherwise (running as root) they run in-process and oslo.privsep (with
+the eventlet it pulls in) is never imported. ``BLOCKLINK_PRIVSEP=force`` separates even as root
+(tests), ``off`` never does; ``import blocklink`` never imports oslo.privsep.
 
-Functions are made privileged with :func:`entrypoint`; they must live in a ``blocklink`` module
-and be importable by name, since the privsep daemon looks them up that way.
+Functions are made privileged with :func:`entrypoint`; they must live in a ``blocklink`` module and
+be importable by name, since the privsep daemon looks them up that way. Every entry point that takes
+a path confines it with :func:`confine` to one fixed tree (sysfs, the nvmet configfs tree, LIO's
+save directory) and refuses anything else with :class:`~blocklink.errors.PathRefused`, so reaching
+the daemon does not give a root file-write primitive.
+
+Host files are written through a :class:`HostWriter`: :data:`PRIVILEGED` for the real host (sysfs
+attributes, nvmet configfs directories, each op an entry point), :data:`DIRECT` for trees the caller
+owns (fake hosts in tests). :class:`blocklink.hostpaths.HostPaths` is given one.
 """
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import threading
-from typing import Any, Callable, Optional, TypeVar
+from typing import Any, Callable, Optional, Protocol, TypeVar
+
+from blocklink.errors import InvalidOption, PathRefused
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+MODE_ENV = "BLOCKLINK_PRIVSEP"  # auto (default) | force | off
+SYSFS_ROOT = "/sys"
+NVMET_ROOT = "/sys/kernel/config/nvmet"
 
 _lock = threading.Lock()
 _context: Any = None
 _ENTRYPOINT_ATTR = "privsep_entrypoint"  # oslo.privsep's marker attribute
-# Forcing the privsep path even as root (tests), or disabling it: BLOCKLINK_PRIVSEP=force|off
-_MODE = os.environ.get("BLOCKLINK_PRIVSEP", "auto")
+
+
+def separated() -> bool:
+    """The one decision: True when privileged work leaves this process (root helper for commands,
+    privsep daemon for privileged functions), False when it runs here."""
+    mode = os.environ.get(MODE_ENV, "auto")
+    if mode not in ("auto", "force", "off"):
+        raise InvalidOption(MODE_ENV, f"expected auto, force or off, not {mode!r}")
+    return mode == "force" or (mode == "auto" and os.geteuid() != 0)
 
 
 def _build_context() -> Any:
@@ -48,21 +70,16 @@ def __getattr__(name: str) -> Any:  # PEP 562: the daemon resolves "blocklink.pr
     raise AttributeError(name)
 
 
-def _direct() -> bool:
-    if _MODE == "force":
-        return False
-    return _MODE == "off" or os.geteuid() == 0
-
-
 class _Entrypoint:
-    """Callable wrapper: direct call as root, privsep channel otherwise."""
+    """Callable wrapper: a direct call unless :func:`separated`, else over the privsep channel
+    (inside the daemon, oslo.privsep's client mode is off and ``_wrap`` calls the function)."""
 
     def __init__(self, func: Callable[..., Any]) -> None:
         self.func = func
         functools.update_wrapper(self, func)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if _direct():
+        if not separated():
             return self.func(*args, **kwargs)
         ctx = __getattr__("context")
         return ctx._wrap(self.func, *args, **kwargs)
@@ -86,16 +103,129 @@ def privsep_started() -> Optional[bool]:
     return _context.channel is not None
 
 
+# ---------------------------------------------------------------------------------------------
+# confinement
+# ---------------------------------------------------------------------------------------------
+
+def confine(path: Any, root: str, *, follow: bool = True) -> str:
+    """``path`` resolved, if it lies strictly inside ``root``; else :class:`PathRefused`.
+
+    The path must be absolute and already normal (no ``..``, ``.``, ``//`` or trailing slash).
+    ``follow``: resolve every symlink (an attribute reached through sysfs links); otherwise only the
+    parent is resolved and the last component is kept (a link or directory to create or remove)."""
+    if not isinstance(path, str) or "\x00" in path or not path.startswith("/") or os.path.normpath(path) != path:
+        raise PathRefused(str(path), root)
+    if follow:
+        real = os.path.realpath(path)
+    else:
+        parent, name = os.path.split(path)
+        real = os.path.join(os.path.realpath(parent), name)
+    top = os.path.realpath(root)
+    if not real.startswith(top.rstrip("/") + "/"):
+        raise PathRefused(path, root)
+    return real
+
+
+# ---------------------------------------------------------------------------------------------
+# host files
+# ---------------------------------------------------------------------------------------------
+
+def write_attr(path: str, data: str) -> None:
+    """Write a sysfs/configfs attribute with the caller's own rights (one write, no truncation)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, data.encode())
+    except OSError as e:
+        if e.errno == errno.ENXIO:  # a gone device: sysfs delete on a vanished disk
+            raise FileNotFoundError(errno.ENOENT, "device is gone", path) from None
+        raise
+    finally:
+        os.close(fd)
+
+
 @entrypoint
 def write_sysfs(path: str, data: str) -> None:
-    if not path.startswith("/sys/") or ".." in path.split("/"):
-        raise PermissionError(f"refusing privileged write outside /sys: {path}")
-    from blocklink.hostpaths import _write
+    write_attr(confine(path, SYSFS_ROOT), data)
 
-    _write(path, data)
+
+@entrypoint
+def configfs_mkdir(path: str) -> None:
+    os.mkdir(confine(path, NVMET_ROOT, follow=False))
+
+
+@entrypoint
+def configfs_rmdir(path: str) -> None:
+    os.rmdir(confine(path, NVMET_ROOT, follow=False))
+
+
+@entrypoint
+def configfs_symlink(target: str, link: str) -> None:
+    os.symlink(confine(target, NVMET_ROOT), confine(link, NVMET_ROOT, follow=False))
+
+
+@entrypoint
+def configfs_unlink(link: str) -> None:
+    os.unlink(confine(link, NVMET_ROOT, follow=False))
 
 
 @entrypoint
 def probe() -> tuple:
-    """(pid, euid) of whoever runs privileged calls: this process as root, else the privsep daemon."""
+    """(pid, euid) of whoever runs privileged calls: this process, else the privsep daemon."""
     return os.getpid(), os.geteuid()
+
+
+class HostWriter(Protocol):
+    """Changes to host files: sysfs/configfs attributes and configfs directories and links."""
+
+    def write(self, path: str, data: str) -> None: ...
+
+    def mkdir(self, path: str) -> None: ...
+
+    def rmdir(self, path: str) -> None: ...
+
+    def symlink(self, target: str, link: str) -> None: ...
+
+    def unlink(self, link: str) -> None: ...
+
+
+class DirectWriter:
+    """With the caller's own rights: for trees the caller owns (a fake host)."""
+
+    def write(self, path: str, data: str) -> None:
+        write_attr(path, data)
+
+    def mkdir(self, path: str) -> None:
+        os.mkdir(path)
+
+    def rmdir(self, path: str) -> None:
+        os.rmdir(path)
+
+    def symlink(self, target: str, link: str) -> None:
+        os.symlink(target, link)
+
+    def unlink(self, link: str) -> None:
+        os.unlink(link)
+
+
+class PrivilegedWriter:
+    """As root, through the entry points: attributes under /sys, directories and links only in the
+    nvmet configfs tree."""
+
+    def write(self, path: str, data: str) -> None:
+        write_sysfs(path, data)
+
+    def mkdir(self, path: str) -> None:
+        configfs_mkdir(path)
+
+    def rmdir(self, path: str) -> None:
+        configfs_rmdir(path)
+
+    def symlink(self, target: str, link: str) -> None:
+        configfs_symlink(target, link)
+
+    def unlink(self, link: str) -> None:
+        configfs_unlink(link)
+
+
+DIRECT: HostWriter = DirectWriter()
+PRIVILEGED: HostWriter = PrivilegedWriter()

@@ -7,8 +7,8 @@ configfs mirrors the target::
     hosts/<host nqn>/
     ports/<id>/{addr_trtype, addr_adrfam, addr_traddr, addr_trsvcid, subsystems/<nqn> -> subsystems/<nqn>}
 
-:class:`NvmetConfig` reads and changes it; directory operations go through :class:`ConfigFS`:
-in-process as root, otherwise through the privileged seam, restricted to the nvmet tree. Policy
+:class:`NvmetConfig` reads and changes it; changes go through :class:`ConfigFS`, which uses the host
+tree's writer (:mod:`blocklink.privileged`: as root, confined to the nvmet tree). Policy
 (which subsystem a volume gets, who may connect) is :mod:`blocklink.target.nvmet`'s.
 """
 
@@ -20,71 +20,41 @@ import os
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
-from blocklink import privileged
 from blocklink.errors import InvalidConnectionInfo, TargetError
 from blocklink.executor import Executor, default_executor
 from blocklink.hostpaths import HostPaths
 from blocklink.masking import get_logger
+from blocklink.privileged import NVMET_ROOT
 
 LOG = get_logger(__name__)
 
-CONFIGFS_NVMET = "/sys/kernel/config/nvmet"
+CONFIGFS_NVMET = NVMET_ROOT
 
 __all__ = ["CONFIGFS_NVMET", "ConfigFS", "NamespaceState", "NvmetConfig", "PortState", "mount_fs_type", "same_ip"]
 
 
 # ---------------------------------------------------------------------------------------------
-# configfs operations (the privileged seam)
+# configfs operations
 # ---------------------------------------------------------------------------------------------
 
-def _inside_nvmet(path: str) -> str:
-    p = os.path.normpath(path)
-    if p != path.rstrip("/") or not p.startswith(CONFIGFS_NVMET + "/"):
-        raise PermissionError(f"refusing a privileged configfs change outside {CONFIGFS_NVMET}: {path}")
-    return p
-
-
-@privileged.entrypoint
-def configfs_mkdir(path: str) -> None:
-    os.mkdir(_inside_nvmet(path))
-
-
-@privileged.entrypoint
-def configfs_rmdir(path: str) -> None:
-    os.rmdir(_inside_nvmet(path))
-
-
-@privileged.entrypoint
-def configfs_symlink(target: str, link: str) -> None:
-    os.symlink(_inside_nvmet(target), _inside_nvmet(link))
-
-
-@privileged.entrypoint
-def configfs_unlink(link: str) -> None:
-    os.unlink(_inside_nvmet(link))
-
-
 class ConfigFS:
-    """mkdir/rmdir/symlink/unlink/write on configfs: direct as root or off /sys, else privileged."""
+    """mkdir/rmdir/symlink/unlink/write on configfs through the host tree's writer (the privileged
+    one on the real host: as root, confined to the nvmet tree; see :mod:`blocklink.privileged`)."""
 
     def __init__(self, paths: HostPaths) -> None:
         self.paths = paths
 
-    @staticmethod
-    def _direct(path: str) -> bool:
-        return os.geteuid() == 0 or not path.startswith("/sys/")
-
     def mkdir(self, path: str) -> None:
-        os.mkdir(path) if self._direct(path) else configfs_mkdir(path)
+        self.paths.files(path).mkdir(path)
 
     def rmdir(self, path: str) -> None:
-        os.rmdir(path) if self._direct(path) else configfs_rmdir(path)
+        self.paths.files(path).rmdir(path)
 
     def symlink(self, target: str, link: str) -> None:
-        os.symlink(target, link) if self._direct(link) else configfs_symlink(target, link)
+        self.paths.files(link).symlink(target, link)
 
     def unlink(self, link: str) -> None:
-        os.unlink(link) if self._direct(link) else configfs_unlink(link)
+        self.paths.files(link).unlink(link)
 
     def write(self, path: str, data: str) -> None:
         self.paths.write(path, data)

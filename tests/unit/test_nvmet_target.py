@@ -14,7 +14,7 @@ from blocklink.connection import NvmeofInfo
 from blocklink.errors import ExportNotFound, InvalidConnectionInfo, InvalidConnector, TargetError
 from blocklink.target import nvmet as nvmet_mod
 from blocklink.target.nvmet import NvmetTarget, volume_uuid
-from blocklink.target.nvmet_config import _inside_nvmet, mount_fs_type
+from blocklink.target.nvmet_config import mount_fs_type
 from blocklink.testing.hosttree_nvme import FakeNvmeKernel, FakeNvmetConfigFS
 
 MiB = 1 << 20
@@ -240,11 +240,16 @@ def test_bad_options(kernel, tmp_path):
 
 
 def test_privileged_configfs_paths_are_confined():
-    assert _inside_nvmet("/sys/kernel/config/nvmet/subsystems/x") == "/sys/kernel/config/nvmet/subsystems/x"
+    # more in tests/unit/test_privileged.py
+    from blocklink.errors import PathRefused
+    from blocklink.privileged import NVMET_ROOT, confine
+
+    assert confine("/sys/kernel/config/nvmet/subsystems/x", NVMET_ROOT, follow=False) == \
+        "/sys/kernel/config/nvmet/subsystems/x"
     for bad in ("/sys/kernel/config/nvmet/../target/x", "/etc/passwd", "/sys/kernel/config/nvmetx/a",
                 "/sys/kernel/config/nvmet"):
-        with pytest.raises(PermissionError):
-            _inside_nvmet(bad)
+        with pytest.raises(PathRefused):
+            confine(bad, NVMET_ROOT, follow=False)
 
 
 def test_fake_configfs_behaves_like_the_kernel(kernel, tmp_path):

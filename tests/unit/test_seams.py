@@ -1,5 +1,6 @@
 """Executor, masking, host paths, registry and connector properties (fake trees, no services)."""
 
+import json
 import logging
 import os
 import subprocess
@@ -177,17 +178,32 @@ def test_import_blocklink_is_light():
     assert out.strip() == "[]"
 
 
-def test_privileged_runs_directly_as_root_without_privsep():
-    from blocklink import privileged
+def _auto_env() -> dict:
+    env = dict(os.environ)
+    env.pop("BLOCKLINK_PRIVSEP", None)
+    return env
 
+
+def test_privileged_runs_directly_as_root_without_privsep(tmp_path):
+    """As root (BLOCKLINK_PRIVSEP unset): privileged calls run in the calling process, and oslo.privsep
+    is never imported; checked inside the process that makes the calls."""
     if os.geteuid() != 0:
         pytest.skip("direct path is for root")  # unit tests also run as non-root developers
-    code = ("import sys, blocklink.privileged as p\n"
-            "f = p._Entrypoint(lambda: 42)\n"
-            "print(f(), 'oslo_privsep' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.split() == ["42", "False"]
-    assert privileged.privsep_started() is None
+    code = ("import os, sys, blocklink.privileged as p\n"
+            "from blocklink.hostpaths import HostPaths\n"
+            "p.SYSFS_ROOT = sys.argv[1] + '/sys'  # a sysfs-like tree instead of the host's /sys\n"
+            "attr = sys.argv[1] + '/sys/class/x/scan'\n"
+            "HostPaths(sysfs=sys.argv[1] + '/sys').write(attr, '- - -')  # the real host's writer\n"
+            "assert open(attr).read() == '- - -'\n"
+            "assert p._Entrypoint(lambda: 42)() == 42 and p.probe() == (os.getpid(), 0)\n"
+            "assert p.privsep_started() is None, p.privsep_started()\n"
+            "assert 'oslo_privsep' not in sys.modules and 'eventlet' not in sys.modules\n"
+            "print('checked')\n")
+    os.makedirs(tmp_path / "sys" / "class" / "x")
+    (tmp_path / "sys" / "class" / "x" / "scan").write_text("")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True,
+                         env=_auto_env(), timeout=60)
+    assert out.returncode == 0 and out.stdout.split() == ["checked"], out.stderr[-2000:]
 
 
 def test_privsep_channel_when_forced():
@@ -201,6 +217,66 @@ def test_privsep_channel_when_forced():
     env = dict(os.environ, BLOCKLINK_PRIVSEP="force")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
     assert out.stdout.split() == ["True", "True"], out.stderr[-2000:]
+
+
+_FORCED_WRITES = """
+import json, os, sys
+import blocklink.privileged as p
+from oslo_privsep import priv_context
+root = sys.argv[1]
+p.SYSFS_ROOT, p.NVMET_ROOT = root + "/sys", root + "/sys/kernel/config/nvmet"  # inherited by the fork
+real_confine = p.confine
+
+def confine(path, top, **kw):  # every confined privileged call notes the process that runs it
+    with open(root + "/ran-in", "a") as f:
+        f.write(f"{os.getpid()}\\n")
+    return real_confine(path, top, **kw)
+
+p.confine = confine
+p.context.start(priv_context.Method.FORK)
+from blocklink.errors import PathRefused
+from blocklink.hostpaths import HostPaths
+from blocklink.target.nvmet_config import ConfigFS
+paths = HostPaths(sysfs=root + "/sys")  # the real host's writer, on a sysfs-like tree
+nvmet = root + "/sys/kernel/config/nvmet"
+paths.write(root + "/sys/class/x/scan", "- - -")
+fs = ConfigFS(paths)
+fs.mkdir(nvmet + "/hosts/h")
+fs.mkdir(nvmet + "/subsystems/s")
+fs.symlink(nvmet + "/hosts/h", nvmet + "/subsystems/s/h")
+linked = os.readlink(nvmet + "/subsystems/s/h")
+fs.unlink(nvmet + "/subsystems/s/h")
+fs.rmdir(nvmet + "/subsystems/s")
+try:
+    p.PRIVILEGED.write(root + "/outside", "x")
+    refused = None
+except PathRefused as e:
+    refused = [type(e).__name__, e.path, e.root]
+print(json.dumps({"me": os.getpid(), "daemon": p.probe()[0], "started": p.privsep_started(), "linked": linked,
+                  "refused": refused, "ran_in": sorted(set(open(root + "/ran-in").read().split()))}))
+p.context.stop()
+"""
+
+
+def test_force_sends_sysfs_and_configfs_writes_through_the_daemon(tmp_path):
+    """BLOCKLINK_PRIVSEP=force as root, for real: a privsep daemon starts, and the sysfs write and the
+    nvmet configfs changes (on a sysfs-like tree) happen in it, confined there too."""
+    root = tmp_path
+    for d in ("sys/class/x", "sys/kernel/config/nvmet/hosts", "sys/kernel/config/nvmet/subsystems"):
+        os.makedirs(root / d)
+    (root / "sys" / "class" / "x" / "scan").write_text("")
+    out = subprocess.run([sys.executable, "-c", _FORCED_WRITES, str(root)], capture_output=True, text=True,
+                         env=dict(os.environ, BLOCKLINK_PRIVSEP="force"), timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["started"] is True and got["daemon"] != got["me"]
+    assert got["ran_in"] == [str(got["daemon"])]  # every confined call ran in the daemon, none here
+    assert (root / "sys" / "class" / "x" / "scan").read_text() == "- - -"
+    assert got["linked"] == str(root / "sys/kernel/config/nvmet/hosts/h")
+    assert os.listdir(root / "sys/kernel/config/nvmet/hosts") == ["h"]
+    assert os.listdir(root / "sys/kernel/config/nvmet/subsystems") == []
+    assert got["refused"] == ["PathRefused", str(root / "outside"), str(root / "sys")]  # re-raised typed
+    assert not (root / "outside").exists()
 
 
 def test_replace_private_is_0600_from_the_start(tmp_path) -> None:

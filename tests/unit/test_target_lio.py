@@ -240,9 +240,9 @@ class FakeRtslib:
 def helper(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[LioTarget]:
     global CFG
     CFG = FakeConfig()
-    monkeypatch.setattr(lio, "_RTSLIB", FakeRtslib)
     yield LioTarget(portals=["10.0.0.1:3260", "[fd00::1]:3260"], backing_dir=str(tmp_path),
-                    save_file=str(tmp_path / "etc" / "saveconfig.json"), lock_path=str(tmp_path / "locks"))
+                    save_file=str(tmp_path / "etc" / "saveconfig.json"), lock_path=str(tmp_path / "locks"),
+                    rtslib=FakeRtslib)
 
 
 def conn(initiator: str) -> Dict[str, Any]:
@@ -314,7 +314,8 @@ def test_failed_create_rolls_back(helper: LioTarget, tmp_path: Any) -> None:
 
 
 def test_iser_failure_is_reported_and_rolled_back(tmp_path: Any, helper: LioTarget) -> None:
-    h = LioTarget(portals=["10.0.0.1:3260"], backing_dir=str(tmp_path), iser=True, lock_path=str(tmp_path / "l"))
+    h = LioTarget(portals=["10.0.0.1:3260"], backing_dir=str(tmp_path), iser=True, lock_path=str(tmp_path / "l"),
+                  rtslib=FakeRtslib)
     with pytest.raises(TargetError):
         h.create_export("v1", size=1 << 20)
     assert CFG.targets == [] and CFG.sos == []
@@ -342,7 +343,7 @@ def test_ensure_export_restores_one_volume_from_the_save_file(helper: LioTarget)
     e1 = helper.create_export("v1", size=1 << 20, mutual_chap=True)
     helper.create_export("v2", size=1 << 20)
     helper.initialize_connection("v1", conn(HOST_A))
-    lio.lio_delete(e1.iqn, "volume-v1")  # lost: only this volume
+    helper.lio.delete(e1.iqn, "volume-v1")  # lost: only this volume
     again = helper.ensure_export("v1")
     assert again.chap == e1.chap and again.mutual_chap == e1.mutual_chap and again.initiators == (HOST_A,)
     assert sorted(t.wwn for t in CFG.targets) == sorted([e1.iqn, helper.target_iqn("v2")])
@@ -369,6 +370,12 @@ def test_errors_name_what_failed(helper: LioTarget) -> None:
         LioTarget(portals=["10.0.0.1:3260"], backstore="rbd")
     with pytest.raises(InvalidConnectionInfo):
         LioTarget(portals=["10.0.0.1:3260"], save_file="relative.json")
+    for outside in ("/etc/target/saveconfig.json", "/etc/rtslib-fb-target/backup/x.json",
+                    "/etc/rtslib-fb-target/saveconfig.txt", "/etc/rtslib-fb-target-evil/saveconfig.json"):
+        with pytest.raises(InvalidConnectionInfo) as ei:  # the privileged functions would refuse it
+            LioTarget(portals=["10.0.0.1:3260"], save_file=outside)
+        assert ei.value.field == "save_file" and "/etc/rtslib-fb-target" in str(ei.value)
+    assert LioTarget(portals=["10.0.0.1:3260"], save_file="/etc/rtslib-fb-target/cinder.json").save_file
 
 
 def test_missing_rtslib_is_a_typed_error(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -383,10 +390,13 @@ def test_missing_rtslib_is_a_typed_error(monkeypatch: pytest.MonkeyPatch) -> Non
             raise ImportError(name)
         return real_import(name, *a, **k)
 
-    monkeypatch.setattr(lio, "_RTSLIB", None)
+    monkeypatch.setattr(lio, "_HOST", None)  # this process's LioConfig, created (rtslib imported) at first use
     monkeypatch.setattr(builtins, "__import__", no_rtslib)
     with pytest.raises(MissingDependency):
         LioTarget(portals=["10.0.0.1:3260"]).list_exports()
+    with pytest.raises(lio.LioError) as ei:
+        lio.LioConfig().list("iqn.")
+    assert ei.value.kind == "missing"
 
 
 def test_seal_round_trip() -> None:
@@ -408,7 +418,7 @@ def test_through_privsep_no_secret_in_its_logs(tmp_path: Any) -> None:
         "from oslo_privsep import priv_context\n"
         "from blocklink.target import lio\n"
         "from tests.unit import test_target_lio as t\n"
-        "lio._RTSLIB = t.FakeRtslib\n"
+        "sys.modules['rtslib_fb'] = t.FakeRtslib  # what the forked daemon imports\n"
         "p.context.start(priv_context.Method.FORK)\n"
         "h = lio.LioTarget(portals=['10.0.0.1:3260'], backing_dir=sys.argv[1], lock_path=sys.argv[1] + '/l')\n"
         "e = h.create_export('v1', size=1 << 20, mutual_chap=True)\n"
@@ -504,9 +514,9 @@ def test_changes_take_one_lock_and_read_nothing_back(helper: LioTarget, monkeypa
         return real_lock(name)
 
     finds: List[str] = []
-    real_find = lio.lio_find
+    real_find = helper.lio.find
     monkeypatch.setattr(helper.locks, "lock", lock)
-    monkeypatch.setattr(lio, "lio_find", lambda iqn, pad: finds.append(iqn) or real_find(iqn, pad))
+    monkeypatch.setattr(helper.lio, "find", lambda iqn, pad: finds.append(iqn) or real_find(iqn, pad))
     e = helper.create_export("v1", size=1 << 20, mutual_chap=True)
     data = helper.initialize_connection("v1", conn(HOST_A)).data_dict()
     helper.terminate_connection("v1", conn(HOST_A))

@@ -15,7 +15,7 @@ from typing import Any, Iterator, List
 import pytest
 
 from blocklink.initiator.host.wait import wait_for
-from blocklink.target.lio import LioTarget
+from blocklink.target.lio import LIO_SAVE_DIR, LioTarget
 from tests.functional.target_suite import *  # noqa: F401,F403 - the shared suite runs here
 from tests.functional.target_suite import HOST_A, HOST_B, MiB, LibiscsiInitiator, _connector, new_volume_id
 
@@ -36,7 +36,8 @@ class LioEnv:
     def __init__(self, tmp: str) -> None:
         self.tmp = tmp
         os.makedirs(os.path.join(tmp, "volumes"), exist_ok=True)
-        self.save_file = os.path.join(tmp, "target", "saveconfig.json")
+        # the privileged functions save only in rtslib's directory (/etc is a RAM overlay in the guest)
+        self.save_file = os.path.join(LIO_SAVE_DIR, f"blocklink-test-{os.path.basename(tmp)}.json")
         self.helper = LioTarget(portals=[PORTAL], backing_dir=os.path.join(tmp, "volumes"),
                                 save_file=self.save_file, lock_path=os.path.join(tmp, "locks"))
         self.initiator = LibiscsiInitiator(workdir=tmp)
@@ -71,6 +72,8 @@ def target_env(lio_clean: Any, tmp_path: Any) -> Iterator[LioEnv]:
     for vid in env.helper.list_exports():
         env.helper.remove_export(vid)
     assert env.helper.list_exports() == []
+    if os.path.exists(env.save_file):
+        os.unlink(env.save_file)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -183,8 +186,7 @@ def test_save_file_is_private_and_restores_one_volume(target_env: LioEnv) -> Non
         saved = json.load(f)
     assert {t["wwn"] for t in saved["targets"]} == {export.iqn, target_env.helper.target_iqn(other)}
     # lose only this volume (the other stays live), then ensure_export restores it from the file
-    from blocklink.target.lio import lio_delete
-    lio_delete(export.iqn, target_env.helper.volume_name(vid))
+    target_env.helper.lio.delete(export.iqn, target_env.helper.volume_name(vid))
     assert target_env.helper.get_export(vid) is None
     again = target_env.helper.ensure_export(vid)
     assert again.chap == export.chap and again.mutual_chap == export.mutual_chap
