@@ -201,12 +201,15 @@ def _node_show(n: int, startup: str) -> Dict[str, str]:
             "iface.hwaddress": "<empty>"}
 
 
+_C_BLANKS = " \t\r\v\f"  # what iscsid trims (C isspace)
+
+
 def _valid_records(out: Any) -> None:
     for rec in out:
         check(isinstance(rec, dict), "a record is not a dict", rec)
         for k, v in rec.items():
             strs(k, v)
-            check(k == k.strip() and v == v.strip(), "a key or value keeps surrounding whitespace", (k, v))
+            check(k == k.strip(_C_BLANKS) and v == v.strip(_C_BLANKS), "a key or value keeps surrounding blanks", (k, v))
 
 
 RECORDS = target("iscsiadm node/iface records", ia.parse_records, [
