@@ -14,11 +14,10 @@ import os
 import threading
 import time
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Set, Tuple
+from typing import Dict, List, Mapping, Optional, Set, Tuple
 
 from blocklink.connection import Portal
 from blocklink.executor import Input
-from blocklink.initiator.host.iscsiadm import parse_records
 from blocklink.testing.fakes import FakeExecutor
 from blocklink.testing.hosttree import FakeHostTree, FakeLun
 
@@ -37,14 +36,74 @@ class FakeTarget:
     acl: Optional[Set[str]] = None  # initiator names allowed (None: any)
 
 
+# ---------------------------------------------------------------------------------------------
+# open-iscsi's record files, written and read the way iscsiadm/iscsid do (usr/idbm.c), on purpose
+# NOT with blocklink's own parser, so a bug in that parser is not copied into the fake: the fake
+# kernel reads what the connector wrote as iscsid would. tests/unit/test_fakeiscsi_records.py
+# checks that both readers agree on recorded outputs and on records either side writes.
+# ---------------------------------------------------------------------------------------------
+RECORD_VERSION = "2.1.8"
+_C_SPACE = " \t\n\r\v\f"  # C isspace(): what idbm trims, and nothing more
+
+
+def write_record(fields: Mapping[str, str], version: str = RECORD_VERSION) -> str:
+    """A record file: ``name = value`` per field between the BEGIN/END comments; like idbm, a
+    field with an empty value gets no line (``iscsiadm -o show`` prints it as ``<empty>``)."""
+    lines = [f"# BEGIN RECORD {version}"]
+    for name, value in fields.items():
+        if not name or any(c in _C_SPACE + "=" for c in name) or "\n" in value:
+            raise ValueError(f"not a record field: {name!r} = {value!r}")
+        if value:
+            lines.append(f"{name} = {value}")
+    return "\n".join(lines + ["# END RECORD", ""])
+
+
+def read_record(text: str) -> Dict[str, str]:
+    """One record file as iscsid reads it (idbm_recinfo_config): lines end at newline only; blank
+    and ``#`` lines are skipped; the name runs to the first blank or ``=``, then come
+    one character (blank or ``=``), blanks, ``=`` and a non-empty value (so ``a = b`` and ``a==b`` are
+    read, ``a=b`` and ``a =`` are skipped); the last line wins."""
+    fields: Dict[str, str] = {}
+    for raw in text.split("\n"):
+        line = raw.strip(_C_SPACE)
+        if not line or line.startswith("#"):
+            continue
+        end = 0
+        while end < len(line) and line[end] not in _C_SPACE and line[end] != "=":
+            end += 1
+        if end == len(line):
+            continue
+        rest = line[end + 1:].lstrip(_C_SPACE)  # idbm steps over the character after the name, blank or '='
+        value = rest[1:].lstrip(_C_SPACE) if rest.startswith("=") else ""
+        if value:
+            fields[line[:end]] = value
+    return fields
+
+
+def read_show(text: str) -> List[Dict[str, str]]:
+    """``iscsiadm -m node|iface -o show`` output: one record per ``# BEGIN RECORD`` block (text
+    before the first marker, as older versions print a single record, is a record too)."""
+    blocks: List[List[str]] = [[]]
+    for line in text.split("\n"):
+        if line.strip(_C_SPACE).startswith("# BEGIN RECORD"):
+            blocks.append([])
+        blocks[-1].append(line)
+    records = [read_record("\n".join(b)) for b in blocks]
+    return [r for r in records if r]
+
+
 def _template(iqn: str, portal: Portal, iface: str) -> str:
-    return "\n".join([
-        "# BEGIN RECORD 2.1.8", f"node.name = {iqn}", "node.tpgt = -1", "node.startup = manual",
-        f"iface.iscsi_ifacename = {iface}", "iface.transport_name = tcp",
-        "node.session.initial_login_retry_max = 8", "node.session.auth.authmethod = None",
-        "node.session.auth.chap_algs = MD5", "node.session.scan = auto",
-        f"node.conn[0].address = {portal.host}", f"node.conn[0].port = {portal.port}",
-        "node.conn[0].startup = manual", "node.conn[0].timeo.login_timeout = 15", "# END RECORD", ""])
+    return write_record({
+        "node.name": iqn, "node.tpgt": "-1", "node.startup": "manual", "iface.iscsi_ifacename": iface,
+        "iface.transport_name": "tcp", "node.session.initial_login_retry_max": "8",
+        "node.session.auth.authmethod": "None", "node.session.auth.chap_algs": "MD5", "node.session.scan": "auto",
+        "node.conn[0].address": portal.host, "node.conn[0].port": str(portal.port), "node.conn[0].startup": "manual",
+        "node.conn[0].timeo.login_timeout": "15"})
+
+
+def _read_file(path: str) -> Dict[str, str]:
+    with open(path) as f:
+        return read_record(f.read())
 
 
 class FakeIscsiKernel:
@@ -95,10 +154,7 @@ class FakeIscsiKernel:
 
     def record(self, iqn: str, portal: str) -> Optional[Dict[str, str]]:
         p = self._record_path(iqn, Portal.parse(portal))
-        if not os.path.exists(p):
-            return None
-        with open(p) as f:
-            return parse_records(f.read())[0]
+        return _read_file(p) if os.path.exists(p) else None
 
     # iscsiadm -------------------------------------------------------------------------------
     def _iscsiadm(self, argv: Tuple[str, ...], _input: Input) -> Resp:
@@ -131,12 +187,10 @@ class FakeIscsiKernel:
             return (0, f"New iSCSI node [tcp:[iscsi_if={iface}] {portal.host},{portal.port},-1 {iqn}] added\n", "")
         if not os.path.exists(path):
             return (21, "", "iscsiadm: No records found\n")
-        if op == "show":
-            with open(path) as f:
-                lines = f.read().splitlines()
-            masked = [ln.split(" = ")[0] + " = ********" if ln.split(" = ")[0].rsplit(".", 1)[-1] in _SECRET_KEYS
-                      else ln for ln in lines if not (self.old_iscsiadm and ln.startswith("node.session.scan"))]
-            return (0, "\n".join(masked) + "\n", "")
+        if op == "show":  # iscsiadm prints the record it read, secrets masked
+            shown = {k: "********" if k.rsplit(".", 1)[-1] in _SECRET_KEYS else v for k, v in _read_file(path).items()
+                     if not (self.old_iscsiadm and k == "node.session.scan")}
+            return (0, write_record(shown), "")
         if op == "delete":
             os.unlink(path)
             if not os.listdir(os.path.dirname(path)):
@@ -147,8 +201,7 @@ class FakeIscsiKernel:
         return (7, "", "iscsiadm: unsupported\n")
 
     def _login(self, iqn: str, portal: Portal, iface: str, path: str) -> Resp:
-        with open(path) as f:
-            rec = parse_records(f.read())[0]
+        rec = _read_file(path)
         where = f"[iface: {iface}, target: {iqn}, portal: {portal.host},{portal.port}]"
         with self._mu:
             self.in_flight += 1
@@ -205,9 +258,10 @@ class FakeIscsiKernel:
             os.makedirs(d, mode=0o700, exist_ok=True)
             fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as f:
-                f.write("# BEGIN RECORD 2.1.8\ndiscovery.startup = manual\ndiscovery.type = sendtargets\n"
-                        f"discovery.sendtargets.address = {portal.host}\ndiscovery.sendtargets.port = {portal.port}\n"
-                        "discovery.sendtargets.auth.authmethod = None\n# END RECORD\n")
+                f.write(write_record({"discovery.startup": "manual", "discovery.type": "sendtargets",
+                                      "discovery.sendtargets.address": portal.host,
+                                      "discovery.sendtargets.port": str(portal.port),
+                                      "discovery.sendtargets.auth.authmethod": "None"}))
             return (0, f"New discovery record for [{portal.host},{portal.port}] added.\n", "")
         if opt.get("-o") == "delete":
             if not os.path.exists(d):
@@ -221,8 +275,7 @@ class FakeIscsiKernel:
                 return (6, "", "iscsiadm: discovery record not found\n")
             if portal.address in self.down:
                 return (11, "", f"iscsiadm: cannot make connection to {portal.host}: Connection refused\n")
-            with open(conf) as f:
-                rec = parse_records(f.read())[0]
+            rec = _read_file(conf)
             found = [t for t in self.targets.values() if portal.address in t.portals]
             for t in found:
                 if t.discovery_chap is not None and (
@@ -336,4 +389,4 @@ class FakeIscsiKernel:
         return (0, "", "")
 
 
-__all__ = ["FakeIscsiKernel", "FakeTarget"]
+__all__ = ["FakeIscsiKernel", "FakeTarget", "read_record", "read_show", "write_record"]

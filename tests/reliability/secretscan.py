@@ -4,8 +4,11 @@
 
 - samples ``/proc/*/cmdline`` and ``/proc/*/environ`` of every process on the machine in a thread,
   as fast as it can (each sweep takes a few ms), so a child that lives a few ms is still seen;
+  entering the watch waits until the sampler has completed a sweep (it is armed), and
+  :meth:`wait_sampled` proves that a given process was read by a sweep that started while it ran;
 - optionally runs ``strace -f -e trace=execve`` on this process, which records the argv and the
-  environment of every program its threads and descendants execute, however short-lived;
+  environment of every program its threads and descendants execute, however short-lived; entering
+  the watch waits until strace has reported a marker program this process executed (attached);
 - captures every log record at DEBUG on the root logger (message, arguments, exception text);
 - sweeps files modified since the start under /tmp, /run, /dev/shm, the venv and given run dirs,
   during the flow and at the end, flagging files that others can read and that hold a secret;
@@ -23,14 +26,15 @@ import signal
 import stat
 import subprocess
 import sys
-import tempfile
 import threading
 import time
+import uuid
 from dataclasses import dataclass
-from typing import Iterable, List, Optional, Sequence, Set
+from typing import Dict, Iterable, List, Optional, Sequence, Set
 
 SWEEP_ROOTS = ("/tmp", "/run", "/dev/shm", sys.prefix)
 _MAX_FILE = 4 << 20
+ARM_TIMEOUT = 60.0  # the sampler's first sweep / strace's attach: generous for a loaded 2-core machine
 
 
 @dataclass(frozen=True)
@@ -85,6 +89,8 @@ class SecretWatch:
         self.proc_samples = 0
         self.sweeps = 0
         self.pids_seen: Set[int] = set()
+        self._read_in: Dict[int, int] = {}  # pid -> index of the last sweep that read its cmdline
+        self._swept = threading.Condition()  # notified at the end of every /proc sweep
         self.records = 0
         self.files_checked = 0
         self.execs = 0
@@ -94,7 +100,10 @@ class SecretWatch:
         self._t0 = 0.0
         self._use_strace = strace and shutil.which("strace") is not None
         self._strace: Optional["subprocess.Popen[bytes]"] = None
-        self._strace_dir = ""
+        self._strace_lines: List[bytes] = []
+        self._strace_reader: Optional[threading.Thread] = None
+        self._marker = f"bl-secretwatch-armed-{uuid.uuid4().hex}"
+        self._marker_seen = threading.Event()
         self._handler = _Capture(self)
         self._old_level = logging.WARNING
 
@@ -122,6 +131,7 @@ class SecretWatch:
         me = os.getpid()
         environ_done: Set[int] = set()  # a process's environment is fixed at exec: read it once
         while not self._stop.is_set():
+            sweep = self.proc_samples  # the index of this sweep
             try:
                 pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
             except OSError:
@@ -142,17 +152,31 @@ class SecretWatch:
                         continue
                     if what == "environ":
                         environ_done.add(pid)
+                    else:
+                        self._read_in[pid] = sweep
                     i = self._hit(data)
                     if i is not None:
                         comm = data.split(b"\0", 1)[0].decode(errors="replace") if what == "cmdline" else ""
                         self._found(f"/proc/{pid}/{what}", f"secret #{i} in {comm or 'process environment'}")
-            self.proc_samples += 1
+            with self._swept:
+                self.proc_samples += 1
+                self._swept.notify_all()
+
+    def wait_sampled(self, pid: int, timeout: float = ARM_TIMEOUT) -> bool:
+        """Wait for a /proc sweep that started after this call to finish; True if that sweep read
+        ``pid``'s cmdline (the sampler observed the process while it ran). Call it while the
+        process is alive (e.g. after it announced itself and before it is told to exit)."""
+        with self._swept:
+            first = self.proc_samples + 1  # sweep ``proc_samples`` may have started before this call
+            if not self._swept.wait_for(lambda: self.proc_samples > first or self._stop.is_set(), timeout):
+                raise AssertionError(f"the /proc sampler made no sweep in {timeout:.0f} s")
+        return self._read_in.get(pid, -1) >= first
 
     # ------------------------------------------------------------------ file sweeps
     def _sweep_files(self, final: bool = False) -> None:
         for root in self.sweep_roots:
             for d, subdirs, files in os.walk(root):
-                if d.startswith(("/proc", "/sys")) or (self._strace_dir and d.startswith(self._strace_dir)):
+                if d.startswith(("/proc", "/sys")):
                     subdirs[:] = []
                     continue
                 for name in files:
@@ -180,20 +204,33 @@ class SecretWatch:
 
     # ------------------------------------------------------------------ strace
     def _start_strace(self) -> None:
-        self._strace_dir = tempfile.mkdtemp(prefix="bl-strace.")
-        out = os.path.join(self._strace_dir, "execve.log")
+        # the trace goes to a pipe (strace's stderr): nothing on disk, read as it comes
         self._strace = subprocess.Popen(
-            ["strace", "-f", "-qq", "-e", "trace=execve", "-v", "-s", "65536", "-o", out, "-p", str(os.getpid())],
+            ["strace", "-f", "-qq", "-e", "trace=execve", "-v", "-s", "65536", "-p", str(os.getpid())],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:  # attached once it reports the first syscall or the file exists
-            if os.path.exists(out) or self._strace.poll() is not None:
-                break
-            time.sleep(0.01)  # bounded: strace gives no other signal that it attached
-        time.sleep(0.2)  # bounded: let the attach of every thread finish
-        if self._strace.poll() is not None:
-            err = self._strace.stderr.read().decode(errors="replace") if self._strace.stderr else ""
-            raise RuntimeError(f"strace could not attach: {err.strip()[-300:]}")
+        self._strace_reader = threading.Thread(target=self._read_strace, daemon=True)
+        self._strace_reader.start()
+        # attached once strace reports a program this process executes; an exec before the attach
+        # is not seen, so the marker runs again until one is (each wait ends on the event)
+        deadline = time.monotonic() + ARM_TIMEOUT
+        while not self._marker_seen.is_set() and self._strace.poll() is None and time.monotonic() < deadline:
+            subprocess.run(["true", self._marker], check=True)
+            self._marker_seen.wait(1.0)
+        if not self._marker_seen.is_set():
+            self._strace.kill()
+            self._strace.wait()
+            self._strace_reader.join()
+            err = b"\n".join(self._strace_lines[-5:]).decode(errors="replace")
+            raise RuntimeError(f"strace did not attach: {err.strip()[-300:]}")
+
+    def _read_strace(self) -> None:
+        assert self._strace is not None and self._strace.stderr is not None
+        marker = self._marker.encode()
+        for line in self._strace.stderr:
+            if marker in line:
+                self._marker_seen.set()
+            else:
+                self._strace_lines.append(line)
 
     def _stop_strace(self) -> None:
         if self._strace is None:
@@ -204,13 +241,9 @@ class SecretWatch:
         except subprocess.TimeoutExpired:
             self._strace.kill()
             self._strace.wait()
-        path = os.path.join(self._strace_dir, "execve.log")
-        try:
-            with open(path, "rb") as f:
-                lines = f.read().splitlines()
-        finally:
-            shutil.rmtree(self._strace_dir, ignore_errors=True)
-        for line in lines:
+        if self._strace_reader is not None:
+            self._strace_reader.join()  # EOF once strace has exited: every line is in
+        for line in self._strace_lines:
             if b"execve(" not in line:
                 continue
             self.execs += 1
@@ -233,6 +266,10 @@ class SecretWatch:
             t = threading.Thread(target=fn, daemon=True)
             t.start()
             self._threads.append(t)
+        with self._swept:  # armed: the sampler has completed a sweep before the flow starts
+            if not self._swept.wait_for(lambda: self.proc_samples > 0, ARM_TIMEOUT):
+                self.__exit__()
+                raise RuntimeError(f"the /proc sampler made no sweep in {ARM_TIMEOUT:.0f} s")
         return self
 
     def __exit__(self, *exc: object) -> None:

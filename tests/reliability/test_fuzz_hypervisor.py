@@ -1,8 +1,10 @@
 """Fuzzing of the hypervisor disk model inputs: connection info + device + options -> <disk>, QoS specs, secrets.
 
-Property: a typed error (InvalidConnectionInfo / InvalidDiskConfig, both BlocklinkError) or XML that
-libvirt's own RelaxNG grammar accepts. Never another exception, never XML libvirt would refuse
-(that would fail later, inside libvirtd, after the host attach).
+Property: a valid seed gives the known result (the <disk> carries exactly the connection it was given;
+the QoS keys come back as the iotune values; the secret names its usage); anything else gives a typed
+error (InvalidConnectionInfo / InvalidDiskConfig, both BlocklinkError) or XML that libvirt's own
+RelaxNG grammar accepts. Never another exception, never XML libvirt would refuse (that would fail
+later, inside libvirtd, after the host attach).
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ import copy
 import json
 import os
 import xml.etree.ElementTree as ET
-from typing import Any
+from typing import Any, Dict, List, Optional
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -23,7 +26,7 @@ from blocklink.hypervisor.schema import validate_disk_xml, validate_secret_xml
 from blocklink.hypervisor.secrets import secret_xml
 from tests.conftest import VECTORS
 from tests.reliability import strategies as S
-from tests.reliability.results import RESULTS
+from tests.reliability.fuzzing import Target, check, check_valid_seeds
 from tests.reliability.strategies import FUZZ
 
 with open(os.path.join(VECTORS, "connection_info.json")) as _f:
@@ -68,53 +71,129 @@ def disk_inputs(draw: Any) -> Any:
     return info, device, opts
 
 
+def _disk(case: Any) -> str:
+    info, device, opts = case
+    return disk_xml(info, device, **opts)
+
+
+def _valid_disk(xml: str) -> None:
+    validate_disk_xml(xml)  # what we write, libvirt accepts
+    root = ET.fromstring(xml)
+    check(root.tag == "disk" and root.find("target") is not None, "not a <disk> with a <target>", xml)
+
+
+def _disk_view(xml: str) -> Dict[str, Any]:
+    """What the <disk> says about the volume: kind, source, hosts, auth and the guest device."""
+    root = ET.fromstring(xml)
+    src, auth = root.find("source"), root.find("auth")
+    assert src is not None
+    secret = auth.find("secret") if auth is not None else None
+    return {"type": root.get("type"), "protocol": src.get("protocol"), "name": src.get("name"), "dev": src.get("dev"),
+            "hosts": [[h.get("name"), h.get("port")] for h in src.findall("host")],
+            "auth": None if auth is None or secret is None else [auth.get("username"), secret.get("type"),
+                                                                  secret.get("uuid") or secret.get("usage")],
+            "target": root.find("target").get("dev")}  # type: ignore[union-attr]
+
+
+_IQN = "iqn.2010-10.org.openstack:volume-1"
+_UUID = "0a5b8a2e-37b1-4c3a-9f5e-0c1c5e4d9a10"
+
+
+def _network(protocol: str, name: str, hosts: List[List[str]], auth: Optional[List[str]] = None) -> Dict[str, Any]:
+    return {"type": "network", "protocol": protocol, "name": name, "dev": None, "hosts": hosts, "auth": auth,
+            "target": "vdb"}
+
+
+DISK = Target("hypervisor disk_xml (connection info, device, options)", _disk, [
+    (({"driver_volume_type": "iscsi", "data": {"target_iqn": _IQN, "target_lun": 1, "target_portal": "10.0.0.1:3260"}},
+      None, {"target_dev": "vdb"}), _network("iscsi", f"{_IQN}/1", [["10.0.0.1", "3260"]])),
+    (({"driver_volume_type": "iscsi", "data": {"target_iqn": _IQN, "target_lun": 0, "target_portal": "[fd00::2]:3260",
+                                               "auth_method": "CHAP", "auth_username": "chap-user",
+                                               "auth_password": "chap-secret-1"}},
+      None, {"target_dev": "vdb", "secret_uuid": _UUID}),
+     _network("iscsi", f"{_IQN}/0", [["fd00::2", "3260"]], ["chap-user", "iscsi", _UUID])),
+    (({"driver_volume_type": "rbd", "data": {"name": "volumes/volume-1", "hosts": ["127.0.0.1", "::1"],
+                                             "ports": ["6789", "3300"], "auth_enabled": False}},
+      None, {"target_dev": "vdb"}), _network("rbd", "volumes/volume-1", [["127.0.0.1", "6789"], ["::1", "3300"]])),
+    (({"driver_volume_type": "local", "data": {"device_path": "/dev/sdz"}}, None, {"target_dev": "vdb"}),
+     {"type": "block", "protocol": None, "name": None, "dev": "/dev/sdz", "hosts": [], "auth": None, "target": "vdb"})],
+    _valid_disk, _disk_view)
+
+
 @FUZZ
 @given(disk_inputs())
 def test_disk_xml_from_hostile_inputs(case: Any) -> None:
-    info, device, opts = case
-    RESULTS.fuzzed("hypervisor disk_xml (connection info, device, options)")
-    try:
-        xml = disk_xml(info, device, **opts)
-    except BlocklinkError:
+    DISK.fuzz(case)
+
+
+def _qos(case: Any) -> Any:
+    specs, size = case
+    return iotune_from_qos(specs, size_gb=size)
+
+
+def _valid_tune(tune: Any) -> None:
+    if tune is None:
         return
-    validate_disk_xml(xml)  # what we write, libvirt accepts
-    root = ET.fromstring(xml)
-    assert root.tag == "disk" and root.find("target") is not None
+    for k, v in tune.items():
+        check(k in IOTUNE_ORDER and isinstance(v, int) and 0 <= v <= 10 ** 15, "a bad iotune value", (k, v))
+    validate_disk_xml(disk_xml({"driver_volume_type": "local", "data": {"device_path": "/dev/sdz"}}, target_dev="vdb",
+                               qos_specs=dict(tune.items())))
+
+
+QOS = Target("hypervisor QoS specs -> iotune", _qos, [
+    (({"read_iops_sec": "200", "write_iops_sec": 100, "consumer": "front-end"}, None),
+     {"read_iops_sec": 200, "write_iops_sec": 100}),
+    (({"read_iops_sec_per_gb": 10, "write_bytes_sec": 5}, 3), {"read_iops_sec": 30, "write_bytes_sec": 5}),
+    (({}, None), None), ((None, 7), None)],
+    _valid_tune, lambda tune: None if tune is None else dict(tune.items()))
 
 
 @FUZZ
 @given(st.one_of(qos_values, S.json_value), st.one_of(st.none(), st.integers(-3, 10 ** 7), S.hostile_token))
 def test_qos_specs(specs: Any, size: Any) -> None:
-    RESULTS.fuzzed("hypervisor QoS specs -> iotune")
-    try:
-        tune = iotune_from_qos(specs, size_gb=size)
-    except BlocklinkError:
-        return
-    if tune is not None:
-        for k, v in tune.items():
-            assert k in IOTUNE_ORDER and isinstance(v, int) and 0 <= v <= 10 ** 15
-        xml = disk_xml({"driver_volume_type": "local", "data": {"device_path": "/dev/sdz"}}, target_dev="vdb",
-                       qos_specs=dict(tune.items()))
-        validate_disk_xml(xml)
+    QOS.fuzz((specs, size))
+
+
+def _secret(case: Any) -> str:
+    usage_type, usage_id, uuid, description = case
+    return secret_xml(usage_type, usage_id, uuid=uuid, description=description)
+
+
+def _valid_secret(xml: str) -> None:
+    validate_secret_xml(xml)
+    check(ET.fromstring(xml).find("usage") is not None, "a secret without <usage>", xml)
+
+
+def _secret_view(xml: str) -> List[Any]:
+    root = ET.fromstring(xml)
+    usage = root.find("usage")
+    assert usage is not None
+    return [usage.get("type"), usage[0].text if len(usage) else None, root.findtext("uuid"), root.findtext("description")]
+
+
+SECRET = Target("libvirt secret XML (usage, uuid, description)", _secret, [
+    (("ceph", "client.cinder secret", _UUID, "d"), ["ceph", "client.cinder secret", _UUID, "d"]),
+    (("iscsi", _IQN, None, None), ["iscsi", _IQN, None, None]),
+    (("volume", "/var/lib/x.img", None, None), ["volume", "/var/lib/x.img", None, None])], _valid_secret, _secret_view)
 
 
 @FUZZ
 @given(st.sampled_from(["ceph", "iscsi", "volume", "tls", "vtpm", "bogus"]), hostile_text,
        st.one_of(st.none(), st.uuids().map(str), hostile_text), st.one_of(st.none(), hostile_text))
 def test_secret_definition(usage_type: str, usage_id: str, uuid: Any, description: Any) -> None:
-    RESULTS.fuzzed("libvirt secret XML (usage, uuid, description)")
-    try:
-        xml = secret_xml(usage_type, usage_id, uuid=uuid, description=description)
-    except BlocklinkError:
-        return
-    validate_secret_xml(xml)
-    assert ET.fromstring(xml).find("usage") is not None
+    SECRET.fuzz((usage_type, usage_id, uuid, description))
+
+
+TARGETS = [DISK, QOS, SECRET]
+
+
+@pytest.mark.parametrize("fuzz_target", TARGETS, ids=[t.name for t in TARGETS])
+def test_valid_seeds_give_their_known_results(fuzz_target: Target) -> None:
+    assert check_valid_seeds([fuzz_target]) == [fuzz_target.name]
 
 
 def test_found_lone_surrogate_in_secret_usage_and_disk_text() -> None:
     # was UnicodeEncodeError at validation (and inside libvirt-python): XML cannot carry lone surrogates
-    import pytest
-
     for call in (lambda: secret_xml("ceph", "\udcff"), lambda: secret_xml("iscsi", "u", description="\ufffe"),
                  lambda: disk_xml({"driver_volume_type": "local", "data": {"device_path": "/dev/sd\udcff"}},
                                   target_dev="vdb")):

@@ -38,6 +38,19 @@ def _record(watch: SecretWatch, flow: str) -> None:
     print(f"{flow}: {watch.summary()}")
 
 
+def _daemon_pid(dev: Any) -> int:
+    """The pid of the qemu-storage-daemon behind a userspace attachment (it holds the secret)."""
+    pid = getattr(dev, "pid", None) or dev.extra.get("pid")
+    assert isinstance(pid, int) and pid > 0, dev
+    return pid
+
+
+def _observed(watch: SecretWatch, dev: Any) -> None:
+    """The sampler read the secret-bearing daemon's /proc entries while it ran (a blind sampler fails)."""
+    pid = _daemon_pid(dev)
+    assert watch.wait_sampled(pid), f"the /proc sampler never observed qemu-storage-daemon {pid} while it ran"
+
+
 def _error_texts(watch: SecretWatch, e: BaseException, where: str) -> None:
     watch.check_text(f"{where} str()", str(e))
     watch.check_text(f"{where} repr()", repr(e))
@@ -72,6 +85,7 @@ def test_iscsi_chap_flows(tgtd: TgtDaemon, tmp_path: Any, run_dir: str, store: A
         info = target.initialize_connection(v3, {"host": "h", "initiator": HOST_IQN}).to_dict()
         conn = UserspaceISCSIConnector(run_dir=run_dir, initiator_name=HOST_IQN, timeout=20)
         dev = conn.connect_volume(info)
+        _observed(watch, dev)
         watch.check_text("AttachedDevice", repr(dev) + str(dev.to_dict()))
         io_roundtrip(dev.path)
         conn.disconnect_volume(info, dev)
@@ -83,7 +97,7 @@ def test_iscsi_chap_flows(tgtd: TgtDaemon, tmp_path: Any, run_dir: str, store: A
             target.remove_export(vid)
     _record(watch, "iscsi+chap (tgtd: flow native, flow userspace, userspace connector, wrong password)")
     watch.assert_clean()
-    assert watch.execs > 0 or watch.proc_samples > 0
+    assert watch.execs > 0 and watch.proc_samples > 0, watch.summary()
 
 
 @pytest.mark.ceph
@@ -109,6 +123,7 @@ def test_rbd_cephx_flows(ceph_cluster: Any, tmp_path: Any, run_dir: str, store: 
             us = UserspaceRBDConnector(run_dir=run_dir, timeout=20)
             info2 = rbd_target.initialize_connection(vids[1]).to_dict()
             dev2 = us.connect_volume(info2)
+            _observed(watch, dev2)
             io_roundtrip(dev2.path)
             us.disconnect_volume(info2, dev2)
             # 3. the libvirt network disk through the attach flow (libvirt secret holds the key)
@@ -128,6 +143,7 @@ def test_rbd_cephx_flows(ceph_cluster: Any, tmp_path: Any, run_dir: str, store: 
         rbd_target.close()
     _record(watch, "rbd+cephx (handle, userspace connector, flow network disk, wrong key)")
     watch.assert_clean()
+    assert watch.execs > 0 and watch.proc_samples > 0, watch.summary()
 
 
 def test_the_watch_sees_each_channel(tmp_path: Any) -> None:
@@ -145,14 +161,35 @@ def test_the_watch_sees_each_channel(tmp_path: Any) -> None:
         shutil.rmtree(open_dir)
 
 
+# a process with the secret in its argv: it announces itself, then lives until its stdin closes
+ANNOUNCER = "import sys; print('up', flush=True); sys.stdin.read()"
+
+
+def _announced(secret: str) -> Any:
+    import subprocess
+    import sys
+
+    p = subprocess.Popen([sys.executable, "-c", ANNOUNCER, secret], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         text=True)
+    assert p.stdout is not None and p.stdout.readline() == "up\n"  # running, argv in /proc
+    return p
+
+
+def _release(p: Any) -> None:
+    p.stdin.close()
+    assert p.wait(timeout=60) == 0
+
+
 def _planted(secret: str, tmp_path: Any) -> None:
     import logging
     import subprocess
-    import sys
-    import time
 
     with SecretWatch([secret], run_dirs=[str(tmp_path)]) as watch:
-        subprocess.run([sys.executable, "-c", "import time; time.sleep(0.3)", secret], check=True)  # argv
+        child = _announced(secret)  # argv
+        try:
+            assert watch.wait_sampled(child.pid), "the /proc sampler never observed the announced process"
+        finally:
+            _release(child)
         subprocess.run(["true"], env={"PATH": os.environ["PATH"], "CANARY": secret}, check=True)  # environment
         logging.getLogger("some.library").debug("connecting with %s", secret)  # a logger without masking
         shared = tmp_path / "shared.txt"
@@ -161,11 +198,25 @@ def _planted(secret: str, tmp_path: Any) -> None:
         private = tmp_path / "private.txt"
         private.write_text(secret)
         os.chmod(private, 0o600)
-        time.sleep(0.1)
     where = [e.where for e in watch.exposures]
     assert any(w.startswith("execve") for w in where), where  # strace saw both programs' argv and env
     assert sum(1 for w in where if w.startswith("execve")) >= 2, where
-    assert any(w.endswith("/cmdline") for w in where), where  # the sampler caught the 0.3 s process
+    assert any(w.endswith("/cmdline") for w in where), where  # the sampler caught the announced process
     assert any(w.startswith("log record some.library") for w in where), where
     assert str(shared) in where and str(private) not in where, where
     RESULTS.scanned("watch self-test (planted secrets found)", len(watch.exposures))
+
+
+def test_the_sampler_reports_a_process_it_did_not_observe() -> None:
+    """wait_sampled is not always True: a process that ended before the call was not observed."""
+    secret = "canary-" + os.urandom(8).hex()
+    with SecretWatch([secret], strace=False, sweep_roots=()) as watch:
+        assert watch.proc_samples >= 1  # armed on entry
+        child = _announced(secret)
+        _release(child)
+        assert not watch.wait_sampled(child.pid)
+        alive = _announced(secret)
+        try:
+            assert watch.wait_sampled(alive.pid)
+        finally:
+            _release(alive)

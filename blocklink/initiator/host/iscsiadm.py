@@ -176,12 +176,15 @@ def discoverydb_portals(text: Optional[str], discovery: str, iface: str = "defau
     return []
 
 
+_BLANKS = " \t\r\v\f"  # C isspace(), what iscsid trims; str.strip() would also eat \x1c, \x85, \u2028
+
+
 def parse_records(text: Optional[str]) -> List[Dict[str, str]]:
     """``# BEGIN RECORD`` ... ``# END RECORD`` blocks of ``key = value`` lines (node, iface, discovery)."""
     records: List[Dict[str, str]] = []
     current: Optional[Dict[str, str]] = None
-    for raw in (text or "").splitlines():
-        line = raw.strip()
+    for raw in (text or "").split("\n"):  # as iscsid reads: a line ends at \n only (not at \v, \x1c, ...)
+        line = raw.strip(_BLANKS)
         if line.startswith("# BEGIN RECORD"):
             current = {}
             records.append(current)
@@ -192,7 +195,7 @@ def parse_records(text: Optional[str]) -> List[Dict[str, str]]:
                 current = {}
                 records.append(current)
             key, _, value = line.partition(" = ")
-            current[key.strip()] = value.strip()
+            current[key.strip(_BLANKS)] = value.strip(_BLANKS)
     return records
 
 
@@ -267,8 +270,8 @@ def rewrite_record(text: str, settings: Mapping[str, RecordValue]) -> str:
     pending = dict(values)
     lines: List[str] = []
     end_seen = False
-    for raw in text.splitlines():
-        stripped = raw.strip()
+    for raw in text.rstrip("\n").split("\n") if text else []:
+        stripped = raw.strip(_BLANKS)
         if stripped.startswith("# END RECORD"):
             lines.extend(f"{k} = {v}" for k, v in pending.items())
             pending = {}
