@@ -26,9 +26,9 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
-from blocklink.errors import TargetError, TgtAdmError
+from blocklink.errors import PathRefused, TargetError, TgtAdmError
 from blocklink.masking import Secret, get_logger
-from blocklink.privileged import entrypoint
+from blocklink.privileged import confine, entrypoint
 
 LOG = get_logger(__name__)
 
@@ -64,15 +64,26 @@ _VALUE_RE = re.compile(r"^[^,=\x00-\x1f\x7f]+$")  # what may stand in a k=v,k=v 
 Part = Union[str, Secret]
 
 
+_SOCKET_NAME = re.compile(r"socket\.[0-9]{1,5}")
+
+
 @entrypoint
-def tgt_request(socket_path: str, mode: int, op: int, body_text: str, tid: int = -1,
-                lun: int = 2**64 - 1, sid: int = 0, cid: int = 0, ac_dir: int = 0, force: bool = False,
-                lld: str = "iscsi", timeout: float = 30.0) -> Tuple[int, str]:
-    """Send one request to tgtd; returns (tgtd error code, response text).
+def tgt_request(socket_path: str, mode: int, op: int, body_text: str, **kw: Any) -> Tuple[int, str]:
+    """Send one request to a system tgtd as root: only ``/run/tgtd/socket.<port>``, nothing else.
 
     Plain types only (oslo.privsep's channel carries msgpack); the body may hold a CHAP secret,
     which is fine there: privsep logs replies at debug level, never requests.
     """
+    real = confine(socket_path, SOCKET_DIR, follow=False)
+    if os.path.dirname(real) != os.path.realpath(SOCKET_DIR) or not _SOCKET_NAME.fullmatch(os.path.basename(real)):
+        raise PathRefused(socket_path, SOCKET_DIR + "/socket.<port>")
+    return tgt_exchange(real, mode, op, body_text, **kw)
+
+
+def tgt_exchange(socket_path: str, mode: int, op: int, body_text: str, tid: int = -1,
+                 lun: int = 2**64 - 1, sid: int = 0, cid: int = 0, ac_dir: int = 0, force: bool = False,
+                 lld: str = "iscsi", timeout: float = 30.0) -> Tuple[int, str]:
+    """One request/response on tgtd's socket with the caller's own rights; (tgtd error code, text)."""
     if not socket_path.startswith("/") or "\x00" in socket_path:
         raise ValueError("socket_path must be an absolute path")
     body = body_text.encode()
@@ -305,6 +316,9 @@ class TgtAdmin:
         self.control_port = control_port
         self.socket_path = os.path.join(socket_dir, f"socket.{control_port}")
         self.timeout = timeout
+        # the system tgtd is reached through the privileged entry point (confined to its socket
+        # directory); a tgtd the caller runs under its own directory is spoken to with the caller's rights
+        self._send = tgt_request if os.path.realpath(socket_dir) == os.path.realpath(SOCKET_DIR) else tgt_exchange
 
     def __repr__(self) -> str:
         return f"TgtAdmin(socket={self.socket_path!r})"
@@ -312,7 +326,7 @@ class TgtAdmin:
     def request(self, mode: int, op: int, parts: Sequence[Part] = (), *, what: str = "tgtd", **kw: Any) -> str:
         try:
             body = "".join(p.reveal() if isinstance(p, Secret) else p for p in parts)  # revealed only here
-            err, text = tgt_request(self.socket_path, mode, op, body, timeout=self.timeout, **kw)
+            err, text = self._send(self.socket_path, mode, op, body, timeout=self.timeout, **kw)
         except (OSError, ConnectionError) as e:
             raise TargetError(f"tgtd at {self.socket_path}", f"management socket: {e.strerror or e}") from None
         if err:

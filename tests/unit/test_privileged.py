@@ -164,6 +164,30 @@ def test_lio_save_dir_symlinks_do_not_lead_out(tmp_path: Any, monkeypatch: pytes
     assert lio.save_path(str(save_dir / "cinder-volumes.json"), str(save_dir)) == str(save_dir / "cinder-volumes.json")
 
 
+@pytest.mark.parametrize("bad", ["/run/tgtd-evil/socket.0", "/run/tgtd/../sock/socket.0", "/run/tgtd/socket.0/x",
+                                 "/run/tgtd/other.sock", "/run/tgtd/socket.", "/var/run/docker.sock", "relative/socket.0",
+                                 "/run/tgtd/socket.123456"])
+def test_tgt_request_reaches_only_tgtds_own_sockets(bad: str) -> None:
+    """As root, the entry point would connect anywhere: it is confined to /run/tgtd/socket.<port>,
+    refused before any socket is opened."""
+    from blocklink.target import tgtadm
+
+    with pytest.raises(PathRefused):
+        tgtadm.tgt_request.func(bad, 1, 1, "")
+
+
+def test_tgtadmin_speaks_to_a_callers_own_tgtd_without_the_entry_point(tmp_path: Any,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from blocklink.target import tgtadm
+
+    used: List[Tuple[str, str]] = []
+    monkeypatch.setattr(tgtadm, "tgt_exchange", lambda path, *a, **k: used.append(("own", path)) or (0, ""))
+    monkeypatch.setattr(tgtadm, "tgt_request", lambda path, *a, **k: used.append(("privileged", path)) or (0, ""))
+    tgtadm.TgtAdmin(7, socket_dir=str(tmp_path)).request(1, 1)
+    tgtadm.TgtAdmin(7).request(1, 1)
+    assert used == [("own", str(tmp_path / "socket.7")), ("privileged", "/run/tgtd/socket.7")]
+
+
 # ------------------------------------------------------------------ the one decision
 @pytest.mark.parametrize("mode,euid,expected", [("auto", 0, False), ("auto", 1000, True), ("force", 0, True),
                                                 ("off", 1000, False), (None, 0, False), (None, 1000, True)])
