@@ -34,7 +34,7 @@ def register(sub: Any) -> None:
     p.add_argument("--backing-dir", help="where volumes without a device path live")
     p.add_argument("--control-port", type=int, default=0, help="tgt: tgtd's control port (tgtd -C)")
     p.add_argument("--config-dir", help="tgt: directory of export records (tgt-admin syntax, 0600)")
-    p.add_argument("--save-file", help="lio: configuration file (rtslib JSON, 0600)")
+    p.add_argument("--save-file", help="lio: configuration file (rtslib JSON, 0600), a *.json file directly in /etc/rtslib-fb-target")
     p.add_argument("--iser", action="store_true", help="lio: enable iSER on the portals")
     ex = p.add_subparsers(dest="export_command", metavar="ACTION")
     ex.required = True
