@@ -107,6 +107,9 @@ def _source(view: VolumeView, device: Union[AttachedDevice, Mapping[str, Any], N
         if device.path is None:
             raise InvalidConnectionInfo("device", "the attached device has no path (an in-process handle "
                                                   "cannot be given to a VM; use device=None for a network disk)")
+        if device.type == "socket":  # an NBD / vhost-user socket is neither a file nor a block node
+            raise InvalidConnectionInfo("device", f"{device.path} is a {device.type} export; attach the volume "
+                                                  "with a file bridge or on the host for a VM disk")
         return (FileSource(device.path) if device.type == "file" else BlockSource(device.path)), True
     path = view.get("device_path")
     if path is not None:

@@ -531,3 +531,14 @@ def test_disk_config_matches_disk_xml() -> None:
 def test_cdrom() -> None:
     root = valid(DiskConfig(BlockSource("/dev/sr0"), "hdc", bus="ide", device="cdrom", readonly=True))
     assert root.get("device") == "cdrom" and root.find("readonly") is not None
+
+
+def test_socket_device_is_refused_for_a_vm_disk() -> None:
+    """An NBD/vhost-user socket from the userspace connector is neither a file nor a block node."""
+    info = {"driver_volume_type": "rbd", "data": {"name": "volumes/v1", "hosts": ["127.0.0.1"], "ports": ["6789"]}}
+    sock = AttachedDevice(protocol="rbd", path="/run/blocklink/qsd/v1/nbd.sock", type="socket")
+    with pytest.raises(InvalidConnectionInfo) as e:
+        disk_xml(info, sock, target_dev="vdb")
+    assert e.value.field == "device" and "socket" in str(e.value)
+    as_file = AttachedDevice(protocol="rbd", path="/run/blocklink/qsd/v1/disk", type="file")
+    assert "<source file=\"/run/blocklink/qsd/v1/disk\"" in disk_xml(info, as_file, target_dev="vdb")
