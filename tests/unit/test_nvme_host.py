@@ -4,6 +4,8 @@ import os
 
 import pytest
 
+from blocklink.initiator.properties import read_nvme_native_multipath
+
 from blocklink.errors import AuthenticationFailed, CommandFailed, ConnectionFailed
 from blocklink.hostpaths import HostPaths
 from blocklink.initiator.host.nvme import (Controller, NvmeHost, NvmePortalSpec, classify_connect_error,
@@ -178,7 +180,7 @@ def test_namespaces_named_like_linux(tmp_path, multipath):
     c0 = kernel.add_controller(NQN, "127.0.0.1", "4420", "tcp", HOSTNQN)
     c1 = kernel.add_controller(NQN, "127.0.0.2", "4420", "tcp", HOSTNQN)
     host = NvmeHost(kernel.paths, FakeExecutor())
-    assert host.native_multipath() is multipath
+    assert read_nvme_native_multipath(kernel.paths) is multipath
     ns = host.find_namespace([c0, c1], uuid=U1)
     assert ns.nsid == 1 and ns.size == 1 << 20 and ns.wwid == f"uuid.{U1}"
     if multipath:  # one head device for both paths

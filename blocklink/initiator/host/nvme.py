@@ -176,10 +176,6 @@ class NvmeHost:
         self.command_timeout = command_timeout
 
     # ------------------------------------------------------------------ kernel features
-    def native_multipath(self) -> bool:
-        v = self.paths.read(self.paths.sys("module", "nvme_core", "parameters", "multipath"), "")
-        return (v or "").upper() in ("Y", "1")
-
     def fabrics_ready(self) -> bool:
         return self.paths.exists(self.paths.devpath("nvme-fabrics"))
 
