@@ -15,8 +15,8 @@ import time
 
 import pytest
 
-from blocklink.testing.guest import Guest, GuestBootError, GuestTimeout, run_in_guest
-from blocklink.testing.guest.machine import sweep_stale_run_dirs
+from tests.harness.guest import Guest, GuestBootError, GuestTimeout, run_in_guest
+from tests.harness.guest.machine import sweep_stale_run_dirs
 from blocklink.testing.procs import alive
 
 pytestmark = pytest.mark.kernel(host=True)
@@ -79,7 +79,7 @@ def test_boot_timeout_stops_qemu() -> None:
 # ---------------------------------------------------------------------------- delegation, end to end
 INNER_CONFTEST = '''
 import pytest
-from blocklink.testing.guest import in_guest, pytest_plugin as delegation
+from tests.harness.guest import in_guest, pytest_plugin as delegation
 
 def pytest_collection_modifyitems(config, items):
     if not in_guest():

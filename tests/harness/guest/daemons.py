@@ -13,7 +13,7 @@ import subprocess
 import time
 from typing import Callable, List, Optional, Sequence
 
-from blocklink.testing.guest.stage2 import INITIATOR_IQN
+from tests.harness.guest.stage2 import INITIATOR_IQN
 from blocklink.testing.procs import alive, stop_pids
 
 ISCSID_NOT_CONNECTED = 20   # iscsiadm: ISCSI_ERR_ISCSID_NOTCONN

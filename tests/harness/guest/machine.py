@@ -9,7 +9,7 @@
     print(run_in_guest("lsmod").stdout)                      # boot, run, power off
 
 The guest boots Debian's /boot/vmlinuz-* with the host's ``/`` shared read-only over virtio-9p and
-RAM overlays on the writable places (see :mod:`blocklink.testing.guest.stage2` for what a command
+RAM overlays on the writable places (see :mod:`tests.harness.guest.stage2` for what a command
 finds there). Commands go to an agent over a virtio-serial port. Every failure (no boot, timeout,
 guest died) raises :class:`GuestError` whose message ends with the guest console's tail. qemu is
 stopped by its PID on :meth:`Guest.shutdown`, at interpreter exit, and (when booted from the main
@@ -36,10 +36,10 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
-from blocklink.testing.guest import agent as agent_mod
-from blocklink.testing.guest.initramfs import STAGE2, build_initramfs
-from blocklink.testing.guest.qemu import QemuSpec, find_kernel, qemu_argv, rw_tags
-from blocklink.testing.guest.stage2 import STAGE2_SCRIPT, config_sh, rwdirs_file
+from tests.harness.guest import agent as agent_mod
+from tests.harness.guest.initramfs import STAGE2, build_initramfs
+from tests.harness.guest.qemu import QemuSpec, find_kernel, qemu_argv, rw_tags
+from tests.harness.guest.stage2 import STAGE2_SCRIPT, config_sh, rwdirs_file
 
 CONSOLE_TAIL_LINES = 40
 _NOTABLE = re.compile(r"Kernel panic|BUG:|Oops|general protection|FATAL|Out of memory|hung_task|blocked for more than")

@@ -32,7 +32,7 @@ from typing import Any, Dict, List, Literal, Optional, Sequence
 
 import pytest
 
-from blocklink.testing.guest.machine import Guest, GuestError, GuestResult, make_run_dir
+from tests.harness.guest.machine import Guest, GuestError, GuestResult, make_run_dir
 
 REPORTS_ENV = "BLOCKLINK_GUEST_REPORTS"
 _STASH_KEY = pytest.StashKey["GuestTestRun"]()
