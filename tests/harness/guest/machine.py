@@ -350,11 +350,13 @@ class Guest:
 
     def run(self, command: Union[str, Sequence[str]], *, env: Optional[Mapping[str, str]] = None,
             cwd: Optional[str] = None, timeout: float = 600.0, input: Optional[bytes] = None,
-            answer_grace: float = 30.0) -> GuestResult:
+            answer_grace: float = 30.0, answer_timeout: Optional[float] = None) -> GuestResult:
         """Run ``command`` (argv list, or a string for ``bash -c``) as root in the guest.
 
         The command's own timeout kills its process group and returns ``timed_out=True``; a guest that
         does not answer ``answer_grace`` seconds after that raises :class:`GuestTimeout` and is stopped.
+        ``answer_timeout`` replaces that host-side bound (``timeout + answer_grace``) when given: a shorter
+        one fails fast on a hung guest whatever the command's own timeout.
         """
         argv = ["/bin/bash", "-c", command] if isinstance(command, str) else [str(a) for a in command]
         req: Dict[str, Any] = {"op": "run", "argv": argv, "env": dict(env or {}), "cwd": cwd or "/",
@@ -364,7 +366,8 @@ class Guest:
         with self._lock:
             self._send(req)
             try:
-                resp = self._recv(time.monotonic() + timeout + answer_grace, GuestTimeout, f"running {argv[:3]!r}")
+                wait = timeout + answer_grace if answer_timeout is None else answer_timeout
+                resp = self._recv(time.monotonic() + wait, GuestTimeout, f"running {argv[:3]!r}")
             except GuestTimeout:
                 self.shutdown(graceful=False)  # a hung guest; a late answer must not meet the next request
                 raise
