@@ -15,9 +15,9 @@ import time
 
 import pytest
 
+from blocklink.testing.procs import alive
 from tests.harness.guest import Guest, GuestBootError, GuestTimeout, run_in_guest
 from tests.harness.guest.machine import sweep_stale_run_dirs
-from blocklink.testing.procs import alive
 
 pytestmark = pytest.mark.kernel(host=True)
 
