@@ -1,4 +1,4 @@
-"""Run a benchmark task inside the real-kernel qemu guest (blocklink.testing.guest) and get its JSON.
+"""Run a benchmark task inside the real-kernel qemu guest (tests.harness.guest) and get its JSON.
 
 The guest sees the host's / read-only over virtio-9p, so the project venv and
 benchmarks/.venv-osbrick run there at the same paths. Tasks are in guest_tasks.py; each prints one
@@ -23,11 +23,11 @@ class GuestTaskFailed(RuntimeError):
 def harness_missing() -> Optional[str]:
     """Why the guest cannot be used here, or None."""
     try:
-        if importlib.util.find_spec("blocklink.testing.guest") is None:
-            return "the guest harness (blocklink/testing/guest) has not landed"
+        if importlib.util.find_spec("tests.harness.guest") is None:
+            return "the guest harness (tests/harness/guest) has not landed"
     except ModuleNotFoundError:
-        return "the guest harness (blocklink/testing/guest) has not landed"
-    from blocklink.testing.guest import find_kernel
+        return "the guest harness (tests/harness/guest) has not landed"
+    from tests.harness.guest import find_kernel
 
     try:
         find_kernel(None)
@@ -38,7 +38,7 @@ def harness_missing() -> Optional[str]:
 
 def run_task(ctx: Context, task: str, args: List[str], timeout: float) -> Dict[str, Any]:
     """Boot a guest, run ``python -m benchmarks.guest_tasks <task> <args>``, power off; return its JSON."""
-    from blocklink.testing.guest import Guest, GuestError
+    from tests.harness.guest import Guest, GuestError
 
     argv = [ctx.blocklink_python, "-m", "benchmarks.guest_tasks", task, "--osbrick-python", ctx.osbrick_python,
             *args]

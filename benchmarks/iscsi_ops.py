@@ -200,7 +200,7 @@ def task_iscsi(args: argparse.Namespace) -> Dict[str, Any]:
     from benchmarks.guest_tasks import CONNECTOR, PORTAL, backing_files, modprobe
     from benchmarks.worker import Worker
     from blocklink.target.lio import LioTarget
-    from blocklink.testing.guest.daemons import Iscsid
+    from tests.harness.guest.daemons import Iscsid
 
     modprobe("target_core_mod", "target_core_file", "iscsi_target_mod", "iscsi_tcp", "sd_mod")
     work = tempfile.mkdtemp(prefix="bench-iscsi.")

@@ -10,6 +10,7 @@ import argparse
 import importlib
 import json
 import logging
+import os
 import sys
 from typing import Any, List, Optional, Sequence
 
@@ -19,8 +20,9 @@ SUBCOMMAND_MODULES = (
     "blocklink.cli_export",
     "blocklink.cli_hypervisor",
     "blocklink.cli_attach",
-    "blocklink.demo",
 )
+# the demo is an example in the source tree, not part of the installed package
+DEMO_MODULE = "examples.demo"
 
 
 def emit(obj: Any) -> None:
@@ -42,7 +44,28 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         mod.register(sub)
+    # every argument (--help too) goes to the example's own parser: no option prefix can occur in argv ("\0")
+    demo = sub.add_parser("demo", add_help=False, prefix_chars="\0",
+                          help="walk the attach sequence on throwaway local backends (checkout: examples/demo.py)")
+    demo.add_argument("demo_args", nargs="*", help=argparse.SUPPRESS)
+    demo.set_defaults(func=_demo)
     return parser
+
+
+def _checkout() -> str:
+    """The source tree this blocklink was imported from (holds ``examples/`` in a checkout)."""
+    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _demo(args: argparse.Namespace) -> int:
+    top = _checkout()
+    if not os.path.isfile(os.path.join(top, *DEMO_MODULE.split(".")) + ".py"):
+        sys.stderr.write("blocklink demo: the demo is not part of the installed package; run it from a source "
+                         "checkout: ./scripts/demo (or python -m examples.demo)\n")
+        return 2
+    if top not in sys.path:
+        sys.path.insert(0, top)
+    return int(importlib.import_module(DEMO_MODULE).main(args.demo_args, prog="blocklink demo"))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -17,7 +17,7 @@ from blocklink.attach.flow import AttachFlow, VolumeSpec
 from blocklink.attach.records import AttachmentStore
 from blocklink.initiator.qsd import DaemonLayout
 from blocklink.initiator.userspace import UserspaceISCSIConnector
-from blocklink.testing.leaks import LeakChecker
+from tests.harness.leaks import LeakChecker
 
 MiB = 1 << 20
 HOST_IQN = "iqn.2024-01.test.blocklink:reliability"

@@ -1,5 +1,5 @@
 """Fault injection on real components. Each fault must end in a clear typed error and nothing leaked
-(blocklink.testing.leaks counters before/after): tgtd killed during a userspace login, during a
+(tests.harness.leaks counters before/after): tgtd killed during a userspace login, during a
 QEMU-native login and during an attach flow; a Ceph OSD stopped under I/O through the RBD handle; a
 libvirt attach that really fails after the host attach; processes SIGKILLed between steps of RBD and
 userspace host-attach flows, then reconcile.
@@ -23,7 +23,7 @@ from blocklink.executor import ProcessExecutor
 from blocklink.initiator.rbd import RBDConnector
 from blocklink.initiator.userspace import UserspaceISCSIConnector
 from blocklink.testing.ceph import CephCluster
-from blocklink.testing.leaks import LeakChecker, LeakFound
+from tests.harness.leaks import LeakChecker, LeakFound
 from blocklink.testing.procs import read_pidfile
 from blocklink.testing.tgt import TgtDaemon
 from tests.reliability.flows import (HOST_IQN, MiB, backing_file, chap, leak_checker, make_flow, new_id, run_dir,

@@ -21,7 +21,7 @@ import pytest
 
 from blocklink.errors import BlocklinkError, InvalidConnectionInfo
 from blocklink.testing.fakes import FakeExecutor
-from blocklink.testing.leaks import LeakChecker
+from tests.harness.leaks import LeakChecker
 from tests.reliability.results import RESULTS
 
 HOSTILE = ["a/b", "../../../etc/evil", "..", "a b", "a'b", 'a"b', "a\nnode.startup = automatic", "a;reboot",

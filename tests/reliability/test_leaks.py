@@ -13,7 +13,7 @@ from typing import Any, List
 import pytest
 
 from blocklink.hostpaths import HostPaths
-from blocklink.testing.leaks import LeakChecker, LeakFound, soak
+from tests.harness.leaks import LeakChecker, LeakFound, soak
 from tests.reliability import report
 
 

@@ -15,8 +15,8 @@ import pytest
 
 from blocklink.initiator.rbd import RBDConnector
 from blocklink.initiator.userspace import UserspaceISCSIConnector, UserspaceRBDConnector
-from blocklink.testing.leaks import LeakChecker, LeakFound
-from blocklink.testing.leaks import soak as run_soak
+from tests.harness.leaks import LeakChecker, LeakFound
+from tests.harness.leaks import soak as run_soak
 from blocklink.testing.tgt import TgtDaemon
 from tests.reliability.flows import (HOST_IQN, MiB, backing_file, chap, io_roundtrip, leak_checker, make_flow, new_id,
                                      run_dir, spec, store)

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from blocklink.testing.guest import agent
+from tests.harness.guest import agent
 from blocklink.testing.procs import alive
 
 

@@ -9,7 +9,7 @@ import stat
 
 import pytest
 
-from blocklink.testing.guest import initramfs as ir
+from tests.harness.guest import initramfs as ir
 
 
 def parse_newc(data: bytes) -> dict:
@@ -66,7 +66,7 @@ def test_archive_has_init_busybox_and_module_order() -> None:
 
 
 def _kver() -> str:
-    from blocklink.testing.guest import find_kernel
+    from tests.harness.guest import find_kernel
 
     try:
         return find_kernel()[1]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from blocklink.hostpaths import HostPaths
-from blocklink.testing.guest.kernel_state import KernelState, cleanup, snapshot
+from tests.harness.guest.kernel_state import KernelState, cleanup, snapshot
 
 
 def mk(root, rel, content=None):

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from blocklink.testing.guest.machine import Guest, GuestBootError, GuestError
+from tests.harness.guest.machine import Guest, GuestBootError, GuestError
 
 
 def test_console_tail_keeps_a_panic_line_in_view(tmp_path) -> None:
@@ -40,7 +40,7 @@ def test_missing_shared_folder_is_refused_before_anything_starts(tmp_path) -> No
 def test_run_dirs_of_dead_sessions_are_swept(tmp_path) -> None:
     import subprocess
 
-    from blocklink.testing.guest.machine import OWNER_FILE, _start_time, make_run_dir, sweep_stale_run_dirs
+    from tests.harness.guest.machine import OWNER_FILE, _start_time, make_run_dir, sweep_stale_run_dirs
 
     mine = make_run_dir("blguest-", str(tmp_path))
     kept = make_run_dir("blguest-", str(tmp_path), keep=True)

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from blocklink.testing.guest import pytest_plugin as pp
+from tests.harness.guest import pytest_plugin as pp
 
 INNER = '''
 import pytest

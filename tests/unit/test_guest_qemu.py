@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from blocklink.testing.guest.qemu import KernelNotFound, QemuSpec, find_kernel, kernel_cmdline, nic_mac, qemu_argv
+from tests.harness.guest.qemu import KernelNotFound, QemuSpec, find_kernel, kernel_cmdline, nic_mac, qemu_argv
 
 
 def fake_boot(tmp_path, kernels, with_modules):

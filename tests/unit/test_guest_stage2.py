@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from blocklink.testing.guest.stage2 import INITIATOR_IQN, config_sh, rwdirs_file
+from tests.harness.guest.stage2 import INITIATOR_IQN, config_sh, rwdirs_file
 
 
 @pytest.mark.parametrize("shell", ["/bin/sh", "/bin/bash"])

@@ -1,6 +1,6 @@
 """Kernel tests: every test in this folder runs inside one real-kernel qemu guest per session.
 
-On the host, the hooks below hand the selected tests to :mod:`blocklink.testing.guest.pytest_plugin`
+On the host, the hooks below hand the selected tests to :mod:`tests.harness.guest.pytest_plugin`
 (one guest boots at the first kernel test and runs them all; each host item reports the guest's
 outcome); ``@pytest.mark.kernel(host=True)`` tests (the harness's own) stay on the host. Inside the guest (``BLOCKLINK_IN_GUEST=1``) the same files run normally with the
 fixtures below. See README.md in this folder.
@@ -14,10 +14,10 @@ from typing import Any, Iterator
 
 import pytest
 
-from blocklink.testing.guest import INITIATOR_IQN, in_guest
-from blocklink.testing.guest import pytest_plugin as delegation
-from blocklink.testing.guest.daemons import DaemonError, Iscsid, Multipathd, modprobe as _modprobe
-from blocklink.testing.guest.kernel_state import cleanup, snapshot
+from tests.harness.guest import INITIATOR_IQN, in_guest
+from tests.harness.guest import pytest_plugin as delegation
+from tests.harness.guest.daemons import DaemonError, Iscsid, Multipathd, modprobe as _modprobe
+from tests.harness.guest.kernel_state import cleanup, snapshot
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 LIO_MODULES = ("target_core_mod", "iscsi_target_mod", "target_core_file", "target_core_iblock")

@@ -31,9 +31,9 @@ from blocklink.initiator.fc import FibreChannelConnector
 from blocklink.initiator.host import fc
 from blocklink.initiator.host.wait import wait_for
 from blocklink.locks import LockFactory
-from blocklink.testing.fcoe import FcLun, FcoeFabric, TcmFcTarget, fcoe_wwpn
-from blocklink.testing.guest import nic_mac
-from blocklink.testing.guest.blockio import block_size, direct_read, direct_write
+from tests.harness.fcoe import FcLun, FcoeFabric, TcmFcTarget, fcoe_wwpn
+from tests.harness.guest import nic_mac
+from tests.harness.guest.blockio import block_size, direct_read, direct_write
 
 pytestmark = pytest.mark.kernel(nics=4)
 

@@ -7,9 +7,9 @@ import subprocess
 
 import pytest
 
-from blocklink.testing.guest import INITIATOR_IQN, LOOPBACK_ADDRS, in_guest
-from blocklink.testing.guest.daemons import DaemonError, modprobe as load_modules
-from blocklink.testing.guest.kernel_state import cleanup, snapshot
+from tests.harness.guest import INITIATOR_IQN, LOOPBACK_ADDRS, in_guest
+from tests.harness.guest.daemons import DaemonError, modprobe as load_modules
+from tests.harness.guest.kernel_state import cleanup, snapshot
 
 pytestmark = pytest.mark.kernel
 

@@ -15,9 +15,9 @@ import time
 
 import pytest
 
-from blocklink.testing.guest import Guest, GuestBootError, GuestTimeout, run_in_guest
-from blocklink.testing.guest.machine import sweep_stale_run_dirs
 from blocklink.testing.procs import alive
+from tests.harness.guest import Guest, GuestBootError, GuestTimeout, run_in_guest
+from tests.harness.guest.machine import sweep_stale_run_dirs
 
 pytestmark = pytest.mark.kernel(host=True)
 
@@ -36,14 +36,20 @@ def test_commands_status_output_input_env_timeout_and_shared_folder(tmp_path) ->
                     env={"FOO": "bar"}, cwd="/etc")
         assert res.stdout.splitlines() == ["ABC", "1 bar", "/etc", g.kernel_release]
 
-        res = g.run(f"echo from-guest > {shared}/out.txt; sleep 100", timeout=2)
-        assert res.timed_out
-        assert (shared / "out.txt").read_text() == "from-guest\n"
+        res = g.run(f"echo from-guest > {shared}/out.txt")
+        assert res.ok and (shared / "out.txt").read_text() == "from-guest\n"
+
+        # never ends on its own, however fast or slow the guest: the agent's timeout always fires
+        res = g.run("exec sleep infinity", timeout=2)
+        assert (res.timed_out, res.exit_code) == (True, -signal.SIGKILL)
 
         assert g.run(["/no/such/program"]).exit_code == 127
 
-        with pytest.raises(GuestTimeout) as ei:  # the agent itself stops answering: the guest is stopped
-            g.run("kill -STOP $PPID", timeout=1, answer_grace=2)
+        # The agent stops itself. The agent's own timeout (an hour) cannot fire first and answer, so the
+        # host's answer_timeout always expires: whether or not the guest got as far as the kill, no answer
+        # comes, and the guest is stopped.
+        with pytest.raises(GuestTimeout) as ei:
+            g.run("kill -STOP $PPID", timeout=3600, answer_timeout=3)
         assert "guest console" in str(ei.value) and "blguest-agent: run" in str(ei.value)
         assert not alive(pid)
     assert pid is not None and not alive(pid)
@@ -79,7 +85,7 @@ def test_boot_timeout_stops_qemu() -> None:
 # ---------------------------------------------------------------------------- delegation, end to end
 INNER_CONFTEST = '''
 import pytest
-from blocklink.testing.guest import in_guest, pytest_plugin as delegation
+from tests.harness.guest import in_guest, pytest_plugin as delegation
 
 def pytest_collection_modifyitems(config, items):
     if not in_guest():

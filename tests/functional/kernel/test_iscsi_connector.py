@@ -24,7 +24,7 @@ from blocklink.executor import CommandResult, ProcessExecutor
 from blocklink.initiator.iscsi import ISCSIConnector
 from blocklink.masking import Secret
 from blocklink.target.lio import LioTarget
-from blocklink.testing.guest.blockio import block_size, direct_read, direct_write
+from tests.harness.guest.blockio import block_size, direct_read, direct_write
 
 pytestmark = pytest.mark.kernel
 

@@ -9,7 +9,7 @@ import warnings
 import pytest
 
 from blocklink.initiator.host.wait import wait_for
-from blocklink.testing.guest.blockio import block_size, direct_read, direct_write
+from tests.harness.guest.blockio import block_size, direct_read, direct_write
 
 
 pytestmark = pytest.mark.kernel

@@ -8,7 +8,7 @@ import uuid
 import pytest
 
 import blocklink
-from blocklink.testing.guest.blockio import block_size, direct_read, direct_write
+from tests.harness.guest.blockio import block_size, direct_read, direct_write
 
 
 pytestmark = pytest.mark.kernel

@@ -20,9 +20,9 @@ from blocklink.initiator.iscsi import ISCSIConnector
 from blocklink.initiator.nvmeof import NVMeOFConnector
 from blocklink.target.lio import LioTarget
 from blocklink.target.nvmet import NvmetTarget
-from blocklink.testing.guest.blockio import direct_read, direct_write
-from blocklink.testing.leaks import LeakChecker
-from blocklink.testing.leaks import soak as run_soak
+from tests.harness.guest.blockio import direct_read, direct_write
+from tests.harness.leaks import LeakChecker
+from tests.harness.leaks import soak as run_soak
 from tests.functional.kernel.test_iscsi_connector import RecordingExecutor
 from tests.functional.kernel.test_nvme_tcp import connector, host, nvme_modules, target, workdir  # noqa: F401 - fixtures
 

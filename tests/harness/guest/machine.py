@@ -9,7 +9,7 @@
     print(run_in_guest("lsmod").stdout)                      # boot, run, power off
 
 The guest boots Debian's /boot/vmlinuz-* with the host's ``/`` shared read-only over virtio-9p and
-RAM overlays on the writable places (see :mod:`blocklink.testing.guest.stage2` for what a command
+RAM overlays on the writable places (see :mod:`tests.harness.guest.stage2` for what a command
 finds there). Commands go to an agent over a virtio-serial port. Every failure (no boot, timeout,
 guest died) raises :class:`GuestError` whose message ends with the guest console's tail. qemu is
 stopped by its PID on :meth:`Guest.shutdown`, at interpreter exit, and (when booted from the main
@@ -36,10 +36,10 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
-from blocklink.testing.guest import agent as agent_mod
-from blocklink.testing.guest.initramfs import STAGE2, build_initramfs
-from blocklink.testing.guest.qemu import QemuSpec, find_kernel, qemu_argv, rw_tags
-from blocklink.testing.guest.stage2 import STAGE2_SCRIPT, config_sh, rwdirs_file
+from tests.harness.guest import agent as agent_mod
+from tests.harness.guest.initramfs import STAGE2, build_initramfs
+from tests.harness.guest.qemu import QemuSpec, find_kernel, qemu_argv, rw_tags
+from tests.harness.guest.stage2 import STAGE2_SCRIPT, config_sh, rwdirs_file
 
 CONSOLE_TAIL_LINES = 40
 _NOTABLE = re.compile(r"Kernel panic|BUG:|Oops|general protection|FATAL|Out of memory|hung_task|blocked for more than")
@@ -350,11 +350,13 @@ class Guest:
 
     def run(self, command: Union[str, Sequence[str]], *, env: Optional[Mapping[str, str]] = None,
             cwd: Optional[str] = None, timeout: float = 600.0, input: Optional[bytes] = None,
-            answer_grace: float = 30.0) -> GuestResult:
+            answer_grace: float = 30.0, answer_timeout: Optional[float] = None) -> GuestResult:
         """Run ``command`` (argv list, or a string for ``bash -c``) as root in the guest.
 
         The command's own timeout kills its process group and returns ``timed_out=True``; a guest that
         does not answer ``answer_grace`` seconds after that raises :class:`GuestTimeout` and is stopped.
+        ``answer_timeout`` replaces that host-side bound (``timeout + answer_grace``) when given: a shorter
+        one fails fast on a hung guest whatever the command's own timeout.
         """
         argv = ["/bin/bash", "-c", command] if isinstance(command, str) else [str(a) for a in command]
         req: Dict[str, Any] = {"op": "run", "argv": argv, "env": dict(env or {}), "cwd": cwd or "/",
@@ -364,7 +366,8 @@ class Guest:
         with self._lock:
             self._send(req)
             try:
-                resp = self._recv(time.monotonic() + timeout + answer_grace, GuestTimeout, f"running {argv[:3]!r}")
+                wait = timeout + answer_grace if answer_timeout is None else answer_timeout
+                resp = self._recv(time.monotonic() + wait, GuestTimeout, f"running {argv[:3]!r}")
             except GuestTimeout:
                 self.shutdown(graceful=False)  # a hung guest; a late answer must not meet the next request
                 raise

@@ -32,11 +32,13 @@ from typing import Any, Dict, List, Literal, Optional, Sequence
 
 import pytest
 
-from blocklink.testing.guest.machine import Guest, GuestError, GuestResult, make_run_dir
+from tests.harness.guest.machine import Guest, GuestError, GuestResult, make_run_dir
 
 REPORTS_ENV = "BLOCKLINK_GUEST_REPORTS"
 _STASH_KEY = pytest.StashKey["GuestTestRun"]()
 _FORWARD_SKIP = ("BLOCKLINK_GUEST_", "BLOCKLINK_IN_GUEST")
+# the checkout holding this harness (tests/harness/guest/ is not installed with blocklink)
+CHECKOUT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 
 # ---------------------------------------------------------------------------- guest side
@@ -88,6 +90,14 @@ def forwarded_env(environ: Optional[Dict[str, str]] = None) -> Dict[str, str]:
     """Host variables the guest's pytest gets too: blocklink's own test knobs (not the guest's)."""
     env = os.environ if environ is None else environ
     return {k: v for k, v in env.items() if k.startswith("BLOCKLINK_") and not k.startswith(_FORWARD_SKIP)}
+
+
+def guest_pythonpath(environ: Optional[Dict[str, str]] = None) -> str:
+    """``PYTHONPATH`` for the guest's pytest: this checkout first, so ``-p`` finds this plugin whatever the
+    rootdir (a session rooted elsewhere too), then the host session's own entries."""
+    env = os.environ if environ is None else environ
+    entries = [CHECKOUT] + [e for e in env.get("PYTHONPATH", "").split(os.pathsep) if e and e != CHECKOUT]
+    return os.pathsep.join(entries)
 
 
 class GuestTestRun:
@@ -145,7 +155,7 @@ class GuestTestRun:
         env = forwarded_env()
         # no entry-point plugin scan: reading every dist-info over 9p costs seconds (see guest_pytest_argv)
         env.update({"PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1", "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1",
-                    REPORTS_ENV: self.reports_path})
+                    "PYTHONPATH": guest_pythonpath(), REPORTS_ENV: self.reports_path})
         try:
             self.result = self.guest.run(argv, env=env, cwd=str(self.config.rootpath), timeout=self.timeout)
             with open(os.path.join(self.results_dir, "pytest.log"), "wb") as f:

@@ -3,24 +3,24 @@
 The host running the tests may lack SCSI, iSCSI, LIO, dm-multipath, rbd or nbd; the guest has them
 all as modules. Public surface::
 
-    from blocklink.testing.guest import Guest, run_in_guest, in_guest
+    from tests.harness.guest import Guest, run_in_guest, in_guest
 
     with Guest.boot() as g:
         print(g.run("modprobe -a iscsi_tcp rbd && lsmod").stdout)
 
-``python -m blocklink.testing.guest 'command'`` runs one command in a fresh guest. The pytest
-delegation of ``@pytest.mark.kernel`` tests is :mod:`blocklink.testing.guest.pytest_plugin`.
+``python -m tests.harness.guest 'command'`` runs one command in a fresh guest. The pytest
+delegation of ``@pytest.mark.kernel`` tests is :mod:`tests.harness.guest.pytest_plugin`.
 """
 
 from __future__ import annotations
 
 import os
 
-from blocklink.testing.guest.agent import IN_GUEST_ENV
-from blocklink.testing.guest.machine import (Guest, GuestBootError, GuestConfig, GuestError, GuestResult,
+from tests.harness.guest.agent import IN_GUEST_ENV
+from tests.harness.guest.machine import (Guest, GuestBootError, GuestConfig, GuestError, GuestResult,
                                              GuestTimeout, run_in_guest)
-from blocklink.testing.guest.qemu import find_kernel, nic_mac
-from blocklink.testing.guest.stage2 import INITIATOR_IQN, LOOPBACK_ADDRS
+from tests.harness.guest.qemu import find_kernel, nic_mac
+from tests.harness.guest.stage2 import INITIATOR_IQN, LOOPBACK_ADDRS
 
 
 def in_guest() -> bool:

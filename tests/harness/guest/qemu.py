@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence, Tuple
 
-from blocklink.testing.guest.agent import PORT_NAME
+from tests.harness.guest.agent import PORT_NAME
 
 
 class KernelNotFound(RuntimeError):

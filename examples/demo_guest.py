@@ -1,7 +1,7 @@
 """The demo's real-kernel part, run INSIDE the test guest: a host-attached iSCSI volume.
 
-``python -m blocklink.demo_guest`` (started by ``blocklink demo`` through the guest harness): LIO
-exports a volume with CHAP, ``ISCSIConnector`` logs in with the kernel initiator and returns
+``python -m examples.demo_guest`` (the demo's kernel part starts it from the checkout, through the
+guest harness): LIO exports a volume with CHAP, ``ISCSIConnector`` logs in with the kernel initiator and returns
 ``/dev/sdX`` (only this LUN scanned, WWN checked), the libvirt disk for it is ``type='block'``,
 4 MiB are written and read back with O_DIRECT, then everything is undone and checked gone.
 """
@@ -11,19 +11,20 @@ from __future__ import annotations
 import os
 import sys
 from contextlib import ExitStack
-from blocklink.demo import Narrator
+
+from examples.demo import Narrator
 
 
 def main() -> int:
     import blocklink
     from blocklink.hypervisor import disk_xml
     from blocklink.target.lio import LioTarget
-    from blocklink.testing.guest import INITIATOR_IQN, in_guest
-    from blocklink.testing.guest.blockio import direct_read, direct_write
-    from blocklink.testing.guest.daemons import Iscsid, modprobe
+    from tests.harness.guest import INITIATOR_IQN, in_guest
+    from tests.harness.guest.blockio import direct_read, direct_write
+    from tests.harness.guest.daemons import Iscsid, modprobe
 
     if not in_guest():
-        sys.stderr.write("demo_guest runs inside the real-kernel guest (blocklink demo starts it)\n")
+        sys.stderr.write("demo_guest runs inside the real-kernel guest (./scripts/demo starts it)\n")
         return 2
     say = Narrator()
     with ExitStack() as stack:

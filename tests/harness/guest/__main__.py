@@ -1,4 +1,4 @@
-"""``python -m blocklink.testing.guest 'command'``: run one command in a fresh guest.
+"""``python -m tests.harness.guest 'command'``: run one command in a fresh guest.
 
 Prints the command's stdout and stderr and exits with its status (124: it timed out; 125: the
 guest failed, console tail on stderr). Environment knobs: ``BLOCKLINK_GUEST_TIMEOUT`` (seconds,
@@ -12,7 +12,7 @@ import os
 import sys
 from typing import List, Optional
 
-from blocklink.testing.guest.machine import Guest, GuestError
+from tests.harness.guest.machine import Guest, GuestError
 
 
 def main(argv: Optional[List[str]] = None) -> int:

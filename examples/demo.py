@@ -1,4 +1,9 @@
-"""``blocklink demo``: the attach sequence on throwaway local backends, printed step by step.
+"""The demo: the attach sequence on throwaway local backends, printed step by step.
+
+Run from a checkout: ``./scripts/demo`` (bootstraps, then ``python -m examples.demo``), or
+``blocklink demo`` when blocklink is imported from a checkout. Not part of the installed package:
+it drives the throwaway services of :mod:`blocklink.testing` and the real-kernel guest harness of
+``tests/harness/guest``.
 
 Starts a real single-node Ceph cluster on 127.0.0.1 (cephx on), creates a volume, walks the seed's
 sequence for it (connector properties → initialize_connection → connect_volume → I/O →
@@ -15,9 +20,11 @@ import os
 import sys
 import time
 from contextlib import ExitStack
-from typing import Any, Callable, Dict, List, TypeVar
+from typing import Any, Callable, Dict, List, Optional, Sequence, TypeVar
 
 T = TypeVar("T")
+# the checkout this example belongs to: the guest runs ``python -m examples.demo_guest`` from it
+CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class Narrator:
@@ -222,13 +229,13 @@ def vm_demo(say: Narrator, stack: ExitStack) -> None:
 
 def kernel_demo(say: Narrator, stack: ExitStack) -> None:
     """Where a host block device is needed: the real-kernel guest attaches an iSCSI volume for real."""
-    from blocklink.testing.guest import Guest
+    from tests.harness.guest import Guest  # the checkout's guest harness (not in the installed package)
 
     guest = say.step("boot the real-kernel guest (Debian's kernel under qemu TCG, this host's / over 9p)",
                      Guest.boot, lambda g: f"qemu pid {g.pid}")
     stack.callback(lambda: say.step("stop the guest (by PID)", guest.shutdown))
     say.note("--- inside the guest:")
-    res = guest.run([sys.executable, "-m", "blocklink.demo_guest"], timeout=600)
+    res = guest.run([sys.executable, "-m", "examples.demo_guest"], timeout=600, cwd=CHECKOUT)
     for line in res.stdout.rstrip().splitlines():
         say.note("  " + line)
     if not res.ok:
@@ -249,17 +256,22 @@ def run(which: List[str], stream: Any = sys.stdout) -> Dict[str, Any]:
     return {"demos": results, "steps": say.steps}
 
 
-def register(sub: Any) -> None:
-    p = sub.add_parser("demo", help="walk the attach sequence on throwaway local backends")
+def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description="Walk the attach sequence on throwaway local backends.")
     p.add_argument("--only", choices=sorted(DEMOS), action="append", help="run only this demo (repeatable)")
     p.add_argument("--json", action="store_true", help="also print a JSON summary of the steps")
-    p.set_defaults(func=_main)
+    return p
 
 
-def _main(args: argparse.Namespace) -> int:
+def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> int:
+    args = build_parser(prog).parse_args(argv)
     summary = run(args.only or list(DEMOS))
     sys.stdout.write("\nall demo steps succeeded; everything was cleaned up\n")
     if args.json:
         json.dump(summary, sys.stdout, indent=2)
         sys.stdout.write("\n")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -11,7 +11,7 @@ one JSON object per line:
 - ``{"op": "poweroff"}`` answers ``{"ok": true}`` and ends the agent; stage 2 then powers off.
 
 End of input (the host went away) also ends it. The host side of this protocol is
-:mod:`blocklink.testing.guest.machine`; the encoding helpers here are shared by both.
+:mod:`tests.harness.guest.machine`; the encoding helpers here are shared by both.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 LIO ``tcm_fc`` target on some of its ports.
 
 All NICs sit on one qemu hub (``@pytest.mark.kernel(nics=N)``, fixed MACs from
-:func:`blocklink.testing.guest.nic_mac`), so every FCoE port sees every other: each NIC's fcoe
+:func:`tests.harness.guest.nic_mac`), so every FCoE port sees every other: each NIC's fcoe
 controller becomes an ``fc_host`` (WWPN ``0x2000<MAC>``, WWNN ``0x1000<MAC>``) and logs in with
 all others. A port carrying a :class:`TcmFcTarget` shows up on the initiators' side as a remote
 port with the "FCP Target" role, but only for initiator WWPNs in the target's ACLs (for others it

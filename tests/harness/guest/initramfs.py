@@ -3,7 +3,7 @@
 ``/init`` loads virtio/9p/overlay modules, mounts the host's ``/`` (9p tag ``rootfs``) read-only,
 puts a tmpfs on ``/run`` and RAM overlays on the writable places, mounts the per-boot exchange
 share (tag ``xfer``) at ``/run/blguest``, prepares what the tests expect (see
-:mod:`blocklink.testing.guest.stage2`) and hands over to ``/run/blguest/stage2.sh``. Everything
+:mod:`tests.harness.guest.stage2`) and hands over to ``/run/blguest/stage2.sh``. Everything
 about one boot (settings, stage 2) lives in that share, so the image depends only on the kernel
 version and this file: it is built once into a cache directory and reused.
 """

@@ -13,8 +13,8 @@ import subprocess
 import time
 from typing import Callable, List, Optional, Sequence
 
-from blocklink.testing.guest.stage2 import INITIATOR_IQN
 from blocklink.testing.procs import alive, stop_pids
+from tests.harness.guest.stage2 import INITIATOR_IQN
 
 ISCSID_NOT_CONNECTED = 20   # iscsiadm: ISCSI_ERR_ISCSID_NOTCONN
 ISCSI_NO_OBJECTS = 21       # iscsiadm: ISCSI_ERR_NO_OBJS_FOUND (no sessions: iscsid answered)
