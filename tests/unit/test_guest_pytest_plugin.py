@@ -42,6 +42,9 @@ def guest_reports(tmp_path_factory):
     reports = tmp_path / "reports.jsonl"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
     env[pp.REPORTS_ENV] = str(reports)
+    # the plugin lives in the checkout's tests/ package, not in the installed blocklink
+    top = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (top, env.get("PYTHONPATH", "")) if p)
     subprocess.run([sys.executable, "-m", "pytest", "-p", pp.__name__, "-p", "no:cacheprovider", "-q",
                     "--continue-on-collection-errors", str(d)],
                    cwd=str(d), env=env, capture_output=True, text=True, timeout=120)
