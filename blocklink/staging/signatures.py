@@ -110,7 +110,9 @@ def decide(device: str, path: str, fs_type: str, probe: Probe) -> Action:
     if b.exit_code not in (BLKID_FOUND, BLKID_NOTHING):
         raise ProbeFailed(device, path, f"blkid exit {b.exit_code}: {b.stderr or 'no message'}")
     if probe.partitions:
-        raise ForeignSignature(device, path, "partitions " + ", ".join(probe.partitions), fs_type)
+        found = describe(b, probe.wipefs) if b.values or probe.wipefs else ""
+        raise ForeignSignature(device, path, "; ".join(x for x in (found, "partitions " + ", ".join(probe.partitions))
+                                                       if x), fs_type)
     if b.exit_code == BLKID_NOTHING and not b.values:
         if probe.wipefs:  # blkid saw nothing but a signature is there: not blank
             raise ForeignSignature(device, path, describe(b, probe.wipefs), fs_type)

@@ -128,9 +128,10 @@ class Stager:
         try:
             return self.executor.run(argv, timeout=self.timeout, **kw)
         except CommandFailed as e:
-            detail = (e.stderr or e.stdout or "").strip().splitlines()
+            # the first line: mkfs and mount put the reason there and a usage text after it
+            detail = [x for x in (e.stderr or e.stdout or "").splitlines() if x.strip()]
             raise StagingCommandFailed(action, device, path, f"exit {e.exit_code}: "
-                                       + (detail[-1] if detail else "no message")) from None
+                                       + (detail[0].strip() if detail else "no message")) from None
 
     @contextlib.contextmanager
     def _locked(self, kind: str, path: str) -> Iterator[None]:
