@@ -424,8 +424,8 @@ class Stager:
             pass
         record = self._record_for(table, p, major, minor)
         want = identity.expected(device) if device else identity.VolumeIdentity()
-        if record:
-            want = identity.merged(record.identity, want)
+        if record:  # the device passed in wins over what was recorded at stage time
+            want = identity.merged(want, record.identity)
         name = self._name(major, minor)
         facts = Facts(p, True, f"{major}:{minor}", f"/dev/{name}" if name else (record.device if record else None),
                       device_present=name is not None, expected=want,

@@ -353,6 +353,8 @@ def test_condition_reports_gone_replaced_and_read_only(node, stager, tmp_path) -
     s = str(tmp_path / "s")
     stager.stage(dev(), s)
     assert stager.condition(s).reason == "healthy"
+    c = stager.condition(s, dev("36001405ffffffffffffffff00000009"))  # asked about another volume
+    assert c.abnormal and "wwn: wanted 36001405ffffffffffffffff00000009" in c.reason
     node.set_wwid("naa.6001405ffffffffffffffff00000009")  # the node now answers for another LU
     c = stager.condition(s)
     assert c.abnormal and "no longer the volume" in c.reason and "6001405ffff" in c.reason
