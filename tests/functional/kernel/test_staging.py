@@ -8,6 +8,7 @@ controller, a mapping or a target object.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -231,13 +232,29 @@ def volumes(request: Any, tmp_path: Any) -> Iterator[Any]:
             remove()
 
 
+@contextlib.contextmanager
+def attached(vol: Volume, stager: Stager, *mounts: str) -> Iterator[AttachedDevice]:
+    """The volume connected for the block; after it (also on failure) whatever of ``mounts`` is still
+    mounted is taken down by force, then the volume is disconnected."""
+    dev = vol.connect()
+    try:
+        yield dev
+    finally:
+        try:
+            for m in mounts:
+                if MountTable.read(stager.paths).at(m):
+                    stager.unpublish(m, force=True)
+        finally:
+            vol.disconnect(dev)
+
+
 # ------------------------------------------------------------------------------ the full cycle
 @pytest.mark.parametrize("protocol,fs_type", [("iscsi", "ext4"), ("nvme", "xfs"), ("rbd", "ext4")])
 def test_stage_publish_reconnect_keeps_data_without_second_mkfs(volumes, stager, tmp_path, protocol, fs_type) -> None:
     vol = volumes(protocol, SIZE[fs_type])
     staging, target = str(tmp_path / "staging" / "vol"), str(tmp_path / "pods" / "p 1" / "vol")
-    dev = vol.connect()
-    try:
+    ro = str(tmp_path / "pods" / "ro")
+    with attached(vol, stager, target, ro, staging) as dev:
         first = stager.stage(dev, staging, fs_type, mount_options=("noatime",))
         assert first.formatted and first.changed and first.fs_uuid == fs_uuid(dev.path)
         entry = MountTable.read(stager.paths).at(staging)
@@ -251,7 +268,6 @@ def test_stage_publish_reconnect_keeps_data_without_second_mkfs(volumes, stager,
         assert stager.publish(staging, target).changed
         assert not stager.publish(staging, target).changed
         files = write_files(target)
-        ro = str(tmp_path / "pods" / "ro")
         stager.publish(staging, ro, readonly=True)
         assert read_files(ro, files) == files
         with pytest.raises(OSError) as erofs:
@@ -271,25 +287,20 @@ def test_stage_publish_reconnect_keeps_data_without_second_mkfs(volumes, stager,
             assert not os.path.exists(t)  # the mount point went with the publication
         assert stager.unstage(staging).changed
         assert not os.path.exists(staging)  # stage created it, unstage removed it
-    finally:
-        vol.disconnect(dev)
 
-    dev = vol.connect()  # reconnect (possibly another device name): the filesystem is found, not re-made
-    try:
+    # reconnect (possibly another device name): the filesystem is found, not re-made
+    with attached(vol, stager, staging) as dev:
         second = stager.stage(dev, staging, fs_type, mount_options=("noatime",))
         assert not second.formatted and second.fs_uuid == first.fs_uuid
         assert read_files(staging, files) == files
         assert stager.unstage(staging).changed
-    finally:
-        vol.disconnect(dev)
 
 
 # ------------------------------------------------------------------------------ refusals, data untouched
 def test_xfs_volume_staged_as_ext4_is_refused_and_untouched(volumes, stager, tmp_path) -> None:
     vol = volumes("iscsi", SIZE["xfs"])
-    dev = vol.connect()
     staging = str(tmp_path / "staging")
-    try:
+    with attached(vol, stager, staging) as dev:
         sh("mkfs.xfs", "-q", "-K", dev.path)
         before = sha(direct_read(dev.path, MiB))
         with pytest.raises(ForeignSignature) as e:
@@ -302,15 +313,12 @@ def test_xfs_volume_staged_as_ext4_is_refused_and_untouched(volumes, stager, tmp
         with pytest.raises(ForeignSignature) as e2:
             stager.stage(dev, staging, "xfs")
         assert "dos partition table" in e2.value.found and not os.path.exists(staging)
-    finally:
-        vol.disconnect(dev)
 
 
 def test_luks_header_is_refused(volumes, stager, tmp_path) -> None:
     vol = volumes("nvme")
-    dev = vol.connect()
     staging = str(tmp_path / "staging")
-    try:
+    with attached(vol, stager, staging) as dev:
         sh("cryptsetup", "luksFormat", "--batch-mode", "--key-file=-", "--pbkdf", "pbkdf2",
            "--pbkdf-force-iterations", "1000", dev.path, input=os.urandom(32).hex())
         before = sha(direct_read(dev.path, MiB))
@@ -320,8 +328,6 @@ def test_luks_header_is_refused(volumes, stager, tmp_path) -> None:
             assert e.value.device == dev.path and "crypto_LUKS" in e.value.found and e.value.wanted == fs_type
         assert sha(direct_read(dev.path, MiB)) == before
         assert not os.path.exists(staging)
-    finally:
-        vol.disconnect(dev)
 
 
 # ------------------------------------------------------------------------------ online grow
@@ -358,43 +364,38 @@ def test_online_grow_while_a_file_is_open(volumes, stager, tmp_path, protocol, f
     vol = volumes(protocol, SIZE[fs_type])
     grown = SIZE[fs_type] + 96 * MiB
     staging = str(tmp_path / "staging")
-    dev = vol.connect()
     holder = None
-    try:
-        stager.stage(dev, staging, fs_type)
-        before = stager.stats(staging).bytes_total
-        holder = OpenFile(os.path.join(staging, "growing"))
-        holder.write(4 * MiB)
-        assert vol.grow(grown) == grown
-        assert block_size(dev.path) == grown
-        new = stager.expand(staging)
-        assert new > before + 80 * MiB, (before, new)
-        assert stager.stats(staging).bytes_total == new == df_size(staging)
-        holder.write(8 * MiB)  # the open file keeps working across the grow
-        holder.close()
-        assert os.path.getsize(os.path.join(staging, "growing")) == 12 * MiB
-        assert stager.expand(staging) == new  # nothing more to grow: same size
-        with pytest.raises(MountBusy):  # (sanity) a fresh holder makes unstage refuse; see the busy test
-            keep = OpenFile(os.path.join(staging, "busy"))
-            try:
-                stager.unstage(staging)
-            finally:
-                keep.close()
-        stager.unstage(staging)
-    finally:
-        if holder:
+    with attached(vol, stager, staging) as dev:
+        try:
+            stager.stage(dev, staging, fs_type)
+            before = stager.stats(staging).bytes_total
+            holder = OpenFile(os.path.join(staging, "growing"))
+            holder.write(4 * MiB)
+            assert vol.grow(grown) == grown
+            assert block_size(dev.path) == grown
+            new = stager.expand(staging)
+            assert new > before + 80 * MiB, (before, new)
+            assert stager.stats(staging).bytes_total == new == df_size(staging)
+            holder.write(8 * MiB)  # the open file keeps working across the grow
             holder.close()
-        if MountTable.read(stager.paths).at(staging):
-            stager.unstage(staging, force=True)
-        vol.disconnect(dev)
+            assert os.path.getsize(os.path.join(staging, "growing")) == 12 * MiB
+            assert stager.expand(staging) == new  # nothing more to grow: same size
+            holder = OpenFile(os.path.join(staging, "busy"))
+            with pytest.raises(MountBusy) as busy:  # an open file makes unstage refuse, naming the process
+                stager.unstage(staging)
+            assert f"pid {holder.proc.pid} (python" in busy.value.found
+            holder.close()
+            assert stager.unstage(staging).changed
+        finally:
+            if holder:
+                holder.close()
 
 
 # ------------------------------------------------------------------------------ block-mode publish
 def test_publish_block_then_direct_io_through_the_published_node(volumes, stager, tmp_path) -> None:
     vol = volumes("nvme")
-    dev = vol.connect()
     target = str(tmp_path / "pods" / "p1" / "blockdev")
-    try:
+    with attached(vol, stager, target) as dev:
         pub = stager.publish_block(dev, target)
         assert pub.changed and not stager.publish_block(dev, target).changed
         data = os.urandom(2 * MiB)
@@ -410,44 +411,35 @@ def test_publish_block_then_direct_io_through_the_published_node(volumes, stager
         with open(vol.export.device_path, "rb") as f:  # the bytes reached the target's backing file
             f.seek(4 * MiB)
             assert f.read(len(data)) == data
-    finally:
-        if MountTable.read(stager.paths).at(target):
-            stager.unpublish(target, force=True)
-        vol.disconnect(dev)
 
 
 # ------------------------------------------------------------------------------ busy and idempotency
 def test_busy_unstage_and_unpublish_name_the_holder(volumes, stager, tmp_path) -> None:
     a, b = volumes("iscsi", vid="busy-a"), volumes("iscsi", vid="busy-b")
-    dev_a, dev_b = a.connect(), b.connect()
     staging, target = str(tmp_path / "staging"), str(tmp_path / "target")
     holder = None
-    try:
-        stager.stage(dev_a, staging, "ext4")
-        with pytest.raises(MountConflict) as other:  # another device on the same staging path
-            stager.stage(dev_b, staging, "ext4")
-        assert other.value.device == dev_b.path and other.value.path == staging and "ext4" in other.value.found
-        health = stager.condition(staging, dev_b)  # the mount is not volume b's
-        assert health.abnormal and "no longer the volume" in health.reason and "wwn" in health.reason
-        stager.publish(staging, target)
-        holder = subprocess.Popen(["sleep", "600"], cwd=target)
-        with pytest.raises(MountBusy) as busy:
-            stager.unpublish(target)
-        assert f"pid {holder.pid} (sleep)" in busy.value.found and busy.value.path == target
-        assert MountTable.read(stager.paths).at(target) is not None  # refused: still mounted
-        holder.kill()
-        holder.wait()
-        stager.unpublish(target)
-        stager.unstage(staging)
-    finally:
-        if holder and holder.poll() is None:
+    with attached(a, stager, target, staging) as dev_a, attached(b, stager) as dev_b:
+        try:
+            stager.stage(dev_a, staging, "ext4")
+            with pytest.raises(MountConflict) as other:  # another device on the same staging path
+                stager.stage(dev_b, staging, "ext4")
+            assert other.value.device == dev_b.path and other.value.path == staging and "ext4" in other.value.found
+            health = stager.condition(staging, dev_b)  # the mount is not volume b's
+            assert health.abnormal and "no longer the volume" in health.reason and "wwn" in health.reason
+            stager.publish(staging, target)
+            holder = subprocess.Popen(["sleep", "600"], cwd=target)
+            with pytest.raises(MountBusy) as busy:
+                stager.unpublish(target)
+            assert f"pid {holder.pid} (sleep)" in busy.value.found and busy.value.path == target
+            assert MountTable.read(stager.paths).at(target) is not None  # refused: still mounted
             holder.kill()
             holder.wait()
-        for p in (target, staging):
-            if MountTable.read(stager.paths).at(p):
-                stager.unstage(p, force=True)
-        a.disconnect(dev_a)
-        b.disconnect(dev_b)
+            stager.unpublish(target)
+            stager.unstage(staging)
+        finally:
+            if holder and holder.poll() is None:
+                holder.kill()
+                holder.wait()
 
 
 # ------------------------------------------------------------------------------ health
@@ -455,9 +447,8 @@ def test_busy_unstage_and_unpublish_name_the_holder(volumes, stager, tmp_path) -
 def test_device_removed_under_the_mount_is_abnormal_and_force_unstage_cleans_up(
         volumes, stager, tmp_path, protocol) -> None:
     vol = volumes(protocol)
-    dev = vol.connect()
     staging, target = str(tmp_path / "staging"), str(tmp_path / "target")
-    try:
+    with attached(vol, stager, target, staging) as dev:
         stager.stage(dev, staging, "ext4")
         stager.publish(staging, target)
         write_files(target, 1)
@@ -474,35 +465,33 @@ def test_device_removed_under_the_mount_is_abnormal_and_force_unstage_cleans_up(
         done = stager.unstage(staging, force=True)
         assert done.changed and done.device == dev.path
         assert MountTable.read(stager.paths).at(staging) is None and MountTable.read(stager.paths).at(target) is None
-    finally:
-        vol.disconnect(dev)
+
+
+def set_state(path: str, state: str) -> None:
+    with open(path, "w") as f:
+        f.write(state + "\n")  # the SCSI state attribute wants the newline
 
 
 def test_kernel_read_only_remount_after_io_errors_is_abnormal(volumes, stager, tmp_path) -> None:
     vol = volumes("iscsi")
-    dev = vol.connect()
     staging = str(tmp_path / "staging")
-    state = f"/sys/block/{os.path.basename(dev.path)}/device/state"
-    try:
-        stager.stage(dev, staging, "ext4", mount_options=("errors=remount-ro",))
-        write_files(staging, 1)
-        with open(state, "w") as f:
-            f.write("offline")  # every I/O to the disk now fails
-        errors = []
-        for i in range(3):  # a failed journal commit aborts the journal; the next change sees it
-            try:
-                write_files(os.path.join(staging, f"more{i}"), 1)
-            except OSError as e:
-                errors.append(e.errno)
-            if MountTable.read(stager.paths).at(staging).super_readonly:
-                break
-        assert errors and MountTable.read(stager.paths).at(staging).super_readonly
-        health = stager.condition(staging, dev)
-        assert health.abnormal and "read-only" in health.reason and "offline" in health.reason, health
-        with open(state, "w") as f:
-            f.write("running")
+    with attached(vol, stager, staging) as dev:
+        state = f"/sys/block/{os.path.basename(dev.path)}/device/state"
+        try:
+            stager.stage(dev, staging, "ext4", mount_options=("errors=remount-ro",))
+            write_files(staging, 1)
+            set_state(state, "offline")  # every I/O to the disk now fails
+            errors = []
+            for i in range(3):  # a failed journal commit aborts the journal; the next change sees it
+                try:
+                    write_files(os.path.join(staging, f"more{i}"), 1)
+                except OSError as e:
+                    errors.append(e.errno)
+                if MountTable.read(stager.paths).at(staging).super_readonly:
+                    break
+            assert errors and MountTable.read(stager.paths).at(staging).super_readonly, errors
+            health = stager.condition(staging, dev)
+            assert health.abnormal and "read-only" in health.reason and "offline" in health.reason, health
+        finally:
+            set_state(state, "running")
         assert stager.unstage(staging, force=True).changed
-    finally:
-        with open(state, "w") as f:
-            f.write("running")
-        vol.disconnect(dev)
