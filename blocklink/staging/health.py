@@ -3,8 +3,9 @@
 - the block device behind the mount is gone (session logged out, namespace deleted, image unmapped);
 - the device node now belongs to another volume (WWN, serial, NVMe UUID or RBD image differ from the
   attached volume's);
-- the kernel remounted the filesystem read-only after errors (``errors=remount-ro``), or the
-  filesystem answers with I/O errors (xfs shuts down instead of remounting);
+- the kernel remounted the filesystem read-only after errors (``errors=remount-ro``; Debian's 6.1
+  marks ext4 "emergency read-only" internally and mountinfo still says rw, so ext4's ``errors_count``
+  in /sys/fs/ext4 counts too), or the filesystem answers with I/O errors (xfs shuts down instead);
 - a SCSI device is offline.
 """
 
@@ -60,8 +61,9 @@ def assess(f: Facts) -> Condition:
     if f.super_readonly and not f.asked_readonly:
         problems.append("the kernel remounted the filesystem read-only after errors"
                         + (f" ({f.fs_errors} error(s) recorded)" if f.fs_errors else ""))
-    elif f.fs_errors:
-        problems.append(f"the filesystem recorded {f.fs_errors} error(s)")
+    elif f.fs_errors:  # newer kernels stop ext4 writes after errors without showing "ro" in mountinfo
+        problems.append(f"the filesystem recorded {f.fs_errors} error(s) since its last check"
+                        " (with errors=remount-ro it no longer takes writes)")
     if f.io_error:
         problems.append(f"the filesystem fails I/O: {f.io_error}")
     return Condition(f.path, bool(problems), "; ".join(problems) or "healthy", f.device)

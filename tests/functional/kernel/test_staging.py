@@ -9,6 +9,7 @@ controller, a mapping or a target object.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import shutil
@@ -487,11 +488,14 @@ def test_kernel_read_only_remount_after_io_errors_is_abnormal(volumes, stager, t
                     write_files(os.path.join(staging, f"more{i}"), 1)
                 except OSError as e:
                     errors.append(e.errno)
-                if MountTable.read(stager.paths).at(staging).super_readonly:
+                if errno.EROFS in errors:
                     break
-            assert errors and MountTable.read(stager.paths).at(staging).super_readonly, errors
+                os.sync()  # the journal commit fails too (a failed fsync of data alone does not commit)
+            assert errno.EROFS in errors, errors  # the kernel stopped writes after the errors
+            # Debian's 6.1 marks this "emergency read-only" inside ext4 only: mountinfo and statvfs still
+            # say rw, so the error count is what tells
             health = stager.condition(staging, dev)
-            assert health.abnormal and "read-only" in health.reason and "offline" in health.reason, health
+            assert health.abnormal and "error(s)" in health.reason and "offline" in health.reason, health
         finally:
             set_state(state, "running")
         assert stager.unstage(staging, force=True).changed
