@@ -18,6 +18,8 @@ from typing import Any, Dict
 
 from blocklink.connection import (AttachedDevice, ConnectionInfo, DeviceKind, FcInfo, HostConnector, IscsiInfo,
                                   NvmeofInfo, Portal, RbdInfo, parse_connection_info)
+from blocklink.errors import (DeviceInUse, FilesystemCheckFailed, ForeignSignature, MountBusy, MountConflict,
+                              NotStaged, ProbeFailed, StagingCommandFailed, StagingError, StillPublished)
 from blocklink.errors import (AttachFailed, AuthenticationFailed, BlocklinkError, CommandFailed, CommandTimeout,
                               ConnectionFailed, DaemonDied, DetachFailed, DetachIncomplete, DeviceBusy,
                               DeviceMismatch, DeviceNotFound, ExportNotFound, HypervisorError, InvalidConnectionInfo,
@@ -42,6 +44,8 @@ __all__ = [
     "DeviceMismatch", "DeviceBusy", "DetachIncomplete", "MultipathdNotRunning", "PathRefused", "TargetError", "ExportNotFound",
     "TgtAdmError", "HypervisorError", "SecretError", "MissingDependency", "VolumeBusy", "StaleRecord",
     "AttachFailed", "DetachFailed", "TooManyDevices",
+    "StagingError", "ForeignSignature", "ProbeFailed", "DeviceInUse", "MountConflict", "NotStaged", "MountBusy",
+    "StillPublished", "FilesystemCheckFailed", "StagingCommandFailed",
 ]
 
 
