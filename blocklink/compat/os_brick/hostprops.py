@@ -9,6 +9,7 @@ os-brick (blocklink's API keeps its documented choice):
 * With the nvme CLI installed, a missing /etc/nvme/hostnqn (``nqn.2014-08.org.nvmexpress:uuid:`` +
   the system UUID) and /etc/nvme/hostid (the system UUID, else a random one) are created, 0644.
 * ``nvme_native_multipath`` says whether nvme_core runs with native multipath.
+* No ``found_dsc`` / ``host_ips``: os-brick's LightOS connector adds them, and the facade has no LightOS.
 """
 
 from __future__ import annotations
