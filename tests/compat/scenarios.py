@@ -167,7 +167,7 @@ def cinder_attach_check_detach(args: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def _cinder_db(args: Dict[str, Any]) -> Any:
-    """A real Cinder database (SQLite, Cinder's own migrations) and an admin context."""
+    """A real Cinder database (SQLite, Cinder's own migrations) and an admin request context."""
     conf = _cinder(args)
     conf.set_override("connection", "sqlite:///" + args["db"], group="database")
     from cinder import context, objects
@@ -175,16 +175,18 @@ def _cinder_db(args: Dict[str, Any]) -> Any:
 
     objects.register_all()
     migration.db_sync()
-    return context.get_admin_context()
+    return context.RequestContext("compat-user", "compat-project", is_admin=True)
 
 
 def _volume(ctxt: Any, vid: str, gib: int) -> Any:
     from cinder import objects
+    from cinder.db import api as db
 
-    vol = objects.Volume(ctxt, id=vid, size=gib, status="available", display_name=vid, host="blocklink@ceph#ceph",
-                         user_id=ctxt.user_id, project_id=ctxt.project_id or "p", attach_status="detached")
-    vol.create()
-    return vol
+    db.volume_create(ctxt, {"id": vid, "size": gib, "status": "available", "display_name": vid,
+                            "host": "blocklink@ceph#ceph", "user_id": ctxt.user_id,
+                            "project_id": ctxt.project_id, "attach_status": "detached",
+                            "volume_type_id": db.volume_type_get_by_name(ctxt, "__DEFAULT__")["id"]})
+    return objects.Volume.get_by_id(ctxt, vid)
 
 
 @scenario
@@ -192,9 +194,10 @@ def cinder_ceph_backup_restore(args: Dict[str, Any]) -> Dict[str, Any]:
     """Cinder's Ceph backup driver backs an RBD volume up through the connector's handle, then restores
     it into a second volume (``backup_manager`` passes ``tpool_wrap(handle)`` the same way)."""
     library = _library(args["facade"])
+    from cinder.backup.drivers import ceph  # registers the backup_ceph_* options set by _cinder_db
+
     ctxt = _cinder_db(args)
     from cinder import objects, utils
-    from cinder.backup.drivers import ceph
     from cinder.volume import volume_utils
 
     src = _volume(ctxt, args["source_id"], 1)
