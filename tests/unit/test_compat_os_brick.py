@@ -27,15 +27,16 @@ SECRET = "facade-chap-secret"
 
 
 @pytest.fixture
-def tree(tmp_path: Any) -> FakeHostTree:
-    return FakeHostTree(str(tmp_path / "host"))
+def kernel(tmp_path: Any) -> FakeIscsiKernel:
+    """A fake host with one CHAP target of three LUNs (WWNs naa_wwid(200..202)) at 10.0.0.1."""
+    k = FakeIscsiKernel(FakeHostTree(str(tmp_path / "host")))
+    k.add_target(IQN, ["10.0.0.1:3260"], {n: FakeLun(n, naa_wwid(200 + n)) for n in range(3)}, chap=("user", SECRET))
+    return k
 
 
 @pytest.fixture
-def kernel(tree: FakeHostTree) -> FakeIscsiKernel:
-    k = FakeIscsiKernel(tree)
-    k.add_target(IQN, ["10.0.0.1:3260"], {n: FakeLun(n, naa_wwid(200 + n)) for n in range(3)}, chap=("user", SECRET))
-    return k
+def tree(kernel: FakeIscsiKernel) -> FakeHostTree:
+    return kernel.tree
 
 
 def factory(kernel: FakeIscsiKernel, tmp_path: Any, **kw: Any) -> Any:
