@@ -252,3 +252,54 @@ def test_import_blocklink_loads_no_os_brick_nova_or_cinder() -> None:
             "('os_brick', 'nova', 'cinder') or m.startswith('blocklink.compat')]; print(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+class _Image:
+    """The part of rbd.Image a file wrapper uses, over a bytearray."""
+
+    def __init__(self, size: int) -> None:
+        self.data = bytearray(size)
+        self.name = "volume-x"
+        self.closed = 0
+        self.flushed = 0
+
+    def size(self) -> int:
+        return len(self.data)
+
+    def read(self, offset: int, length: int) -> bytes:
+        return bytes(self.data[offset:offset + length])
+
+    def write(self, data: bytes, offset: int) -> int:
+        self.data[offset:offset + len(data)] = data
+        return len(data)
+
+    def flush(self) -> None:
+        self.flushed += 1
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+class _Owned:
+    closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_linuxrbd_wrapper_is_a_file_with_cinders_attributes() -> None:
+    from blocklink.compat.os_brick.initiator.linuxrbd import RBDImageMetadata, RBDVolumeIOWrapper
+
+    img, owned = _Image(8192), _Owned()
+    f = RBDVolumeIOWrapper(RBDImageMetadata(img, "volumes", "cinder", "/run/x/ceph.conf"), owned=owned)
+    assert (f.rbd_image, f.rbd_pool, f.rbd_user, f.rbd_conf) == (img, "volumes", "cinder", "/run/x/ceph.conf")
+    f.seek(4096)
+    assert f.write(b"abc") == 3 and f.tell() == 4099
+    f.seek(0)
+    assert f.read(3) == b"\0\0\0" and len(f.read()) == 8189 and f.read(10) == b""  # no read past the end
+    assert img.data[4096:4099] == b"abc"
+    f.close()
+    assert img.closed == 1 and img.flushed >= 1 and owned.closed  # the facade's handle releases its conf files
+    plain_file = RBDVolumeIOWrapper(RBDImageMetadata(_Image(512), None, None, None))  # Cinder's own wrapping
+    assert (plain_file.rbd_pool, plain_file.rbd_user, plain_file.rbd_conf) == ("", "", "")
+    plain_file.close()
