@@ -11,7 +11,7 @@ import os
 import subprocess
 import sys
 import tempfile
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Iterator
 
 import pytest
 
@@ -41,9 +41,56 @@ def run_scenario(name: str, timeout: float = 600, **args: Any) -> Dict[str, Any]
     return dict(json.loads(p.stdout.strip().splitlines()[-1]))
 
 
+class ScenarioProcess:
+    """One interpreter running several scenarios in turn (``scenarios serve``): in the slow TCG guest
+    Nova's or Cinder's imports cost minutes, so a test pays them once. Results come back one JSON
+    line per call; a failed call fails the test with the child's traceback."""
+
+    def __init__(self, timeout: float = 900) -> None:
+        self.timeout = timeout
+        self.locks = tempfile.TemporaryDirectory(prefix="compat-locks-")
+        self.stderr = tempfile.TemporaryFile(mode="w+")
+        env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        self.proc = subprocess.Popen([sys.executable, "-m", "tests.compat.scenarios", "serve"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=self.stderr, text=True, cwd=ROOT, env=env)
+
+    def __call__(self, name: str, **args: Any) -> Dict[str, Any]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps({"name": name, "args": dict(args, lock_path=self.locks.name)}) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()  # the child answers every request or exits
+        reply = json.loads(line) if line.strip() else {"error": f"exited with {self.proc.wait(self.timeout)}"}
+        if "error" in reply:
+            self.stderr.seek(0)
+            pytest.fail(f"scenario {name} failed: {reply['error']}\n{self.stderr.read()[-6000:]}", pytrace=False)
+        return dict(reply["result"])
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()  # end of requests: the child exits
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.stderr.close()
+        self.locks.cleanup()
+
+
 @pytest.fixture
 def scenario() -> Callable[..., Dict[str, Any]]:
     return run_scenario
+
+
+@pytest.fixture
+def service() -> Iterator[ScenarioProcess]:
+    """Scenarios run one after another in one interpreter (as in one service process)."""
+    proc = ScenarioProcess()
+    try:
+        yield proc
+    finally:
+        proc.close()
 
 
 # both libraries: each test runs on the facade, and where it can run here on the real os-brick too

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import traceback
 import warnings
 from typing import Any, Callable, Dict
 
@@ -110,14 +111,16 @@ def nova_volume_connector(args: Dict[str, Any]) -> Dict[str, Any]:
 
 
 @scenario
-def nova_iscsi(args: Dict[str, Any]) -> Dict[str, Any]:
-    """Nova's LibvirtISCSIVolumeDriver: ``step`` "connect" (connect_volume + get_config), "extend" or
-    "disconnect", each in its own process as a restarted nova-compute would."""
+def nova_volume_driver(args: Dict[str, Any]) -> Dict[str, Any]:
+    """One of Nova's libvirt volume drivers (``driver``: "iscsi.LibvirtISCSIVolumeDriver",
+    "nvme.LibvirtNVMEVolumeDriver", ...): ``step`` "connect" (connect_volume + get_config), "extend"
+    or "disconnect"."""
+    import importlib
+
     library = _library(args["facade"])
     instance = _nova(args)
-    from nova.virt.libvirt.volume import iscsi
-
-    drv = iscsi.LibvirtISCSIVolumeDriver(NoLibvirtSecrets())
+    module, _, cls = args["driver"].rpartition(".")
+    drv = getattr(importlib.import_module(f"nova.virt.libvirt.volume.{module}"), cls)(NoLibvirtSecrets())
     ci = args["connection_info"]
     out: Dict[str, Any] = {"library": library, "connector_class": type(drv.connector).__module__}
     if args["step"] == "connect":
@@ -232,12 +235,29 @@ def cinder_ceph_backup_restore(args: Dict[str, Any]) -> Dict[str, Any]:
     return result
 
 
+def serve() -> None:
+    """Requests ``{"name", "args"}`` one JSON line each on stdin, a ``{"result"}`` or ``{"error"}``
+    line back for each, until stdin closes (the traceback of an error goes to stderr)."""
+    out = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)  # whatever the service code prints must not mix with the replies
+    for line in sys.stdin:
+        req = json.loads(line)
+        try:
+            reply: Dict[str, Any] = {"result": SCENARIOS[req["name"]](req["args"])}
+        except BaseException as e:  # reported to the test, which fails with the traceback
+            traceback.print_exc()
+            reply = {"error": f"{type(e).__name__}: {e}"}
+        out.write(json.dumps(reply) + "\n")
+        out.flush()
+
+
 def main() -> None:
-    name = sys.argv[1]
-    args = json.load(sys.stdin)
-    result = SCENARIOS[name](args)
-    sys.stdout.write("\n" + json.dumps(result) + "\n")
-    sys.stdout.flush()
+    if sys.argv[1] == "serve":
+        serve()
+    else:
+        result = SCENARIOS[sys.argv[1]](json.load(sys.stdin))
+        sys.stdout.write("\n" + json.dumps(result) + "\n")
+        sys.stdout.flush()
     os._exit(0)  # eventlet/privsep/rados threads of the service code must not hold the exit
 
 
