@@ -135,6 +135,27 @@ def nova_volume_driver(args: Dict[str, Any]) -> Dict[str, Any]:
 
 
 @scenario
+def nova_unsupported_drivers(args: Dict[str, Any]) -> Dict[str, Any]:
+    """Construct Nova's volume drivers for connectors blocklink lacks, as Nova's on-demand loading does
+    (it skips a type whose constructor raises InvalidConnectorProtocol): what each raised."""
+    import importlib
+
+    library = _library(args["facade"])
+    _nova(args)
+    from os_brick import exception
+
+    out: Dict[str, Any] = {}
+    for ref in args["drivers"]:
+        module, _, cls = ref.rpartition(".")
+        try:
+            getattr(importlib.import_module(f"nova.virt.libvirt.volume.{module}"), cls)(NoLibvirtSecrets())
+            out[ref] = None
+        except exception.InvalidConnectorProtocol as e:
+            out[ref] = {"error": "InvalidConnectorProtocol", "message": str(e)}
+    return {"library": library, "raised": out}
+
+
+@scenario
 def cinder_connector_properties(args: Dict[str, Any]) -> Dict[str, Any]:
     library = _library(args["facade"])
     _cinder(args)

@@ -101,3 +101,15 @@ def test_cinder_connector_properties_equal_os_brick_s(scenario: Any) -> None:
         assert props["initiator"] == f.read().split("=", 1)[1].strip()
     with open("/etc/nvme/hostnqn") as f:
         assert props["nqn"] == f.read().strip()
+
+
+def test_nova_skips_drivers_of_connectors_blocklink_lacks(scenario: Any) -> None:
+    """Nova loads a volume driver on demand and skips its type when the factory raises
+    InvalidConnectorProtocol: the facade raises exactly that, naming what it supports."""
+    drivers = ["lightos.LibvirtLightOSVolumeDriver", "scaleio.LibvirtScaleIOVolumeDriver",
+               "storpool.LibvirtStorPoolVolumeDriver"]
+    res = scenario("nova_unsupported_drivers", facade=True, drivers=drivers)
+    assert res["library"] == "blocklink.compat.os_brick"
+    for ref in drivers:
+        raised = res["raised"][ref]
+        assert raised["error"] == "InvalidConnectorProtocol" and "ISCSI" in raised["message"], (ref, raised)
