@@ -87,9 +87,10 @@ def _nova_attach_detach(service: Any, facade: bool, driver: str, info: Any, back
         with open(backing, "rb") as f:
             f.seek(4 * MiB)
             assert f.read(MiB) == data  # through the device to the target's backstore
-    service("nova_volume_driver", facade=facade, driver=driver, step="disconnect",
-            connection_info=res["connection_info"])
+    done = service("nova_volume_driver", facade=facade, driver=driver, step="disconnect",
+                   connection_info=res["connection_info"])
     assert not os.path.exists(path) and _no_devices()
+    print(f"[compat timing] {driver} on {lib}: connect {res['seconds']:.2f} s, disconnect {done['seconds']:.2f} s")
 
 
 @BOTH
