@@ -11,7 +11,8 @@ Two ways a volume reaches a guest:
 
 The rest follows Nova's volume drivers: ``serial`` and the ``ua-<volume id>`` alias, ``readonly``
 for ``access_mode='ro'``, ``shareable`` for multiattach, ``discard='unmap'`` when ``data.discard``
-is True, ``io='native'`` for host block devices of iSCSI/FC/NVMe/RBD, ``<blockio>`` from the
+is True, ``io='native'`` for host block devices of iSCSI/FC/RBD (not NVMe, as in Nova), cache
+``none`` forced on a shareable disk (Nova's rule: a host cache on a shared disk corrupts data), ``<blockio>`` from the
 block sizes, ``<iotune>`` from ``qos_specs`` (:mod:`blocklink.hypervisor.qos`) and LUKS
 ``<encryption>`` when given the passphrase secret's UUID.
 """
@@ -42,7 +43,9 @@ class _Auto:
 
 
 AUTO: Any = _Auto()
-_NATIVE_IO_PROTOCOLS = ("iscsi", "fibre_channel", "nvmeof", "rbd")
+# Nova sets io='native' for host block devices in iscsi.py, fibrechannel.py and net.py (an RBD
+# block device), not in nvme.py: NVMe disks keep QEMU's default aio mode, as under Nova
+_NATIVE_IO_PROTOCOLS = ("iscsi", "fibre_channel", "rbd")
 _ALIAS_OK = re.compile(r"^[a-zA-Z0-9_\-.]+$")
 
 
@@ -203,6 +206,13 @@ def disk_config(connection_info: Union[ConnectionInfo, Mapping[str, Any]],
         elif isinstance(view.typed, IscsiInfo):
             auth = _iscsi_auth(view.typed, secret_uuid, secret_usage)
 
+    if shareable is None:
+        shareable = bool(view.envelope.get("multiattach", False))
+    if shareable and cache not in (None, "none"):
+        # as Nova's driver does: a host page cache on a disk other hosts write corrupts data
+        LOG.warning("disk of volume %s is shareable (multiattach): cache %r replaced by 'none'", view.volume_id or "?",
+                    cache)
+        cache = "none"
     if io is AUTO:
         io = ("native" if host_attached and isinstance(source, BlockSource) and cache in ("none", "directsync")
               and view.protocol in _NATIVE_IO_PROTOCOLS else None)
@@ -224,8 +234,6 @@ def disk_config(connection_info: Union[ConnectionInfo, Mapping[str, Any]],
     mode = view.access_mode()
     if readonly is None:
         readonly = mode == "ro"
-    if shareable is None:
-        shareable = bool(view.envelope.get("multiattach", False))
 
     if view.get("encrypted") is True and encryption_secret_uuid is None:
         LOG.warning("volume %s is encrypted but no LUKS secret was given: the guest sees the device as is "
@@ -256,10 +264,10 @@ def disk_xml(connection_info: Union[ConnectionInfo, Mapping[str, Any]],
     is connected on the host (block device or file); None for a QEMU-native rbd/iscsi disk.
 
     Options (keyword): ``device_type`` ('disk'|'lun'|'cdrom'), ``cache`` ('none'), ``io`` (AUTO:
-    'native' for host block devices of iSCSI/FC/NVMe/RBD; None to omit), ``discard`` (AUTO: 'unmap'
+    'native' for host block devices of iSCSI/FC/RBD; None to omit), ``discard`` (AUTO: 'unmap'
     when data.discard is True), ``driver_name``/``driver_format``, ``serial``/``alias`` (AUTO: the
     envelope's serial or the volume id; None to omit), ``readonly``/``shareable`` (None: from
-    access_mode / multiattach), ``qos_specs`` (AUTO: data.qos_specs), ``volume_size_gb`` (resolves
+    access_mode / multiattach; a shareable disk always gets cache 'none'), ``qos_specs`` (AUTO: data.qos_specs), ``volume_size_gb`` (resolves
     ``*_per_gb`` QoS), ``secret_uuid``/``secret_usage`` (the libvirt secret for cephx or CHAP),
     ``rbd_user``/``rbd_secret_uuid`` (host defaults, Nova's fallback for infos without a secret),
     ``encryption_secret_uuid`` (LUKS passphrase secret), ``unit`` (SCSI unit on controller 0),

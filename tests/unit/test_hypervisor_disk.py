@@ -295,15 +295,24 @@ def test_fc_and_nvme_need_a_host_device() -> None:
             disk_xml(info, target_dev="vdb")
         assert ei.value.field == "device"
         root = parse(disk_xml(info, AttachedDevice("x", path="/dev/sdq"), target_dev="vdb"))
-        assert root.find("driver").get("io") == "native"  # type: ignore[union-attr]
+        # Nova: io='native' in its FC driver, none in its NVMe driver (QEMU's default aio)
+        expected = "native" if info["driver_volume_type"] == "fibre_channel" else None
+        assert root.find("driver").get("io") == expected  # type: ignore[union-attr]
 
 
 def test_options_override_and_auto() -> None:
     root = parse(disk_xml(ISCSI, AttachedDevice("iscsi", path="/dev/sdb"), target_dev="sda", bus="scsi",
                           cache="writeback", discard=None, serial="s1", alias=None, readonly=False,
-                          shareable=True, qos_specs=None, unit=4, boot_order=1, logical_block_size=4096,
+                          shareable=False, qos_specs=None, unit=4, boot_order=1, logical_block_size=4096,
                           encryption_secret_uuid=UUID2))
     assert root.find("driver").attrib == {"name": "qemu", "type": "raw", "cache": "writeback"}  # type: ignore[union-attr]
+    assert root.find("shareable") is None
+    root = parse(disk_xml(ISCSI, AttachedDevice("iscsi", path="/dev/sdb"), target_dev="sda", bus="scsi",
+                          cache="writeback", discard=None, serial="s1", alias=None, readonly=False,
+                          shareable=True, qos_specs=None, unit=4, boot_order=1, logical_block_size=4096,
+                          encryption_secret_uuid=UUID2))
+    # Nova's rule: a shareable (multiattach) disk never gets a host cache, whatever was asked
+    assert root.find("driver").attrib == {"name": "qemu", "type": "raw", "cache": "none", "io": "native"}  # type: ignore[union-attr]
     assert root.find("alias") is None and root.find("readonly") is None and root.find("iotune") is None
     assert root.find("shareable") is not None and root.find("serial").text == "s1"  # type: ignore[union-attr]
     assert root.find("address").attrib == {"type": "drive", "controller": "0", "unit": "4"}  # type: ignore[union-attr]

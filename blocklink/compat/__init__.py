@@ -1,0 +1,1 @@
+"""Compatibility layers that let existing OpenStack code run on blocklink (see :mod:`.os_brick`)."""

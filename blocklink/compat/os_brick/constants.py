@@ -1,0 +1,8 @@
+"""``os_brick.constants``: the SCSI addressing modes Cinder drivers put in connection info."""
+
+SCSI_ADDRESSING_TRANSPARENT = "transparent"
+SCSI_ADDRESSING_SAM = "SAM"
+SCSI_ADDRESSING_SAM2 = "SAM2"
+SCSI_ADDRESSING_SAM3_FLAT = "SAM3-flat"
+SCSI_ADDRESSING_MODES = (SCSI_ADDRESSING_TRANSPARENT, SCSI_ADDRESSING_SAM, SCSI_ADDRESSING_SAM2,
+                         SCSI_ADDRESSING_SAM3_FLAT)
