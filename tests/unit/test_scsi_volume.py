@@ -149,6 +149,23 @@ def test_another_volumes_device_is_refused_and_left_in_place(rig: Rig) -> None:
     assert conn.get_volume_paths(rig.info(2)) == [theirs.path]
 
 
+def test_a_reused_device_name_from_a_path_only_device_is_refused(rig: Rig) -> None:
+    """Nova hands back only the device_path it saved at attach: after the volume's LU went away and the
+    kernel gave the name to another volume, that path must not be detached as this volume's."""
+    conn = rig.connector()
+    mine = conn.connect_volume(rig.info(1))
+    conn.disconnect_volume(rig.info(1), mine)
+    theirs = conn.connect_volume(rig.info(2))
+    assert theirs.path == mine.path  # the fake kernel, like Linux, hands out the lowest free name
+    for force in (False, True):
+        with pytest.raises(DeviceMismatch) as e:
+            conn.disconnect_volume(rig.info(1), {"path": mine.path}, force=force)
+        assert e.value.found == rig.other.wwid
+        assert conn.get_volume_paths(rig.info(2)) == [theirs.path]
+    conn.disconnect_volume(rig.info(1))  # by address only: nothing of LUN 1 left, LUN 2 untouched
+    assert conn.get_volume_paths(rig.info(2)) == [theirs.path]
+
+
 def test_connect_refuses_a_lun_holding_another_volume_and_removes_what_it_surfaced(rig: Rig) -> None:
     conn = rig.connector(use_multipath=True)
     with pytest.raises(DeviceMismatch) as e:

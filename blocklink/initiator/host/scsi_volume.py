@@ -197,6 +197,10 @@ class ScsiConnector(Connector):
             mine = None  # our device is gone; the recorded WWN is not this info's volume
         if used and mine and not vol.wwn:
             at_address = [w for w in (device_wwid(self.paths, n) for n in self._address_devices(vol)) if w]
+            if not at_address and not recorded:
+                # nothing is at the volume's address and nothing says which LU the caller's device held:
+                # the name may have been reused by another volume since (Nova passes only device_path)
+                raise DeviceMismatch(path, f"the LU of {self._describe(vol)} (none at its address)", mine)
             if at_address and not any(same_wwn(w, mine) for w in at_address):
                 raise DeviceMismatch(path, at_address[0], mine)  # the info names another LU than the device
         return vol.wwn or mine
