@@ -23,7 +23,7 @@ from blocklink.errors import (DeviceInUse, FilesystemCheckFailed, ForeignSignatu
 from blocklink.errors import (AttachFailed, AuthenticationFailed, BlocklinkError, CommandFailed, CommandTimeout,
                               ConnectionFailed, DaemonDied, DetachFailed, DetachIncomplete, DeviceBusy,
                               DeviceMismatch, DeviceNotFound, ExportNotFound, HypervisorError, InvalidConnectionInfo,
-                              InvalidConnector, InvalidDiskConfig, InvalidOption, MissingDependency,
+                              InvalidConnector, InvalidDiskConfig, InvalidOption, MissingCredentials, MissingDependency,
                               MultipathdNotRunning, PathRefused, QmpError, RbdIOError, SchemaError, SecretError, StaleRecord,
                               TargetError, TgtAdmError, TooManyDevices, UnknownProtocol, VolumeBusy,
                               VolumeNotFound)
@@ -40,7 +40,7 @@ __all__ = [
     # errors (all defined in blocklink.errors)
     "BlocklinkError", "InvalidConnectionInfo", "InvalidConnector", "InvalidOption", "InvalidDiskConfig",
     "SchemaError", "UnknownProtocol", "CommandFailed", "CommandTimeout", "ConnectionFailed",
-    "AuthenticationFailed", "VolumeNotFound", "RbdIOError", "DaemonDied", "QmpError", "DeviceNotFound",
+    "AuthenticationFailed", "MissingCredentials", "VolumeNotFound", "RbdIOError", "DaemonDied", "QmpError", "DeviceNotFound",
     "DeviceMismatch", "DeviceBusy", "DetachIncomplete", "MultipathdNotRunning", "PathRefused", "TargetError", "ExportNotFound",
     "TgtAdmError", "HypervisorError", "SecretError", "MissingDependency", "VolumeBusy", "StaleRecord",
     "AttachFailed", "DetachFailed", "TooManyDevices",

@@ -76,6 +76,14 @@ class AuthenticationFailed(ConnectionFailed):
     """The target refused our credentials (CHAP, cephx)."""
 
 
+class MissingCredentials(ConnectionFailed):
+    """No credentials for the target were given or found on this host (``looked`` lists where)."""
+
+    def __init__(self, target: str, reason: str, looked: Sequence[str] = ()) -> None:
+        self.looked = tuple(looked)
+        super().__init__(target, reason + (f" (looked in {', '.join(self.looked)})" if self.looked else ""))
+
+
 class VolumeNotFound(ConnectionFailed):
     """The target answered but has no such volume/image/LUN (or not for this initiator)."""
 

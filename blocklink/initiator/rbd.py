@@ -19,7 +19,7 @@ from typing import Any, Dict, Iterator, List, Optional
 from blocklink.ceph_client import (CephFiles, ClusterSpec, connect, import_rados, iter_keyring_candidates,
                                    key_from_keyring, open_image, open_ioctx)
 from blocklink.connection import AttachedDevice, DeviceKind, RbdInfo
-from blocklink.errors import (CommandFailed, ConnectionFailed, DetachIncomplete, DeviceBusy, DeviceMismatch,
+from blocklink.errors import (CommandFailed, ConnectionFailed, DetachIncomplete, DeviceBusy, DeviceMismatch, MissingCredentials,
                               DeviceNotFound, InvalidConnectionInfo, InvalidOption, RbdIOError, VolumeNotFound)
 from blocklink.executor import Executor
 from blocklink.hostpaths import HostPaths
@@ -221,11 +221,17 @@ class RBDConnector(Connector):
                 raise InvalidConnectionInfo("data.keyring", f"holds no key for client.{user}")
         keyring_file = None
         if key is None and info.auth_enabled is not False:
-            for cand in iter_keyring_candidates(cluster, user, self.paths.etc):
+            looked = list(iter_keyring_candidates(cluster, user, self.paths.etc))
+            for cand in looked:
                 text = self.paths.read(cand)
                 if text and key_from_keyring(text, user) is not None:
                     keyring_file = cand
                     break
+            if keyring_file is None and info.monitors:  # (a ceph.conf may name a keyring of its own)
+                # cephx is on and librados would only say "error connecting to the cluster"
+                raise MissingCredentials(f"ceph cluster {cluster} as client.{user}",
+                                         f"no key for client.{user}: the connection info has no keyring and "
+                                         "no keyring on this host holds one", looked)
         conffile = self.conffile
         if not info.monitors and conffile is None:
             default = self.paths.etcpath("ceph", f"{cluster}.conf")

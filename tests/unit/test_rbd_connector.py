@@ -7,7 +7,7 @@ import stat
 import pytest
 
 from blocklink.connection import RbdInfo
-from blocklink.errors import DeviceMismatch, InvalidConnectionInfo, VolumeNotFound
+from blocklink.errors import ConnectionFailed, DeviceMismatch, InvalidConnectionInfo, MissingCredentials, VolumeNotFound
 from blocklink.hostpaths import HostPaths
 from blocklink.initiator.rbd import RBDConnector, RbdHandle
 from blocklink.testing.fakes import FakeExecutor
@@ -110,6 +110,20 @@ def test_key_from_host_keyring(tmp_path):
     paths = _etc_with_keyring(tmp_path)
     spec = RBDConnector(paths=paths).cluster_spec(RbdInfo.from_dict(INFO))
     assert spec.key is None and spec.keyring_file == paths.etcpath("ceph", "ceph.client.cinder.keyring")
+
+
+def test_no_key_anywhere_says_so_and_where_it_looked(tmp_path):
+    """Cinder's RBD info carries no keyring by default: with none on the host either, the error names
+    the user and every place searched (not librados' 'error connecting to the cluster')."""
+    paths = _etc_with_keyring(tmp_path, user="someone-else")
+    with pytest.raises(MissingCredentials) as ei:
+        RBDConnector(paths=paths).cluster_spec(RbdInfo.from_dict(INFO))
+    msg = str(ei.value)
+    assert "no key for client.cinder" in msg and isinstance(ei.value, ConnectionFailed)
+    assert ei.value.looked[0] == paths.etcpath("ceph", "ceph.client.cinder.keyring")
+    assert paths.etcpath("ceph", "keyring") in msg
+    no_auth = RbdInfo.from_dict(dict(INFO, auth_enabled=False))  # cephx off: no key needed
+    assert RBDConnector(paths=paths).cluster_spec(no_auth).key is None
 
 
 def test_keyring_without_the_users_key_is_a_field_error(tmp_path):
