@@ -93,6 +93,7 @@ def test_write_through_file_lands_in_the_image(ceph_cluster, rbd_volume, run_dir
     conn.disconnect_volume(info, dev)
     detach_ms = (time.monotonic() - t0) * 1000
     assert not os.path.exists(run) and _pids(run_dir) == [] and ceph_cluster.watchers(image) == []
+    assert os.listdir(os.path.join(run_dir, "locks")) == []  # no lock file per volume ever attached
     conn.disconnect_volume(info, dev)  # twice is harmless
     print(f"rbd userspace attach {attach_ms:.0f} ms, detach {detach_ms:.0f} ms")
 
