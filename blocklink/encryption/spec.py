@@ -4,8 +4,10 @@ the ``encryption`` dict Nova and Cinder pass around (``provider``, ``cipher``, `
 
 Defaults are the safe ones: aes-xts-plain64 with a 512-bit key (two AES-256 keys), argon2id for LUKS2
 (pbkdf2 for LUKS1, the only one it has). The PBKDF cost is bounded (``iter_time_ms`` at most 10 s,
-``pbkdf_memory_kib`` at most 1 GiB, default 1 s and 128 MiB) so an attach stays quick even on a slow
-(emulated) CPU: cryptsetup benchmarks the machine and spends about ``iter_time_ms`` per unlock.
+``pbkdf_memory_kib`` at most 1 GiB, default 1 s and 128 MiB): cryptsetup benchmarks the machine and
+spends about ``iter_time_ms`` per unlock. On an emulated CPU (qemu TCG) that benchmark is itself slow and
+unreliable (argon2id at its minimum of 4 passes over 64 MiB took 16-35 s per unlock there), so
+``pbkdf_force_iterations`` fixes the cost instead (with a small ``pbkdf_memory_kib`` for argon2).
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ class EncryptionSpec:
     iter_time_ms: int = 1000
     pbkdf_memory_kib: Optional[int] = None  # argon2 only; None: 128 MiB
     pbkdf_parallel: Optional[int] = None    # argon2 only; None: cryptsetup's choice (CPUs, at most 4)
+    pbkdf_force_iterations: Optional[int] = None  # a fixed cost instead of benchmarking for iter_time_ms
     sector_size: Optional[int] = None       # LUKS2 only; None: cryptsetup's choice
     control_location: str = "front-end"
     key_id: Optional[str] = None
@@ -81,7 +84,11 @@ class EncryptionSpec:
     def pbkdf_args(self, *, luks_type: Optional[str] = None) -> List[str]:
         """cryptsetup options for a new keyslot (luksFormat, luksAddKey) of a ``luks_type`` header."""
         kdf = self.effective_pbkdf if (luks_type or self.format) == "luks2" else "pbkdf2"
-        args = ["--pbkdf", kdf, "--iter-time", str(self.iter_time_ms)]
+        args = ["--pbkdf", kdf]
+        if self.pbkdf_force_iterations and kdf == self.effective_pbkdf:  # no benchmark: the same cost on any CPU (an emulated one too)
+            args += ["--pbkdf-force-iterations", str(self.pbkdf_force_iterations)]
+        else:
+            args += ["--iter-time", str(self.iter_time_ms)]
         if kdf.startswith("argon2"):
             args += ["--pbkdf-memory", str(self.pbkdf_memory_kib or 131072)]
             if self.pbkdf_parallel:
@@ -136,6 +143,9 @@ def _validate(s: EncryptionSpec) -> None:
         _int_in("pbkdf_memory_kib", s.pbkdf_memory_kib, 32, MAX_PBKDF_MEMORY_KIB)
     if s.pbkdf_parallel is not None:
         _int_in("pbkdf_parallel", s.pbkdf_parallel, 1, 4)
+    if s.pbkdf_force_iterations is not None:
+        lo, hi = (4, 1000) if argon else (1000, 100_000_000)  # argon2: passes; pbkdf2: rounds
+        _int_in("pbkdf_force_iterations", s.pbkdf_force_iterations, lo, hi)
     if s.sector_size is not None:
         if s.format != "luks2":
             raise InvalidEncryption(_field("sector_size"), "only LUKS2 has a sector size")

@@ -249,3 +249,16 @@ def test_probe_exit_codes() -> None:
     with pytest.raises(EncryptionError) as e:
         probe(ex, "/dev/broken")
     assert e.value.device == "/dev/broken" and "exit 4" in str(e.value)
+
+
+def test_forced_iterations_replace_the_benchmark() -> None:
+    s = EncryptionSpec(pbkdf_memory_kib=32, pbkdf_force_iterations=4)
+    assert s.pbkdf_args() == ["--pbkdf", "argon2id", "--pbkdf-force-iterations", "4", "--pbkdf-memory", "32"]
+    # adding a keyslot to a LUKS1 header needs pbkdf2, whose iterations are not argon2's passes
+    assert s.pbkdf_args(luks_type="luks1") == ["--pbkdf", "pbkdf2", "--iter-time", "1000"]
+    assert EncryptionSpec(format="luks1", pbkdf_force_iterations=1000).pbkdf_args()[2:] == [
+        "--pbkdf-force-iterations", "1000"]
+    for fields in ({"pbkdf_force_iterations": 2}, {"format": "luks1", "pbkdf_force_iterations": 4}):
+        with pytest.raises(InvalidEncryption) as e:
+            EncryptionSpec(**fields)  # type: ignore[arg-type]
+        assert e.value.field == "encryption.pbkdf_force_iterations"
