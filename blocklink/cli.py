@@ -19,6 +19,7 @@ SUBCOMMAND_MODULES = (
     "blocklink.cli_export",
     "blocklink.cli_hypervisor",
     "blocklink.cli_attach",
+    "blocklink.cli_encryption",
     "blocklink.demo",
 )
 
