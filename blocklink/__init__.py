@@ -18,6 +18,8 @@ from typing import Any, Dict
 
 from blocklink.connection import (AttachedDevice, ConnectionInfo, DeviceKind, FcInfo, HostConnector, IscsiInfo,
                                   NvmeofInfo, Portal, RbdInfo, parse_connection_info)
+from blocklink.errors import (EncryptionBusy, EncryptionError, FormatRefused, InvalidEncryption, KeyNotFound,
+                              MappingConflict, NotLuks, WrongKey)
 from blocklink.errors import (DeviceInUse, FilesystemCheckFailed, ForeignSignature, MountBusy, MountConflict,
                               NotStaged, ProbeFailed, StagingCommandFailed, StagingError, StillPublished)
 from blocklink.errors import (AttachFailed, AuthenticationFailed, BlocklinkError, CommandFailed, CommandTimeout,
@@ -46,6 +48,7 @@ __all__ = [
     "AttachFailed", "DetachFailed", "TooManyDevices",
     "StagingError", "ForeignSignature", "ProbeFailed", "DeviceInUse", "MountConflict", "NotStaged", "MountBusy",
     "StillPublished", "FilesystemCheckFailed", "StagingCommandFailed",
+    "EncryptionError", "InvalidEncryption", "WrongKey", "FormatRefused", "NotLuks", "MappingConflict", "EncryptionBusy", "KeyNotFound",
 ]
 
 

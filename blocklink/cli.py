@@ -21,6 +21,7 @@ SUBCOMMAND_MODULES = (
     "blocklink.cli_hypervisor",
     "blocklink.cli_attach",
     "blocklink.cli_staging",
+    "blocklink.cli_encryption",
 )
 # the demo is an example in the source tree, not part of the installed package
 DEMO_MODULE = "examples.demo"
