@@ -20,6 +20,7 @@ SUBCOMMAND_MODULES = (
     "blocklink.cli_export",
     "blocklink.cli_hypervisor",
     "blocklink.cli_attach",
+    "blocklink.cli_diagnose",
 )
 # the demo is an example in the source tree, not part of the installed package
 DEMO_MODULE = "examples.demo"

@@ -1,0 +1,90 @@
+"""Attach traces on a real kernel: an iSCSI multipath attach (LIO, open-iscsi, dm-multipath) traced
+through the library hook and through the CLI's ``--trace``; the top-level steps account for the wall time."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from typing import Any, List
+
+import pytest
+
+from blocklink.trace import collect, top_level_seconds
+from tests.functional.kernel.test_iscsi_connector import assert_host_clean, connector, executor, export, lio  # noqa: F401
+
+pytestmark = pytest.mark.kernel
+
+TOP = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+LINE = re.compile(r"^(?P<indent> *)\s*(?P<secs>\d+\.\d{3})s  (?P<outcome>ok|error)\S*\s+(?:\(\w+\) )?(?P<step>\w+)")
+
+
+def cli(*argv: str, stdin: str = "") -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=TOP)
+    return subprocess.run([sys.executable, "-m", "blocklink.cli", *argv], capture_output=True, text=True,
+                          timeout=300, env=env, input=stdin)
+
+
+def parse_trace(stderr: str) -> List[Any]:
+    """(depth, seconds, outcome, step) per printed step, and the summary line's percentage."""
+    assert "trace:" in stderr, stderr
+    rows = []
+    for line in stderr.split("trace:\n", 1)[1].splitlines():
+        m = LINE.match(line)
+        if m and "top-level steps" not in line:
+            rows.append((len(m.group("indent")) // 2, float(m.group("secs")), m.group("outcome"), m.group("step")))
+    return rows
+
+
+def test_library_trace_of_a_multipath_attach_covers_the_wall_time(lio, iscsid, multipathd, executor,  # noqa: F811
+                                                                   tmp_path) -> None:
+    conn = connector(executor, tmp_path, use_multipath=True, enforce_multipath=True)
+    info = export(lio, conn, "trace1", multipath=True)
+    with collect() as events:
+        t0 = time.monotonic()
+        dev = conn.connect_volume(info)
+        wall = time.monotonic() - t0
+    steps = [e.step for e in events]
+    print(f"attach {wall:.3f}s, top-level {top_level_seconds(events):.3f}s; steps: {steps}")
+    assert steps.count("login") == 2 and steps.count("scan") == 2 and steps.count("wait_disk") == 2
+    assert "wait_multipath_map" in steps and "lock_volume" in steps
+    assert all(e.outcome == "ok" for e in events)
+    assert abs(top_level_seconds(events) - wall) <= 0.1 * wall
+    with collect() as events:
+        t0 = time.monotonic()
+        conn.disconnect_volume(info, dev)
+        wall = time.monotonic() - t0
+    actions = [e.ids["action"] for e in events if e.step == "teardown"]
+    assert any(a.startswith("flush multipath map") for a in actions) and len(actions) >= 5, actions
+    assert abs(top_level_seconds(events) - wall) <= 0.1 * wall
+    assert_host_clean(info.targets[0].iqn)
+
+
+def test_cli_trace_prints_each_step_with_its_duration(lio, iscsid, multipathd, executor, tmp_path) -> None:  # noqa: F811
+    conn = connector(executor, tmp_path, use_multipath=True)
+    info = export(lio, conn, "trace2", multipath=True)
+    doc = json.dumps(info.to_dict())  # with the CHAP secret: it goes over stdin, never argv
+    res = cli("--trace", "connect", "--multipath", "-", stdin=doc)
+    print(res.stderr)
+    assert res.returncode == 0, res.stdout + res.stderr
+    dev = json.loads(res.stdout)
+    assert dev["path"].startswith("/dev/dm-")
+    rows = parse_trace(res.stderr)
+    steps = [r[3] for r in rows]
+    assert steps.count("login") == 2 and steps.count("wait_disk") == 2 and "wait_multipath_map" in steps
+    assert all(r[2] == "ok" and r[1] >= 0 for r in rows)
+    pct = float(re.search(r"\((\d+\.\d)%\)", res.stderr).group(1))  # type: ignore[union-attr]
+    assert 90.0 <= pct <= 100.5, res.stderr
+    top = sum(r[1] for r in rows if r[0] == 0)
+    wall = float(re.search(r"of (\d+\.\d+)s wall", res.stderr).group(1))  # type: ignore[union-attr]
+    assert abs(top - wall) <= 0.1 * wall
+    for secret in (info.auth_password,):
+        assert not secret or secret.reveal() not in res.stderr + res.stdout
+    res = cli("--trace", "disconnect", "--multipath", "--device", dev["path"], "-", stdin=doc)
+    print(res.stderr)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "teardown" in [r[3] for r in parse_trace(res.stderr)]
+    assert_host_clean(info.targets[0].iqn)
