@@ -188,12 +188,13 @@ def run_in_context(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def format_events(events: List[TraceEvent]) -> List[str]:
-    """Human lines, one per span, in start order, indented by depth: ``  0.123s ok    login iqn=...``."""
+    """Human lines, one per span, in start order, the step indented by depth:
+    ``   0.123s  ok      login  iqn=...``."""
     lines = []
     for ev in sorted(events, key=lambda e: (e.start, e.depth)):
         ids = " ".join(f"{k}={v}" for k, v in ev.ids.items())
-        status = ev.outcome if ev.error is None else f"{ev.outcome} ({ev.error})"
-        lines.append(f"{'  ' * ev.depth}{ev.duration:8.3f}s  {status:<5} {ev.step}" + (f"  {ids}" if ids else ""))
+        status = ev.outcome if ev.error is None else f"{ev.outcome}({ev.error})"
+        lines.append(f"{ev.duration:9.3f}s  {status:<5} {'  ' * ev.depth}{ev.step}" + (f"  {ids}" if ids else ""))
     return lines
 
 
