@@ -161,7 +161,8 @@ class AttachFlow:
             if spec.host_attach:
                 current = phases.begin("connect")
                 run.device = self._connector(spec.protocol).connect_volume(run.info)
-                self._step(run, "connect", host_device=run.device.path)
+                self._step(run, "connect", host_device=run.device.path,  # the WWN: for audits' mismatch check
+                           extra=dict(run.record.extra, device_wwn=run.device.wwn))
             current = phases.begin("hypervisor")
             opts = dict(spec.disk_options)
             if spec.attach_mode == "ro":
