@@ -130,8 +130,9 @@ class Auditor:
             for iqn in filter(None, iqns):
                 k.iqns.add(iqn)
                 k.iscsi_luns.update((iqn, int(lun)) for lun in luns if isinstance(lun, int))
-            if data.get("target_nqn"):
-                k.nqns.add(data["target_nqn"])
+            for key in ("target_nqn", "nqn"):  # the new and the legacy NVMe-oF forms
+                if data.get(key):
+                    k.nqns.add(str(data[key]))
             if data.get("name") and rec.protocol == "rbd":
                 k.rbd_images.add(str(data["name"]))
             for w in (rec.extra.get("device_wwn"), data.get("wwn")):

@@ -138,3 +138,33 @@ def test_cli_audit_json_and_exit_status(tree, kernel, tmp_path, monkeypatch, cap
     out = json.loads(capsys.readouterr().out)
     assert len(out["removed"]) == 3 and out["refused"] == []
     assert_clean(tree, kernel)
+
+
+def test_nvme_and_rbd_records_explain_their_kernel_objects(tmp_path) -> None:
+    from blocklink.audit import KernelObject, _Known
+
+    store = AttachmentStore(str(tmp_path / "a.db"))
+    for vid, proto, data in (("n1", "nvmeof", {"target_nqn": "nqn.2014-08.org.x:a", "portals": [["10.0.0.1", 4420,
+                                                                                              "tcp"]]}),
+                             ("n2", "nvmeof", {"nqn": "nqn.2014-08.org.x:legacy", "target_portal": "10.0.0.1",
+                                               "target_port": 4420}),
+                             ("r1", "rbd", {"name": "volumes/vol-r1", "hosts": ["127.0.0.1"], "ports": ["6789"]})):
+        rec = store.reserve(vid, "vm")
+        store.record_step(rec.id, "initialize", protocol=proto, host=HOST,
+                          connection_info={"driver_volume_type": proto, "data": data})
+    a = Auditor(store, host=HOST)
+    k = a._known(a.records())
+    assert isinstance(k, _Known)
+
+    def verdict(obj: KernelObject) -> object:
+        return a._explained(obj, k, set())
+
+    assert verdict(KernelObject("nvme_controller", "nvme1", ids={"nqn": "nqn.2014-08.org.x:a"})) is True
+    assert verdict(KernelObject("nvme_controller", "nvme2", ids={"nqn": "nqn.2014-08.org.x:legacy"})) is True
+    assert verdict(KernelObject("nvme_controller", "nvme3", ids={"nqn": "nqn.2014-08.org.x:other"})) is False
+    assert verdict(KernelObject("rbd_mapping", "rbd0", "rbd0", ids={"image": "volumes/vol-r1", "id": "0"})) is True
+    assert verdict(KernelObject("rbd_mapping", "rbd1", "rbd1", ids={"image": "volumes/other", "id": "1"})) is False
+    assert verdict(KernelObject("nbd_mapping", "nbd0", "nbd0", ids={"pid": "1"})) is False
+    # a crypt mapping over a local disk is the host's business; over a transport disk it is judged
+    assert a._explained(KernelObject("dm_crypt", "root", "dm-9", ids={"slaves": "vda2"}), k, {"sda"}) is None
+    assert a._explained(KernelObject("dm_crypt", "vol", "dm-8", ids={"slaves": "sda"}), k, {"sda"}) is False
