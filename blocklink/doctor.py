@@ -25,8 +25,7 @@ from blocklink.initiator.properties import read_initiator_name, read_nvme_ids, r
 
 SEVERITIES = ("ok", "info", "warning", "critical")
 PROTOCOLS = ("iscsi", "fibre_channel", "nvmeof", "rbd")
-ISCSI_ERR_ISCSID_NOTCONN = 20  # iscsiadm: could not connect to iscsid
-ISCSI_NO_OBJECTS = 21
+ISCSID_SOCKET = "ISCSIADM_ABSTRACT_NAMESPACE"  # iscsid's abstract unix socket (iscsiadm's IPC)
 MANUAL_SCAN_VERSION = (2, 0, 874)  # open-iscsi learned node.session.scan = manual here
 # binaries a protocol's kernel attach needs (optional ones: a warning when missing)
 BINARIES: Dict[str, Tuple[str, ...]] = {
@@ -189,7 +188,8 @@ class Doctor:
 
     def __init__(self, *, executor: Optional[Executor] = None, paths: Optional[HostPaths] = None,
                  store: Any = None, protocols: Sequence[str] = PROTOCOLS, portal_timeout: float = 2.0,
-                 recent: int = 50, host: Optional[str] = None, which: Any = shutil.which) -> None:
+                 recent: int = 50, host: Optional[str] = None, which: Any = shutil.which,
+                 iscsid_socket: str = ISCSID_SOCKET) -> None:
         self.executor = executor or default_executor()
         self.paths = paths or HostPaths()
         self.store = store
@@ -198,6 +198,7 @@ class Doctor:
         self.recent = recent
         self.host = host or socket.gethostname()
         self.which = which
+        self.iscsid_socket = iscsid_socket
 
     def run(self) -> Report:
         findings: List[Finding] = []
@@ -254,12 +255,18 @@ class Doctor:
     def check_iscsid(self) -> List[Finding]:
         if not self._uses("iscsi"):
             return []
-        rc, text = self._cmd(["iscsiadm", "-m", "session"])
-        if rc in (0, ISCSI_NO_OBJECTS):
-            return [Finding("iscsid", "ok", "iscsid is running and answers iscsiadm")]
-        why = "not running or not reachable" if rc == ISCSI_ERR_ISCSID_NOTCONN else f"iscsiadm exit {rc}"
-        return [Finding("iscsid", "critical", f"iscsid is {why}: iSCSI attaches fail ({text.strip()[:160]})",
-                        {"exit_code": rc})]
+        # iscsiadm answers "-m session" from sysfs without iscsid: connect to iscsid's own socket instead
+        # (with socket activation this starts iscsid, which is what a login would do too)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(5)
+            try:
+                sock.connect("\0" + self.iscsid_socket)
+            except OSError as e:
+                return [Finding("iscsid", "critical", f"iscsid is not running or not reachable on @{self.iscsid_socket}"
+                                f" ({e.strerror or type(e).__name__}): iSCSI logins fail",
+                                {"socket": "@" + self.iscsid_socket})]
+        return [Finding("iscsid", "ok", "iscsid is running and accepts iscsiadm's connections",
+                        {"socket": "@" + self.iscsid_socket})]
 
     def check_manual_scan(self) -> List[Finding]:
         if not self._uses("iscsi"):

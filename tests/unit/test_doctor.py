@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Any, Dict, Optional
+import uuid
+from typing import Any, Dict, Iterator, Optional
 
 import pytest
 
@@ -40,18 +41,36 @@ def healthy_tree(tmp_path: Any) -> FakeHostTree:
     return tree
 
 
+@pytest.fixture(autouse=True)
+def iscsid_socket() -> Iterator[str]:
+    """A listening abstract unix socket standing in for iscsid's (unique per test)."""
+    name = f"blocklink-test-iscsid-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.bind("\0" + name)
+        s.listen(4)
+        yield name
+
+
 def healthy_executor(conf: str = GOOD_CONF) -> FakeExecutor:
     ex = FakeExecutor()
-    ex.on(("iscsiadm", "-m", "session"), (21, "", "iscsiadm: No active sessions.\n"))
     ex.on(("iscsiadm", "--version"), "iscsiadm version 2.1.8\n")
     ex.on(("multipathd", "show", "status"), "path checker states:\nup 0\n")
     ex.on(("multipath", "-t"), conf)
     return ex
 
 
+ISCSID = {"name": ""}
+
+
 def doctor(tree: FakeHostTree, ex: FakeExecutor, **kw: Any) -> Doctor:
     kw.setdefault("which", lambda name: f"/usr/sbin/{name}")
+    kw.setdefault("iscsid_socket", ISCSID["name"])
     return Doctor(executor=ex, paths=tree.paths, **kw)
+
+
+@pytest.fixture(autouse=True)
+def _use_socket(iscsid_socket: str) -> None:
+    ISCSID["name"] = iscsid_socket
 
 
 def severities(report: Any, check: str) -> list:
@@ -68,10 +87,9 @@ def test_healthy_host_is_all_clear(tmp_path) -> None:
 
 
 def test_iscsid_not_reachable_is_critical(tmp_path) -> None:
-    ex = healthy_executor()
-    ex.rules.insert(0, (("iscsiadm", "-m", "session"), (20, "", "iscsiadm: can not connect to iSCSI daemon (111)!")))
-    report = doctor(healthy_tree(tmp_path), ex).run()
+    report = doctor(healthy_tree(tmp_path), healthy_executor(), iscsid_socket=f"nobody-listens-{uuid.uuid4()}").run()
     assert severities(report, "iscsid") == ["critical"] and report.exit_status == 2
+    assert "not running or not reachable" in report.by_check("iscsid")[0].message
 
 
 def test_old_open_iscsi_without_manual_scan_is_critical(tmp_path) -> None:
@@ -215,7 +233,7 @@ def test_cli_doctor_exit_status_and_outputs(tmp_path, monkeypatch, capsys) -> No
     real = doc.Doctor
 
     def fake(**kw: Any) -> Doctor:
-        return real(executor=ex, paths=tree.paths, which=lambda n: "/bin/" + n, **kw)
+        return real(executor=ex, paths=tree.paths, which=lambda n: "/bin/" + n, iscsid_socket=ISCSID["name"], **kw)
 
     monkeypatch.setattr(doc, "Doctor", fake)
     assert cli.main(["doctor"]) == 1
