@@ -42,7 +42,10 @@ def _connector(info: Any, args: argparse.Namespace) -> Any:
         if getattr(args, "local", False) and info.driver_volume_type == "rbd" else {}
     if getattr(args, "multipath", False) and info.driver_volume_type != "rbd":
         opts["use_multipath"] = True
-    return blocklink.connector_for(info.driver_volume_type, **opts)
+    from blocklink.trace import span
+
+    with span("load_connector", protocol=info.driver_volume_type):  # imports and probes: --trace shows their cost
+        return blocklink.connector_for(info.driver_volume_type, **opts)
 
 
 def _connect(args: argparse.Namespace) -> int:

@@ -277,8 +277,9 @@ class ScsiConnector(Connector):
     def _teardown(self, vol: Any, names: List[str], expected: Optional[str], used: Optional[str],
                   force: bool) -> None:
         """Flush (the map, else the disk the caller used), remove the disks, then the transport's steps."""
-        after = self._protocol_teardown(vol, names)
-        m = map_holding(self.paths, names) or (map_for_wwid(self.paths, expected) if expected else None)
+        with span("plan_teardown", devices=",".join(names)):
+            after = self._protocol_teardown(vol, names)
+            m = map_holding(self.paths, names) or (map_for_wwid(self.paths, expected) if expected else None)
         if m is not None and expected and not same_wwn(expected, m.wwid):
             raise DeviceMismatch(m.path, expected, m.wwid)
         steps = Steps(force)

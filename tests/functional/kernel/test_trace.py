@@ -79,7 +79,10 @@ def test_cli_trace_prints_each_step_with_its_duration(lio, iscsid, multipathd, e
         res = cli("--trace", "disconnect", "--multipath", "--device", dev["path"], "-", stdin=doc)
     print(res.stderr)
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "teardown" in [r[3] for r in parse_trace(res.stderr)]
+    rows = parse_trace(res.stderr)
+    assert "teardown" in [r[3] for r in rows] and "plan_teardown" in [r[3] for r in rows]
+    top, wall = sum(r[1] for r in rows if r[0] == 0), float(re.findall(r"of (\d+\.\d+)s wall", res.stderr)[0])
+    assert abs(top - wall) <= 0.1 * wall, res.stderr
     assert_host_clean(info.targets[0].iqn)
 
 
