@@ -160,7 +160,7 @@ def test_a_map_left_by_a_process_killed_mid_detach(lio, iscsid, multipathd, stor
         assert kinds == ["iscsi_node", "iscsi_node", "iscsi_session", "iscsi_session", "multipath_map", "scsi_disk",
                          "scsi_disk"], doc
         mp = [o for o in doc["orphans"] if o["kind"] == "multipath_map"][0]
-        assert mp["device"] == dm and mp["wwn"] == dev["wwn"]
+        assert mp["device"] == dm and mp["wwn"] == dev["scsi_wwn"] == dev["multipath_id"]
         rc, cleaned = audit_cli(store, "--clean")
         assert rc == 0 and cleaned["refused"] == [] and len(cleaned["removed"]) == 7, cleaned
         assert audit_cli(store) == (0, {"orphans": [], "ghosts": [], "mismatches": [], "explained": [], "removed": [],
