@@ -276,6 +276,9 @@ class Auditor:
             if not self.paths.exists(self.paths.sys("block", obj.device)):
                 return "gone already" if obj.kind != "nbd_mapping" else "disconnected already"
             users = self.nvme.device_users(obj.device)  # holders, mounts, open files
+            if obj.kind == "nbd_mapping":  # the process serving the mapping keeps it open: not a user
+                server = self._process_of(obj.ids.get("pid", ""))
+                users = [u for u in users if not (server and u.startswith(f"open by pid {server} ("))]
             if users:
                 return "; ".join(users)
             if obj.kind in ("scsi_disk", "multipath_map"):
@@ -296,6 +299,14 @@ class Auditor:
             users = [u for ns in self.nvme.namespaces(obj.name) for u in self.nvme.device_users(ns.name)]
             if users:
                 return "; ".join(users)
+        return None
+
+    def _process_of(self, tid: str) -> Optional[str]:
+        """The process (thread group) of task ``tid`` (nbd's sysfs ``pid`` names the client thread)."""
+        status = self.paths.read(self.paths.procpath(tid, "status"), "") if tid.isdigit() else ""
+        for line in (status or "").splitlines():
+            if line.startswith("Tgid:"):
+                return line.split()[1]
         return None
 
     def _remove(self, obj: KernelObject) -> None:
