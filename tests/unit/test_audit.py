@@ -175,24 +175,24 @@ def test_an_nbd_mapping_is_not_in_use_by_the_process_serving_it(tmp_path) -> Non
     from blocklink.testing.fakes import FakeExecutor
     from blocklink.testing.hosttree import FakeHostTree
 
-    tree = FakeHostTree(str(tmp_path / "host"))
-    tree._write(tree.p("sys", "block", "nbd0", "pid"), "489\n")
-    tree._write(tree.p("sys", "block", "nbd0", "dev"), "43:0\n")
-    os.makedirs(tree.p("sys", "block", "nbd0", "holders"))
-    tree._write(tree.p("proc", "489", "status"), "Name:\tqemu-nbd\nTgid:\t487\nPid:\t489\n")
-    tree._write(tree.p("proc", "487", "comm"), "qemu-nbd\n")
-    os.makedirs(tree.p("proc", "487", "fd"))
-    os.symlink("/dev/nbd0", tree.p("proc", "487", "fd", "9"))
+    fake = FakeHostTree(str(tmp_path / "host"))
+    fake._write(fake.p("sys", "block", "nbd0", "pid"), "489\n")
+    fake._write(fake.p("sys", "block", "nbd0", "dev"), "43:0\n")
+    os.makedirs(fake.p("sys", "block", "nbd0", "holders"))
+    fake._write(fake.p("proc", "489", "status"), "Name:\tqemu-nbd\nTgid:\t487\nPid:\t489\n")
+    fake._write(fake.p("proc", "487", "comm"), "qemu-nbd\n")
+    os.makedirs(fake.p("proc", "487", "fd"))
+    os.symlink("/dev/nbd0", fake.p("proc", "487", "fd", "9"))
     ex = FakeExecutor().on(("qemu-nbd", "--disconnect", "/dev/nbd0"), "")
-    a = Auditor(AttachmentStore(str(tmp_path / "a.db")), executor=ex, paths=tree.paths, host=HOST)
+    a = Auditor(AttachmentStore(str(tmp_path / "a.db")), executor=ex, paths=fake.paths, host=HOST)
     report = a.audit()
     assert kinds(report.orphans) == [("nbd_mapping", "nbd0")]
-    os.makedirs(tree.p("proc", "600", "fd"))
-    tree._write(tree.p("proc", "600", "comm"), "dd\n")
-    os.symlink("/dev/nbd0", tree.p("proc", "600", "fd", "3"))
+    os.makedirs(fake.p("proc", "600", "fd"))
+    fake._write(fake.p("proc", "600", "comm"), "dd\n")
+    os.symlink("/dev/nbd0", fake.p("proc", "600", "fd", "3"))
     refused = a.clean(a.audit()).refused
     assert [(o.name, why) for o, why in refused] == [("nbd0", "open by pid 600 (dd)")]
-    os.unlink(tree.p("proc", "600", "fd", "3"))
+    os.unlink(fake.p("proc", "600", "fd", "3"))
     cleaned = a.clean(a.audit())
     assert cleaned.refused == [] and [o.name for o in cleaned.removed] == ["nbd0"]
     assert ex.argvs(("qemu-nbd",)) == [("qemu-nbd", "--disconnect", "/dev/nbd0")]
