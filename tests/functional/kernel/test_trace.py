@@ -99,3 +99,40 @@ def check_trace(stderr: str, info: Any) -> None:
     pct = float(re.search(r"\((\d+\.\d)%\)", stderr).group(1))  # type: ignore[union-attr]
     assert 90.0 <= pct <= 100.5, stderr
     assert not info.auth_password or info.auth_password.reveal() not in stderr
+
+
+def test_nvme_tcp_attach_is_traced_too(modprobe, tmp_path) -> None:
+    import shutil
+    import tempfile
+    import uuid
+
+    from blocklink.connection import HostConnector
+    from blocklink.registry import connector_for
+    from blocklink.target.nvmet import NvmetTarget
+
+    modprobe("nvmet", "nvmet-tcp", "nvme-tcp", "nvme-fabrics")
+    work = tempfile.mkdtemp(prefix="blocklink-trace-", dir="/run")  # nvmet serves files from tmpfs, not overlayfs
+    target = NvmetTarget(portals=["127.0.0.1:4420"], backing_dir=work, lock_path=os.path.join(work, "locks"))
+    conn = connector_for("nvmeof", run_dir=os.path.join(work, "run"), timeout=60.0)
+    vid = str(uuid.uuid4())
+    target.create_export(vid, size=16 << 20)
+    try:
+        info = target.initialize_connection(vid, HostConnector.from_dict(
+            {"host": "guest", **conn.get_connector_properties()}))
+        with collect() as events:
+            t0 = time.monotonic()
+            dev = conn.connect_volume(info.to_dict())
+            wall = time.monotonic() - t0
+        conn.disconnect_volume(info.to_dict(), dev)
+        steps = [e.step for e in events]
+        print(f"nvme attach {wall:.3f}s, top-level {top_level_seconds(events):.3f}s: {steps}")
+        assert steps[:1] == ["lock_subsystem"] and "connect_controllers" in steps
+        assert by_depth(events, "connect_controllers") == 0 and all(e.outcome == "ok" for e in events)
+        assert abs(top_level_seconds(events) - wall) <= 0.1 * wall
+    finally:
+        target.remove_export(vid)
+        shutil.rmtree(work)
+
+
+def by_depth(events: List[Any], step: str) -> int:
+    return [e.depth for e in events if e.step == step][0]
