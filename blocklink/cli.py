@@ -22,6 +22,7 @@ SUBCOMMAND_MODULES = (
     "blocklink.cli_attach",
     "blocklink.cli_staging",
     "blocklink.cli_encryption",
+    "blocklink.cli_diagnose",
 )
 # the demo is an example in the source tree, not part of the installed package
 DEMO_MODULE = "examples.demo"
@@ -36,6 +37,8 @@ def emit(obj: Any) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="blocklink", description="Attach block storage to hosts and VMs.")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="log to stderr (-vv: debug)")
+    parser.add_argument("--trace", action="store_true",
+                        help="print every attach/connect step with its duration to stderr when done")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in SUBCOMMAND_MODULES:
@@ -79,11 +82,31 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         logging.basicConfig(level=logging.DEBUG if args.verbose > 1 else logging.INFO, stream=sys.stderr,
                             format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        rc = args.func(args)
+        rc = _traced(args) if args.trace else args.func(args)
     except BlocklinkError as e:
         emit({"error": type(e).__name__, "message": str(e)})
         return 1
     return int(rc or 0)
+
+
+def _traced(args: argparse.Namespace) -> Any:
+    """Run the command collecting its trace; print the steps, and how much of the wall time the
+    top-level steps account for, to stderr (also when the command fails)."""
+    import time
+
+    from blocklink.trace import collect, format_events, top_level_seconds
+
+    with collect() as events:
+        t0 = time.monotonic()
+        try:
+            return args.func(args)
+        finally:
+            wall = time.monotonic() - t0
+            lines = format_events(events)
+            traced = top_level_seconds(events)
+            lines.append(f"{traced:9.3f}s  in top-level steps of {wall:.3f}s wall"
+                         f" ({100.0 * traced / wall if wall > 0 else 100.0:.1f}%)")
+            sys.stderr.write("trace:\n" + "\n".join(lines) + "\n")
 
 
 def add_info_argument(p: argparse.ArgumentParser) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import Any, Dict
 
 from blocklink.cli import add_info_argument, emit, load_json_arg
 
@@ -17,12 +17,14 @@ def register(sub: Any) -> None:
     p = sub.add_parser("connect", help="connect a volume from its connection info; print the device")
     add_info_argument(p)
     p.add_argument("--local", action="store_true", help="RBD: map a local block device instead of a handle")
+    p.add_argument("--multipath", action="store_true", help="iSCSI/FC/NVMe: attach every path (use_multipath)")
     p.set_defaults(func=_connect)
 
     p = sub.add_parser("disconnect", help="disconnect a volume given its connection info")
     add_info_argument(p)
     p.add_argument("--device", help="the device path connect returned (checked against the volume)")
     p.add_argument("--force", action="store_true", help="continue past failures and report them")
+    p.add_argument("--multipath", action="store_true", help="iSCSI/FC/NVMe: the volume was attached with --multipath")
     p.set_defaults(func=_disconnect)
 
 
@@ -36,8 +38,14 @@ def _props(args: argparse.Namespace) -> int:
 def _connector(info: Any, args: argparse.Namespace) -> Any:
     import blocklink
 
-    opts = {"do_local_attach": True} if getattr(args, "local", False) and info.driver_volume_type == "rbd" else {}
-    return blocklink.connector_for(info.driver_volume_type, **opts)
+    opts: Dict[str, Any] = {"do_local_attach": True} \
+        if getattr(args, "local", False) and info.driver_volume_type == "rbd" else {}
+    if getattr(args, "multipath", False) and info.driver_volume_type != "rbd":
+        opts["use_multipath"] = True
+    from blocklink.trace import span
+
+    with span("load_connector", protocol=info.driver_volume_type):  # imports and probes: --trace shows their cost
+        return blocklink.connector_for(info.driver_volume_type, **opts)
 
 
 def _connect(args: argparse.Namespace) -> int:

@@ -28,6 +28,7 @@ from blocklink.connection import AttachedDevice, ConnectionInfo, parse_connectio
 from blocklink.errors import AttachFailed, BlocklinkError, DetachFailed
 from blocklink.masking import get_logger, mask_text
 from blocklink.target.base import ExportingTargetHelper, TargetHelper
+from blocklink.trace import Phases, span
 
 LOG = get_logger(__name__)
 
@@ -119,6 +120,16 @@ class AttachFlow:
 
     # ------------------------------------------------------------------ attach
     def attach_volume(self, spec: VolumeSpec, instance: str) -> Attachment:
+        phases = Phases(volume=spec.volume_id)
+        with span("attach", volume=spec.volume_id, instance=instance, protocol=spec.protocol):
+            try:
+                return self._attach(spec, instance, phases)
+            except BaseException as e:
+                phases.end(e)  # a refused reservation fails before the steps' own handler
+                raise
+
+    def _attach(self, spec: VolumeSpec, instance: str, phases: Phases) -> Attachment:
+        phases.begin("reserve")
         record = self.store.reserve(spec.volume_id, instance, spec.attach_mode, spec.multiattach,
                                     extra={"protocol": spec.protocol, "host_attach": spec.host_attach,
                                            "bus": spec.bus})
@@ -126,32 +137,33 @@ class AttachFlow:
         current = "reserve"
         try:
             self._step(run, "reserve", protocol=spec.protocol)
-            current = "device_name"
+            current = phases.begin("device_name")
             run.device_name = self.hypervisor.next_device_name(instance, spec.bus,
                                                                reserved=self._reserved_names(instance))
             self._step(run, "device_name", device_name=run.device_name)
-            current = "connector"
+            current = phases.begin("connector")
             run.connector = self.connector_properties()
             self._step(run, "connector")
             target = self._target(spec.protocol)
-            current = "export"
+            current = phases.begin("export")
             if isinstance(target, ExportingTargetHelper):  # iSCSI/NVMe export a device; RBD needs none
                 if target.get_export(spec.volume_id) is None:
                     run.extra_export_absent = True
                     target.create_export(spec.volume_id, spec.device_path, size=spec.size)
                     run.export_created = True
             self._step(run, "export", extra=dict(run.record.extra, export_created=run.export_created))
-            current = "initialize"
+            current = phases.begin("initialize")
             info = target.initialize_connection(spec.volume_id, run.connector,
                                                 **({"access_mode": spec.attach_mode}
                                                    if spec.protocol == "rbd" else {}))
             run.info = info if isinstance(info, ConnectionInfo) else parse_connection_info(info)
             self._step(run, "initialize", connection_info=run.info.to_dict())
             if spec.host_attach:
-                current = "connect"
+                current = phases.begin("connect")
                 run.device = self._connector(spec.protocol).connect_volume(run.info)
-                self._step(run, "connect", host_device=run.device.path)
-            current = "hypervisor"
+                self._step(run, "connect", host_device=run.device.path,  # the WWN: for audits' mismatch check
+                           extra=dict(run.record.extra, device_wwn=run.device.wwn))
+            current = phases.begin("hypervisor")
             opts = dict(spec.disk_options)
             if spec.attach_mode == "ro":
                 opts.setdefault("readonly", True)
@@ -165,11 +177,13 @@ class AttachFlow:
             run.secret_uuid = att.secret_uuid
             self._step(run, "hypervisor", extra=dict(run.record.extra, secret_uuid=att.secret_uuid,
                                                      disk_xml=att.xml))
-            current = "record"
+            current = phases.begin("record")
             run.record = self.store.transition(record.id, ["attaching"], "attached", attached_at=time.time())
+            phases.end()
             LOG.info("attached volume %s to %s as %s", spec.volume_id, instance, run.device_name)
             return run.record
         except BaseException as e:
+            phases.end(e)
             # the failing step may have half-happened (an ACL added before the CHAP write failed, a
             # disk plugged before the confirmation timed out): undo it too; undos are idempotent
             if current in ("export", "initialize", "connect", "hypervisor") and current not in run.done:
@@ -179,7 +193,8 @@ class AttachFlow:
                 if current == "hypervisor" and run.device_name and \
                         not self._disk_plugged(instance, run.device_name):
                     run.done.remove("hypervisor")
-            failures = self._rollback(run, instance)
+            with span("rollback", volume=spec.volume_id):
+                failures = self._rollback(run, instance)
             try:
                 self.store.transition(record.id, ["attaching"], "error",
                                       error=mask_text(f"{current}: {type(e).__name__}: {e}"))
@@ -244,28 +259,34 @@ class AttachFlow:
         return self._detach(rec)
 
     def _detach(self, rec: Attachment) -> Attachment:
+        with span("detach", volume=rec.volume_id, instance=rec.instance, attachment=rec.id):
+            return self._detach_steps(rec, Phases(volume=rec.volume_id))
+
+    def _detach_steps(self, rec: Attachment, phases: Phases) -> Attachment:
         run = self._run_from_record(rec)
         spec = run.spec
         steps = set(rec.steps)
-        current = "hypervisor"
+        current = phases.begin("hypervisor")
         try:
             if "hypervisor" in steps and self.hypervisor.find_disk(rec.instance, rec.device_name) is not None:
                 self.hypervisor.detach_volume(rec.instance, self._volume_attachment(run))
             elif "hypervisor" in steps and run.secret_uuid:
                 self._undefine_secret(run.secret_uuid)
-            current = "connect"
+            current = phases.begin("connect")
             if "connect" in steps and run.info is not None:
                 self._connector(spec.protocol).disconnect_volume(run.info, run.device)
             target = self.targets.get(spec.protocol)
-            current = "initialize"
+            current = phases.begin("initialize")
             if "initialize" in steps and target is not None:
                 target.terminate_connection(spec.volume_id, run.connector or self.connector_properties())
-            current = "export"
+            current = phases.begin("export")
             if run.export_created and isinstance(target, ExportingTargetHelper):
                 target.remove_export(spec.volume_id)
         except Exception as e:
+            phases.end(e)
             self.store.transition(rec.id, ["detaching"], "detaching", error=mask_text(f"{current}: {e}"))
             raise DetachFailed(current, e) from e
+        phases.end()
         return self.store.transition(rec.id, ["detaching"], "detached", detached_at=time.time())
 
     def _undefine_secret(self, uuid: str) -> None:

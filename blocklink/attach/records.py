@@ -69,6 +69,17 @@ class Attachment:
         return d
 
 
+@dataclass(frozen=True)
+class HostIdentity:
+    """A host's initiator identities as registered in the store."""
+
+    host: str
+    iqn: Optional[str]
+    hostnqn: Optional[str]
+    hostid: Optional[str]
+    updated_at: float = 0.0
+
+
 def _boot_id() -> str:
     try:
         with open("/proc/sys/kernel/random/boot_id") as f:
@@ -124,6 +135,15 @@ class AttachmentStore:
         # the race guard: one exclusive active attachment per volume (NULLs don't collide)
         sa.Index("blocklink_one_exclusive_attach", self.table.c.volume_id, self.table.c.exclusive_active,
                  unique=True)
+        # each host's initiator identities, for fleet-wide uniqueness checks (blocklink doctor)
+        self.hosts_table = sa.Table(
+            "blocklink_hosts", md,
+            sa.Column("host", sa.String(255), primary_key=True),
+            sa.Column("iqn", sa.String(255), index=True),
+            sa.Column("hostnqn", sa.String(255), index=True),
+            sa.Column("hostid", sa.String(64)),
+            sa.Column("updated_at", sa.Float, nullable=False),
+        )
         md.create_all(self.engine)
         self._sa = sa
 
@@ -231,6 +251,19 @@ class AttachmentStore:
     def delete(self, attachment_id: str) -> None:
         with self.engine.begin() as c:
             c.execute(self.table.delete().where(self.table.c.id == attachment_id))
+
+    def register_host(self, host: str, iqn: Optional[str] = None, hostnqn: Optional[str] = None,
+                      hostid: Optional[str] = None) -> None:
+        """Record (replace) ``host``'s initiator identities."""
+        t = self.hosts_table
+        with self.engine.begin() as c:
+            c.execute(t.delete().where(t.c.host == host))
+            c.execute(t.insert().values(host=host, iqn=iqn, hostnqn=hostnqn, hostid=hostid, updated_at=time.time()))
+
+    def hosts(self) -> List[HostIdentity]:
+        with self.engine.connect() as c:
+            return [HostIdentity(r.host, r.iqn, r.hostnqn, r.hostid, r.updated_at)
+                    for r in c.execute(self.hosts_table.select().order_by(self.hosts_table.c.host))]
 
     def close(self) -> None:
         self.engine.dispose()

@@ -30,6 +30,7 @@ from blocklink.initiator.host.scsi_volume import ScsiConnector, lun_for_addressi
 from blocklink.initiator.host.wait import wait_for
 from blocklink.initiator.properties import protocol_properties
 from blocklink.masking import get_logger
+from blocklink.trace import span
 
 LOG = get_logger(__name__)
 
@@ -133,8 +134,10 @@ class FibreChannelConnector(ScsiConnector):
         new: Set[Hctl] = set()
         last: List[_Probe] = []
         try:
-            probe = self._wait_for_devices(routes, scanned, new, last, targets)
-            return self._finish_connect(vol, probe, new, targets)
+            with span("scan_and_wait", targets=_what(targets)):
+                probe = self._wait_for_devices(routes, scanned, new, last, targets)
+            with span("hand_out", paths=len(probe.ready)):
+                return self._finish_connect(vol, probe, new, targets)
         except BaseException:
             self._release(new)
             raise

@@ -41,6 +41,7 @@ from blocklink.initiator.host.wwn import device_wwid, same_wwn
 from blocklink.initiator.options import choice, count
 from blocklink.initiator.properties import protocol_properties
 from blocklink.masking import Secret, get_logger
+from blocklink.trace import run_in_context, span
 
 LOG = get_logger(__name__)
 
@@ -119,8 +120,9 @@ class ISCSIConnector(ScsiConnector):
                            settings: Dict[str, RecordValue]) -> AttachedDevice:
         results: List[_Path] = []
         errors: List[BlocklinkError] = []
-        with ThreadPoolExecutor(max_workers=len(targets), thread_name_prefix="blocklink-iscsi") as pool:
-            futures = [pool.submit(self._attach_path, t, settings) for t in targets]
+        with span("attach_paths", paths=len(targets)), \
+                ThreadPoolExecutor(max_workers=len(targets), thread_name_prefix="blocklink-iscsi") as pool:
+            futures = [pool.submit(run_in_context(self._attach_path), t, settings) for t in targets]
             for t, fut in zip(targets, futures):
                 try:
                     results.append(fut.result())
@@ -144,13 +146,15 @@ class ISCSIConnector(ScsiConnector):
             raise
 
     def _attach_path(self, target: IscsiTarget, settings: Dict[str, RecordValue]) -> _Path:
-        path = self._open_path(target, settings)
-        try:
-            path.name = self._wait_for_disk(path)
-        except BlocklinkError:
-            self._release([path])
-            raise
-        return path
+        with span("path", iqn=target.iqn, portal=target.portal.address, lun=target.lun):
+            path = self._open_path(target, settings)
+            try:
+                with span("wait_disk", hctl=path.hctl):
+                    path.name = self._wait_for_disk(path)
+            except BlocklinkError:
+                self._release([path])
+                raise
+            return path
 
     def _open_path(self, target: IscsiTarget, settings: Dict[str, RecordValue]) -> _Path:
         """Under the target's lock: make sure a session exists and our LUN is scanned on it."""
@@ -160,13 +164,15 @@ class ISCSIConnector(ScsiConnector):
             session = scsi.find_session(self.paths, iqn, portal.host, portal.port)
             new_session = session is None
             if session is None:
-                session = self._login(target, settings)
+                with span("login", iqn=iqn, portal=portal.address):
+                    session = self._login(target, settings)
             if session.host is None:
                 raise ConnectionFailed(what, f"session {session.sid} has no SCSI host in sysfs")
             existing = self._lun_device(session, target.lun)
             if existing is None:
                 try:
-                    scsi.scan(self.paths, session.host, 0, _tid(session), target.lun)
+                    with span("scan", host=session.host, lun=target.lun):
+                        scsi.scan(self.paths, session.host, 0, _tid(session), target.lun)
                 except OSError as e:
                     self._forget_session(session, new_session)
                     raise ConnectionFailed(what, f"scan of LUN {target.lun} failed: {e.strerror}") from None
@@ -247,7 +253,8 @@ class ISCSIConnector(ScsiConnector):
         discover = bool(info.target_discovered) or (self.use_multipath and info.form == "single")
         if discover:
             try:
-                found = self._discover(info, targets[0].portal)
+                with span("discover", portal=targets[0].portal.address):
+                    found = self._discover(info, targets[0].portal)
             except AuthenticationFailed:
                 raise
             except ConnectionFailed as e:  # the login may still work; it gives the better error if not

@@ -18,6 +18,7 @@ proceed in parallel.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -38,6 +39,7 @@ from blocklink.initiator.options import count, flag, fold_renamed, seconds
 from blocklink.initiator.properties import protocol_properties, read_nvme_ids, read_nvme_native_multipath
 from blocklink.locks import LockFactory
 from blocklink.masking import get_logger
+from blocklink.trace import span
 from blocklink.privatefile import replace_private
 
 LOG = get_logger(__name__)
@@ -130,7 +132,9 @@ class NVMeOFConnector(Connector):
 
     @contextmanager
     def _subsystem_lock(self, nqn: str) -> Iterator[None]:
-        with self.locks.lock(f"nvme-{nqn}"):
+        with contextlib.ExitStack() as held:
+            with span("lock_subsystem", nqn=nqn):
+                held.enter_context(self.locks.lock(f"nvme-{nqn}"))
             yield
 
     # ------------------------------------------------------------------ connect
@@ -143,7 +147,8 @@ class NVMeOFConnector(Connector):
             existing = self.host.find_controllers(ninfo.target_nqn, portals, hostnqn)
             created: List[str] = []
             try:
-                ns = self._connect_and_find(ninfo, ident, hostnqn, portals, existing, created)
+                with span("connect_controllers", nqn=ninfo.target_nqn, portals=len(portals)):
+                    ns = self._connect_and_find(ninfo, ident, hostnqn, portals, existing, created)
                 self._remember(ninfo.target_nqn, hostnqn, ident.record(ns))
             except BaseException:
                 self._undo(created)

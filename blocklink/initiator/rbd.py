@@ -28,6 +28,7 @@ from blocklink.initiator.options import choice, flag, fold_renamed, seconds
 from blocklink.initiator.properties import protocol_properties
 from blocklink.locks import LockFactory
 from blocklink.masking import Secret, get_logger
+from blocklink.trace import span
 
 LOG = get_logger(__name__)
 
@@ -250,8 +251,11 @@ class RBDConnector(Connector):
     def connect_volume(self, info: InfoLike) -> AttachedDevice:
         rinfo: RbdInfo = self._info(info)
         if self._local(rinfo):
-            return self._map(rinfo)
-        return AttachedDevice(protocol="rbd", handle=self.open_handle(rinfo), type=DeviceKind.HANDLE,
+            with span("rbd_map", image=rinfo.name):
+                return self._map(rinfo)
+        with span("rbd_open", image=rinfo.name):
+            handle = self.open_handle(rinfo)
+        return AttachedDevice(protocol="rbd", handle=handle, type=DeviceKind.HANDLE,
                               volume=rinfo.name, read_only=rinfo.read_only)
 
     def open_handle(self, info: InfoLike) -> RbdHandle:
@@ -278,7 +282,8 @@ class RBDConnector(Connector):
             return
         if dev is None and not self._local(rinfo):
             return  # a handle nobody gave back cannot be found; nothing is mapped for it
-        self._unmap(rinfo, dev.path if dev else None, force)
+        with span("rbd_unmap", image=rinfo.name):
+            self._unmap(rinfo, dev.path if dev else None, force)
 
     def extend_volume(self, info: InfoLike) -> int:
         rinfo: RbdInfo = self._info(info)

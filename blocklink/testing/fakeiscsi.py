@@ -177,6 +177,8 @@ class FakeIscsiKernel:
             return self._discoverydb(opt, a)
         if mode != "node":
             return (7, "", "iscsiadm: invalid mode\n")
+        if "-T" not in opt and op is None:  # list every record: "ip:port,tpgt iqn"
+            return self._list_nodes()
         iqn, portal, iface = opt["-T"], Portal.parse(opt["-p"]), opt.get("-I", "default")
         path = self._record_path(iqn, portal)
         if op == "new":
@@ -241,6 +243,13 @@ class FakeIscsiKernel:
         finally:
             with self._mu:
                 self.in_flight -= 1
+
+    def _list_nodes(self) -> Resp:
+        root = os.path.dirname(self.node_dir("x"))
+        iqns = sorted(os.listdir(root)) if os.path.isdir(root) else []
+        lines = [f"{entry.rsplit(',', 1)[0]}:{entry.rsplit(',', 1)[1]},1 {iqn}"
+                 for iqn in iqns for entry in sorted(os.listdir(os.path.join(root, iqn)))]
+        return (0, "\n".join(lines) + "\n", "") if lines else (21, "", "iscsiadm: No records found\n")
 
     def _logout(self, sid: int) -> Resp:
         with self._mu:

@@ -41,6 +41,7 @@ from blocklink.initiator.host.wwn import device_wwid, same_wwn
 from blocklink.initiator.options import count, flag, fold_renamed, seconds
 from blocklink.locks import LockFactory
 from blocklink.masking import get_logger
+from blocklink.trace import span
 
 LOG = get_logger(__name__)
 
@@ -70,7 +71,8 @@ class Steps:
 
     def run(self, what: str, fn: Callable[..., object], *args: Any) -> bool:
         try:
-            fn(*args)
+            with span("teardown", action=what):
+                fn(*args)
             return True
         except (BlocklinkError, OSError) as e:
             if not self.force:
@@ -141,7 +143,10 @@ class ScsiConnector(Connector):
     # ------------------------------------------------------------------ the interface
     @contextlib.contextmanager
     def _locked(self, vol: Any) -> Iterator[None]:
-        with self.locks.lock(self._volume_lock(vol)):
+        name = self._volume_lock(vol)
+        with contextlib.ExitStack() as held:
+            with span("lock_volume", lock=name):
+                held.enter_context(self.locks.lock(name))
             yield
 
     def connect_volume(self, info: InfoLike) -> AttachedDevice:
@@ -153,11 +158,12 @@ class ScsiConnector(Connector):
         vol = self._info(info)
         dev = self._device(device)
         with self._locked(vol):
-            used = self.dev_name(dev.path) if dev is not None and dev.path else None
-            if used is not None and not self.paths.exists(self.paths.sys("block", used)):
-                used = None  # already gone
-            expected = self.expected_wwn(vol, dev.wwn if dev is not None else None, used)
-            names = self.volume_devices(vol, expected, used)
+            with span("find_devices", volume=self._describe(vol)):
+                used = self.dev_name(dev.path) if dev is not None and dev.path else None
+                if used is not None and not self.paths.exists(self.paths.sys("block", used)):
+                    used = None  # already gone
+                expected = self.expected_wwn(vol, dev.wwn if dev is not None else None, used)
+                names = self.volume_devices(vol, expected, used)
             self._teardown(vol, names, expected, used, force)
 
     def extend_volume(self, info: InfoLike) -> int:
@@ -260,8 +266,9 @@ class ScsiConnector(Connector):
             return AttachedDevice(self.protocol, path=devices[0], wwn=wwid, paths=devices)
         if len(names) < self.min_paths:
             raise ConnectionFailed(what, f"{len(names)} of {tried} path(s) up, {self.min_paths} required")
-        dm = wait_for_map(self.multipath, wwid, names, timeout=self.timeout, uevents=self._uevents,
-                          min_paths=self.min_paths)
+        with span("wait_multipath_map", wwn=wwid, paths=",".join(names)):
+            dm = wait_for_map(self.multipath, wwid, names, timeout=self.timeout, uevents=self._uevents,
+                              min_paths=self.min_paths)
         if dm is None:
             if self.enforce_multipath:
                 raise DeviceNotFound(f"multipath map mpath-{wwid}", self.timeout)
@@ -274,8 +281,9 @@ class ScsiConnector(Connector):
     def _teardown(self, vol: Any, names: List[str], expected: Optional[str], used: Optional[str],
                   force: bool) -> None:
         """Flush (the map, else the disk the caller used), remove the disks, then the transport's steps."""
-        after = self._protocol_teardown(vol, names)
-        m = map_holding(self.paths, names) or (map_for_wwid(self.paths, expected) if expected else None)
+        with span("plan_teardown", devices=",".join(names)):
+            after = self._protocol_teardown(vol, names)
+            m = map_holding(self.paths, names) or (map_for_wwid(self.paths, expected) if expected else None)
         if m is not None and expected and not same_wwn(expected, m.wwid):
             raise DeviceMismatch(m.path, expected, m.wwid)
         steps = Steps(force)
