@@ -40,7 +40,24 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
         if it.get_closest_marker("kernel") is None:
             it.add_marker(pytest.mark.kernel)
     if not in_guest():
+        mine = _deselect_other_kernels(config, items, mine)
         delegation.mark_delegated([it for it in mine if _runs_in_guest(it)])
+
+
+def _deselect_other_kernels(config: pytest.Config, items: list, mine: list) -> list:
+    """``@pytest.mark.needs_kernel("6.12")`` tests run only when the guest boots that series (the
+    ``BLOCKLINK_GUEST_KERNEL`` / ``--guest-kernel`` choice); elsewhere they are deselected, not skipped."""
+    gated = [it for it in mine if it.get_closest_marker("needs_kernel") is not None]
+    if not gated:
+        return mine
+    from tests.harness.guest.qemu import KERNEL_ENV, matches_series, select_kernel
+
+    release = select_kernel(os.environ.get(KERNEL_ENV)).release
+    drop = [it for it in gated if not matches_series(release, str(it.get_closest_marker("needs_kernel").args[0]))]
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = [it for it in items if it not in drop]
+    return [it for it in mine if it not in drop]
 
 
 @pytest.hookimpl(tryfirst=True)
