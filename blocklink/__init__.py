@@ -18,7 +18,7 @@ from typing import Any, Dict
 
 from blocklink.connection import (AttachedDevice, ConnectionInfo, DeviceKind, FcInfo, HostConnector, IscsiInfo,
                                   NvmeofInfo, Portal, RbdInfo, parse_connection_info)
-from blocklink.errors import (AttachFailed, AuthenticationFailed, BlocklinkError, CommandFailed, CommandTimeout,
+from blocklink.errors import (AttachFailed, AuthenticationFailed, AuthenticationUnsupported, BlocklinkError, CommandFailed, CommandTimeout,
                               ConnectionFailed, DaemonDied, DetachFailed, DetachIncomplete, DeviceBusy,
                               DeviceMismatch, DeviceNotFound, ExportNotFound, HypervisorError, InvalidConnectionInfo,
                               InvalidConnector, InvalidDiskConfig, InvalidOption, MissingDependency,
@@ -38,7 +38,7 @@ __all__ = [
     # errors (all defined in blocklink.errors)
     "BlocklinkError", "InvalidConnectionInfo", "InvalidConnector", "InvalidOption", "InvalidDiskConfig",
     "SchemaError", "UnknownProtocol", "CommandFailed", "CommandTimeout", "ConnectionFailed",
-    "AuthenticationFailed", "VolumeNotFound", "RbdIOError", "DaemonDied", "QmpError", "DeviceNotFound",
+    "AuthenticationFailed", "AuthenticationUnsupported", "VolumeNotFound", "RbdIOError", "DaemonDied", "QmpError", "DeviceNotFound",
     "DeviceMismatch", "DeviceBusy", "DetachIncomplete", "MultipathdNotRunning", "PathRefused", "TargetError", "ExportNotFound",
     "TgtAdmError", "HypervisorError", "SecretError", "MissingDependency", "VolumeBusy", "StaleRecord",
     "AttachFailed", "DetachFailed", "TooManyDevices",

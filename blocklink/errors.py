@@ -76,6 +76,11 @@ class AuthenticationFailed(ConnectionFailed):
     """The target refused our credentials (CHAP, cephx)."""
 
 
+class AuthenticationUnsupported(ConnectionFailed):
+    """The connection info requires an authentication this kernel cannot do (NVMe DH-HMAC-CHAP on a
+    kernel without NVME_HOST_AUTH, e.g. Debian's 6.1); nothing was attempted."""
+
+
 class VolumeNotFound(ConnectionFailed):
     """The target answered but has no such volume/image/LUN (or not for this initiator)."""
 
