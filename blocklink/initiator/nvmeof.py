@@ -129,6 +129,18 @@ class NVMeOFConnector(Connector):
                                                          "(create it with 'nvme gen-hostnqn')")
         return nqn
 
+    def _hostid(self, hostnqn: str) -> Optional[str]:
+        """The host ID to connect with. Always one, as nvme-cli sends: without it Linux uses its default
+        host's ID, and since 6.x (the 6.12 guest; 6.1 did not check) a known host ID under another host
+        NQN is refused with EINVAL. The option, else /etc/nvme/hostid when the NQN is this host's own,
+        else the UUID inside a ``nqn.2014-08.org.nvmexpress:uuid:`` NQN."""
+        if self.host_id:
+            return self.host_id
+        ids = read_nvme_ids(self.paths)
+        if ids.get("nvme_hostid") and hostnqn == ids.get("nqn"):
+            return ids["nvme_hostid"]
+        return normalize_uuid(hostnqn.rpartition(":uuid:")[2]) if ":uuid:" in hostnqn else ids.get("nvme_hostid")
+
     @staticmethod
     def _portals(info: NvmeofInfo) -> List[NvmePortalSpec]:
         return [NvmePortalSpec(p.address, p.port, p.transport) for p in info.portals]
@@ -177,7 +189,7 @@ class NVMeOFConnector(Connector):
                     continue
                 before = {c.name for c in self.host.controllers(info.target_nqn)}
                 try:
-                    self.host.connect(info.target_nqn, p, hostnqn=hostnqn, hostid=self.host_id,
+                    self.host.connect(info.target_nqn, p, hostnqn=hostnqn, hostid=self._hostid(hostnqn),
                                       ctrl_loss_tmo=self.ctrl_loss_tmo, reconnect_delay=self.reconnect_delay,
                                       keep_alive_tmo=self.keep_alive_tmo, nr_io_queues=self.nr_io_queues,
                                       dhchap_secret=info.dhchap_secret, dhchap_ctrl_secret=info.dhchap_ctrl_secret)

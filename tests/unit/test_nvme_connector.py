@@ -85,6 +85,7 @@ def test_connect_both_portals_with_native_multipath(env):
     assert env.kernel.devices() == ["nvme0n1"] and env.ctrls() == ["nvme0", "nvme1"]
     assert [a["traddr"] for a in env.connects()] == ["127.0.0.1", "127.0.0.2"]
     assert all(a["hostnqn"] == env.kernel.hostnqn for a in env.connects())
+    assert all(a["hostid"] == env.kernel.hostid for a in env.connects())  # always sent: 6.12 refuses a mismatch
     rec_dir = env.tmp / "run" / "nvme"
     (rec,) = [os.path.join(rec_dir, f) for f in os.listdir(rec_dir)]
     assert stat.S_IMODE(os.stat(rec).st_mode) == 0o600
@@ -156,6 +157,7 @@ def test_info_host_nqn_wins(env):
     env.target.initialize_connection(VOL, {"host": "other", "nqn": OTHER_HOST})
     dev = env.conn.connect_volume(info.replace(host_nqn=OTHER_HOST))
     assert all(a["hostnqn"] == OTHER_HOST for a in env.connects())
+    assert all(a["hostid"] == "00000000-0000-0000-0000-0000000000ff" for a in env.connects())  # its NQN's UUID
     assert open(env.kernel.ctrl_path("nvme0", "hostnqn")).read().strip() == OTHER_HOST
     env.conn.disconnect_volume(info.replace(host_nqn=OTHER_HOST), dev)
     assert env.ctrls() == []

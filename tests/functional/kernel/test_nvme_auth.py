@@ -166,7 +166,7 @@ def test_connect_spawns_no_child_process(target: NvmetTarget, host: HostConnecto
     forks = [ln for ln in lines if re.search(r"\b(v?fork|clone3?)\(", ln) and "CLONE_THREAD" not in ln
              and "resumed" not in ln]
     assert len(execs) == 1 and sys.executable in execs[0], execs  # the python itself, nothing else
-    assert forks == [], forks
+    assert forks == [], "\n".join(lines)
     conn = NVMeOFConnector(run_dir=run_dir, timeout=60.0)
     assert conn.get_volume_paths(info.to_dict()) == [path]
     conn.disconnect_volume(info.to_dict())
