@@ -2,7 +2,8 @@
 
 NvmetTarget exports files on tmpfs (buffered_io chosen by probing O_DIRECT, which tmpfs lacks) and
 loop devices on 127.0.0.1/127.0.0.2:4420 (files on overlayfs, like the guest's /tmp, are refused:
-nvmet would serve them with a 1-byte block size); NVMeOFConnector attaches them with nvme-cli. Each test checks
+nvmet would serve them with a 1-byte block size); NVMeOFConnector attaches them through /dev/nvme-fabrics
+(no nvme-cli; test_nvme_auth.py proves no child process). Each test checks
 what is left: no controller (``nvme list-subsys``), no nvmet object in configfs after remove_export.
 Connect/disconnect/extend times are recorded as junit properties and printed.
 """
