@@ -22,7 +22,7 @@ from blocklink.errors import (EncryptionBusy, EncryptionError, FormatRefused, In
                               MappingConflict, NotLuks, WrongKey)
 from blocklink.errors import (DeviceInUse, FilesystemCheckFailed, ForeignSignature, MountBusy, MountConflict,
                               NotStaged, ProbeFailed, StagingCommandFailed, StagingError, StillPublished)
-from blocklink.errors import (AttachFailed, AuthenticationFailed, BlocklinkError, CommandFailed, CommandTimeout,
+from blocklink.errors import (AttachFailed, AuthenticationFailed, AuthenticationUnsupported, BlocklinkError, CommandFailed, CommandTimeout,
                               ConnectionFailed, DaemonDied, DetachFailed, DetachIncomplete, DeviceBusy,
                               DeviceMismatch, DeviceNotFound, ExportNotFound, HypervisorError, InvalidConnectionInfo,
                               InvalidConnector, InvalidDiskConfig, InvalidOption, MissingCredentials, MissingDependency,
@@ -42,7 +42,7 @@ __all__ = [
     # errors (all defined in blocklink.errors)
     "BlocklinkError", "InvalidConnectionInfo", "InvalidConnector", "InvalidOption", "InvalidDiskConfig",
     "SchemaError", "UnknownProtocol", "CommandFailed", "CommandTimeout", "ConnectionFailed",
-    "AuthenticationFailed", "MissingCredentials", "VolumeNotFound", "RbdIOError", "DaemonDied", "QmpError", "DeviceNotFound",
+    "AuthenticationFailed", "AuthenticationUnsupported", "MissingCredentials", "VolumeNotFound", "RbdIOError", "DaemonDied", "QmpError", "DeviceNotFound",
     "DeviceMismatch", "DeviceBusy", "DetachIncomplete", "MultipathdNotRunning", "PathRefused", "TargetError", "ExportNotFound",
     "TgtAdmError", "HypervisorError", "SecretError", "MissingDependency", "VolumeBusy", "StaleRecord",
     "AttachFailed", "DetachFailed", "TooManyDevices",

@@ -84,6 +84,11 @@ class MissingCredentials(ConnectionFailed):
         super().__init__(target, reason + (f" (looked in {', '.join(self.looked)})" if self.looked else ""))
 
 
+class AuthenticationUnsupported(ConnectionFailed):
+    """The connection info requires an authentication this kernel cannot do (NVMe DH-HMAC-CHAP on a
+    kernel without NVME_HOST_AUTH, e.g. Debian's 6.1); nothing was attempted."""
+
+
 class VolumeNotFound(ConnectionFailed):
     """The target answered but has no such volume/image/LUN (or not for this initiator)."""
 

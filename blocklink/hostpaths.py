@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Iterator, List, Optional
+from typing import Any, Iterator, List, Optional
 
 from blocklink.privileged import DIRECT, PRIVILEGED, HostWriter
 
@@ -115,3 +115,8 @@ class HostPaths:
     def write(self, path: str, data: str) -> None:
         """Write an attribute (under sysfs through :attr:`writer`, e.g. as root)."""
         self.files(path).write(path, data)
+
+    def fabrics(self, options: Any = "") -> str:
+        """Write ``options`` to this tree's ``nvme-fabrics`` device through :attr:`writer` and return the
+        kernel's answer (empty ``options``: the option tokens the kernel knows)."""
+        return self.writer.fabrics(self.devpath("nvme-fabrics"), options)

@@ -13,7 +13,7 @@ save directory) and refuses anything else with :class:`~blocklink.errors.PathRef
 the daemon does not give a root file-write primitive.
 
 Host files are written through a :class:`HostWriter`: :data:`PRIVILEGED` for the real host (sysfs
-attributes, nvmet configfs directories, each op an entry point), :data:`DIRECT` for trees the caller
+attributes, nvmet configfs directories, the NVMe-oF connect device, each op an entry point), :data:`DIRECT` for trees the caller
 owns (fake hosts in tests). :class:`blocklink.hostpaths.HostPaths` is given one.
 """
 
@@ -32,6 +32,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 MODE_ENV = "BLOCKLINK_PRIVSEP"  # auto (default) | force | off
 SYSFS_ROOT = "/sys"
 NVMET_ROOT = "/sys/kernel/config/nvmet"
+FABRICS_DEV = "/dev/nvme-fabrics"  # the NVMe-oF connect interface: the one /dev path an entry point opens
 
 _lock = threading.Lock()
 _context: Any = None
@@ -168,6 +169,29 @@ def configfs_unlink(link: str) -> None:
     os.unlink(confine(link, NVMET_ROOT, follow=False))
 
 
+def fabrics_io(path: str, options: Any) -> str:
+    """What nvme-cli does with /dev/nvme-fabrics, with the caller's own rights: write ``options`` (a str
+    or a :class:`~blocklink.masking.Secret` when it carries a DH-HMAC-CHAP secret) and read the kernel's
+    answer (``instance=N,cntlid=M``); with empty ``options`` only read (the option tokens it knows)."""
+    from blocklink.masking import reveal
+
+    text = reveal(options) or ""
+    fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        if text:
+            os.write(fd, text.encode())
+        return os.read(fd, 4096).decode(errors="replace").strip()
+    finally:
+        os.close(fd)
+
+
+@entrypoint
+def write_fabrics(path: str, options: Any) -> str:
+    if path != FABRICS_DEV:  # exactly that node: no other device is opened read-write as root
+        raise PathRefused(str(path), FABRICS_DEV)
+    return fabrics_io(path, options)
+
+
 @entrypoint
 def probe() -> tuple:
     """(pid, euid) of whoever runs privileged calls: this process, else the privsep daemon."""
@@ -186,6 +210,8 @@ class HostWriter(Protocol):
     def symlink(self, target: str, link: str) -> None: ...
 
     def unlink(self, link: str) -> None: ...
+
+    def fabrics(self, path: str, options: Any) -> str: ...
 
 
 class DirectWriter:
@@ -206,6 +232,9 @@ class DirectWriter:
     def unlink(self, link: str) -> None:
         os.unlink(link)
 
+    def fabrics(self, path: str, options: Any) -> str:
+        return fabrics_io(path, options)
+
 
 class PrivilegedWriter:
     """As root, through the entry points: attributes under /sys, directories and links only in the
@@ -225,6 +254,9 @@ class PrivilegedWriter:
 
     def unlink(self, link: str) -> None:
         configfs_unlink(link)
+
+    def fabrics(self, path: str, options: Any) -> str:
+        return write_fabrics(path, options)
 
 
 DIRECT: HostWriter = DirectWriter()

@@ -8,3 +8,14 @@ VECTORS = os.environ.get("BLOCKLINK_VECTORS", os.path.join(HERE, "vectors"))
 # there with BLOCKLINK_COMPAT=1, so a broken compat virtualenv fails instead of being skipped)
 if importlib.util.find_spec("nova") is None and os.environ.get("BLOCKLINK_COMPAT") != "1":
     collect_ignore = ["compat"]
+
+def pytest_addoption(parser) -> None:  # type: ignore[no-untyped-def]
+    parser.addoption("--guest-kernel", default=None,
+                     help="kernel of the real-kernel test guest: 6.1, 6.12, a release or a vmlinuz path "
+                          "(same as BLOCKLINK_GUEST_KERNEL; default the host's newest, Debian's 6.1)")
+
+
+def pytest_configure(config) -> None:  # type: ignore[no-untyped-def]
+    kernel = config.getoption("--guest-kernel", default=None)
+    if kernel:
+        os.environ["BLOCKLINK_GUEST_KERNEL"] = kernel  # the guest harness reads it at boot

@@ -1,4 +1,9 @@
-"""NVMe over Fabrics connector (TCP; RDMA/FC portals go through the same nvme-cli calls).
+"""NVMe over Fabrics connector (TCP; RDMA/FC portals go through the same fabrics interface).
+
+Connects are one write to /dev/nvme-fabrics each (no nvme-cli child process; see
+:mod:`blocklink.initiator.host.nvme`). Connection info with ``dhchap_secret`` (and
+``dhchap_ctrl_secret`` for bidirectional auth) authenticates with DH-HMAC-CHAP; a host kernel that
+cannot (Debian's 6.1) gets :class:`AuthenticationUnsupported` before any connect is tried.
 
 ``connect_volume`` connects this host to every portal of the subsystem (only the first reachable
 one when the kernel has no native NVMe multipath: separate per-path devices would need dm-multipath),
@@ -26,7 +31,7 @@ from contextlib import contextmanager
 from typing import Any, Dict, Iterator, List, Optional, Set
 
 from blocklink.connection import AttachedDevice, DeviceKind, NvmeofInfo
-from blocklink.errors import (AuthenticationFailed, BlocklinkError, CommandFailed, ConnectionFailed,
+from blocklink.errors import (AuthenticationFailed, AuthenticationUnsupported, BlocklinkError, CommandFailed, ConnectionFailed,
                               DetachIncomplete, DeviceBusy, DeviceMismatch, DeviceNotFound, InvalidConnectionInfo,
                               InvalidOption)
 from blocklink.executor import Executor
@@ -126,6 +131,18 @@ class NVMeOFConnector(Connector):
                                                          "(create it with 'nvme gen-hostnqn')")
         return nqn
 
+    def _hostid(self, hostnqn: str) -> Optional[str]:
+        """The host ID to connect with. Always one, as nvme-cli sends: without it Linux uses its default
+        host's ID, and since 6.x (the 6.12 guest; 6.1 did not check) a known host ID under another host
+        NQN is refused with EINVAL. The option, else /etc/nvme/hostid when the NQN is this host's own,
+        else the UUID inside a ``nqn.2014-08.org.nvmexpress:uuid:`` NQN."""
+        if self.host_id:
+            return self.host_id
+        ids = read_nvme_ids(self.paths)
+        if ids.get("nvme_hostid") and hostnqn == ids.get("nqn"):
+            return ids["nvme_hostid"]
+        return normalize_uuid(hostnqn.rpartition(":uuid:")[2]) if ":uuid:" in hostnqn else ids.get("nvme_hostid")
+
     @staticmethod
     def _portals(info: NvmeofInfo) -> List[NvmePortalSpec]:
         return [NvmePortalSpec(p.address, p.port, p.transport) for p in info.portals]
@@ -167,14 +184,20 @@ class NVMeOFConnector(Connector):
         failures: List[BlocklinkError] = []
         if all_paths or not live:
             self.host.load_modules(portals[0].transport)
+            if info.dhchap_secret is not None and not self.host.supports_auth():
+                # Debian's 6.1 would take dhchap_secret= and connect without authenticating: refuse instead
+                raise AuthenticationUnsupported(info.target_nqn, "the connection info requires DH-HMAC-CHAP and "
+                                                "this host's kernel lacks NVMe in-band authentication "
+                                                "(Linux 6.0+ built with NVME_HOST_AUTH)")
             for p in portals:
                 if p in existing:
                     continue
                 before = {c.name for c in self.host.controllers(info.target_nqn)}
                 try:
-                    self.host.connect(info.target_nqn, p, hostnqn=hostnqn, hostid=self.host_id,
+                    self.host.connect(info.target_nqn, p, hostnqn=hostnqn, hostid=self._hostid(hostnqn),
                                       ctrl_loss_tmo=self.ctrl_loss_tmo, reconnect_delay=self.reconnect_delay,
-                                      keep_alive_tmo=self.keep_alive_tmo, nr_io_queues=self.nr_io_queues)
+                                      keep_alive_tmo=self.keep_alive_tmo, nr_io_queues=self.nr_io_queues,
+                                      dhchap_secret=info.dhchap_secret, dhchap_ctrl_secret=info.dhchap_ctrl_secret)
                 except (ConnectionFailed, CommandFailed) as e:
                     LOG.warning("nvme: %s", e)
                     failures.append(e if isinstance(e, ConnectionFailed) else ConnectionFailed(str(p), str(e)))

@@ -5,9 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Dict, FrozenSet, Mapping, Optional, Tuple
 
+from blocklink.dhchap import parse_key
 from blocklink.errors import InvalidConnectionInfo
+from blocklink.masking import Secret
 from blocklink.models.fields import (check_host, check_name, ConnectionInfo, _extra, _int, _list, _opt_bool, _opt_int,
-                                     _opt_text, _path, _put, _text)
+                                     _opt_secret, _opt_text, _path, _put, _text)
+
+_SECRETS = ("dhchap_secret", "dhchap_ctrl_secret")
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,11 @@ class NvmeofInfo(ConnectionInfo):
     discard: Optional[bool] = None
     encrypted: Optional[bool] = None
     access_mode: Optional[str] = None
+    # NVMe in-band authentication (DH-HMAC-CHAP, Linux 6.0+ host): no os-brick/Cinder key exists for these;
+    # the names are the kernel's fabrics options (and nvme-cli's --dhchap-secret/--dhchap-ctrl-secret).
+    # dhchap_secret: the host's DHHC-1 key; dhchap_ctrl_secret: the controller's (bidirectional auth).
+    dhchap_secret: Optional[Secret] = None
+    dhchap_ctrl_secret: Optional[Secret] = None
     extra: Dict[str, Any] = field(default_factory=dict, compare=False)
     envelope: Dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
     # legacy form only: target_port exactly as given (int or str) and whether transport_type was there
@@ -75,12 +84,19 @@ class NvmeofInfo(ConnectionInfo):
         access = _opt_text(d, "access_mode", prefix)
         if access not in (None, "rw", "ro"):
             raise InvalidConnectionInfo(_path(prefix, "access_mode"), "expected 'rw' or 'ro'")
-        known += ("vol_uuid", "volume_nguid", "ns_id", "host_nqn", "volume_id", "discard", "encrypted", "access_mode")
+        known += ("vol_uuid", "volume_nguid", "ns_id", "host_nqn", "volume_id", "discard", "encrypted", "access_mode",
+                  *_SECRETS)
+        secrets = {k: _opt_secret(d, k, prefix) for k in _SECRETS}
+        for k, v in secrets.items():
+            if v is not None:
+                parse_key(v, _path(prefix, k))
+        if secrets["dhchap_ctrl_secret"] is not None and secrets["dhchap_secret"] is None:
+            raise InvalidConnectionInfo(_path(prefix, "dhchap_ctrl_secret"), "needs dhchap_secret (the host's key)")
         return cls(target_nqn=nqn, portals=tuple(portals), form=form, vol_uuid=uuid, volume_nguid=nguid,
                    ns_id=_opt_int(d, "ns_id", prefix, lo=1, hi=2**32 - 1),
                    host_nqn=None if hn is None else check_name(hn, _path(prefix, "host_nqn"), max_len=223),
                    volume_id=_opt_text(d, "volume_id", prefix), discard=_opt_bool(d, "discard", prefix),
-                   encrypted=_opt_bool(d, "encrypted", prefix), access_mode=access,
+                   encrypted=_opt_bool(d, "encrypted", prefix), access_mode=access, **secrets,
                    extra=_extra(d, known), envelope=env,
                    legacy_port=d.get("target_port") if form == "legacy" else None,
                    absent_keys=frozenset({"transport_type"}) if form == "legacy" and "transport_type" not in d
@@ -98,7 +114,8 @@ class NvmeofInfo(ConnectionInfo):
             out["target_port"] = self.legacy_port if self.legacy_port is not None else p.port
             if "transport_type" not in self.absent_keys:
                 out["transport_type"] = p.transport
-        for k in ("vol_uuid", "volume_nguid", "ns_id", "host_nqn", "volume_id", "discard", "encrypted", "access_mode"):
+        for k in ("vol_uuid", "volume_nguid", "ns_id", "host_nqn", "volume_id", "discard", "encrypted", "access_mode",
+                  *_SECRETS):
             _put(out, k, getattr(self, k))
         return out
 

@@ -16,10 +16,12 @@ import errno
 import os
 import stat
 import uuid as uuid_lib
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from blocklink.connection import HostConnector, NvmeofInfo, NvmePortal, Portal, check_name
+from blocklink.dhchap import HostAuth
 from blocklink.errors import ExportNotFound, InvalidConnectionInfo, InvalidConnector, TargetError
 from blocklink.executor import Executor
 from blocklink.hostpaths import HostPaths
@@ -218,8 +220,14 @@ class NvmetTarget:
 
     # ------------------------------------------------------------------ connections
     def initialize_connection(self, volume_id: str, host_connector: Union[HostConnector, Mapping[str, Any]],
-                              *, access_mode: str = "rw", encrypted: bool = False) -> NvmeofInfo:
+                              *, access_mode: str = "rw", encrypted: bool = False,
+                              host_auth: Optional[HostAuth] = None) -> NvmeofInfo:
         """Allow the connector's host NQN on the volume's subsystem; returns NVMe-oF connection info.
+
+        With ``host_auth`` (:class:`blocklink.dhchap.HostAuth`, e.g. ``HostAuth.generate(bidirectional=True)``)
+        the host must authenticate with DH-HMAC-CHAP; the info then carries ``dhchap_secret`` (and
+        ``dhchap_ctrl_secret`` for bidirectional auth), masked in logs and repr. A target kernel without
+        NVMe authentication raises :class:`AuthenticationUnsupported` and allows nothing.
 
         The connector is validated first (:class:`InvalidConnector` naming ``nqn``); nothing on the
         target changes when it is invalid.
@@ -234,12 +242,15 @@ class NvmetTarget:
             if not self.config.has_subsystem(nqn):
                 raise ExportNotFound(nqn, "volume is not exported")
             with self._shared_lock():
-                self.config.allow_host(nqn, hc.nqn)
+                self.config.allow_host(nqn, hc.nqn, host_auth)
             export = self._export(volume_id, nqn)
         if export is None:
             raise ExportNotFound(nqn, "volume is not exported")
         LOG.info("nvmet: host %s allowed on %s", hc.nqn, nqn)
-        return self.connection_info(export, access_mode=access_mode, encrypted=encrypted)
+        info = self.connection_info(export, access_mode=access_mode, encrypted=encrypted)
+        if host_auth is not None:
+            info = dataclasses.replace(info, dhchap_secret=host_auth.key, dhchap_ctrl_secret=host_auth.ctrl_key)
+        return info
 
     def terminate_connection(self, volume_id: str,
                              host_connector: Union[HostConnector, Mapping[str, Any], None]) -> None:

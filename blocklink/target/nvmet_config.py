@@ -4,7 +4,7 @@ configfs mirrors the target::
 
     subsystems/<nqn>/{attr_allow_any_host, namespaces/<nsid>/{device_path, device_uuid, buffered_io, enable},
                       allowed_hosts/<host nqn> -> hosts/<host nqn>}
-    hosts/<host nqn>/
+    hosts/<host nqn>/{dhchap_key, dhchap_ctrl_key, dhchap_hash, dhchap_dhgroup}  (Linux 6.0+, NVME_TARGET_AUTH)
     ports/<id>/{addr_trtype, addr_adrfam, addr_traddr, addr_trsvcid, subsystems/<nqn> -> subsystems/<nqn>}
 
 :class:`NvmetConfig` reads and changes it; changes go through :class:`ConfigFS`, which uses the host
@@ -20,10 +20,11 @@ import os
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
-from blocklink.errors import InvalidConnectionInfo, TargetError
+from blocklink.dhchap import HostAuth
+from blocklink.errors import AuthenticationUnsupported, InvalidConnectionInfo, TargetError
 from blocklink.executor import Executor, default_executor
 from blocklink.hostpaths import HostPaths
-from blocklink.masking import get_logger
+from blocklink.masking import get_logger, reveal
 from blocklink.privileged import NVMET_ROOT
 
 LOG = get_logger(__name__)
@@ -213,9 +214,12 @@ class NvmetConfig:
     def allowed_hosts(self, nqn: str) -> List[str]:
         return self.paths.listdir(self._p("subsystems", nqn, "allowed_hosts"))
 
-    def allow_host(self, nqn: str, hostnqn: str) -> None:
+    def allow_host(self, nqn: str, hostnqn: str, auth: Optional[HostAuth] = None) -> None:
+        """Link ``hostnqn`` into the subsystem's allowed hosts; with ``auth`` its host entry requires
+        DH-HMAC-CHAP first (set before the link: no moment where the host gets in without it). The keys
+        belong to the host entry, so they hold for every subsystem that host is allowed on."""
         link = self._p("subsystems", nqn, "allowed_hosts", hostnqn)
-        if self.paths.exists(link):
+        if self.paths.exists(link) and auth is None:
             return
         hdir = self._p("hosts", hostnqn)
         made = False
@@ -223,11 +227,30 @@ class NvmetConfig:
             if not self.paths.exists(hdir):
                 self.fs.mkdir(hdir)
                 made = True
-            self.fs.symlink(hdir, link)
-        except OSError as e:
+            if auth is not None:
+                self._set_auth(hostnqn, auth)
+            if not self.paths.exists(link):
+                self.fs.symlink(hdir, link)
+        except (OSError, AuthenticationUnsupported) as e:
             if made:
                 self._quiet(self.fs.rmdir, hdir)
+            if isinstance(e, AuthenticationUnsupported):
+                raise
             raise self._fail(nqn, f"allowing host {hostnqn}", e) from None
+
+    def _set_auth(self, hostnqn: str, auth: HostAuth) -> None:
+        hdir = self._p("hosts", hostnqn)
+        if not self.paths.exists(os.path.join(hdir, "dhchap_key")):
+            # Debian's 6.1 nvmet is built without NVME_TARGET_AUTH: host entries have no such attributes
+            raise AuthenticationUnsupported(hostnqn, "this target kernel lacks NVMe in-band authentication "
+                                                     "(DH-HMAC-CHAP: Linux 6.0+ built with NVME_TARGET_AUTH)")
+        self.fs.write(os.path.join(hdir, "dhchap_hash"), auth.hash)
+        self.fs.write(os.path.join(hdir, "dhchap_dhgroup"), auth.dhgroup)
+        self.fs.write(os.path.join(hdir, "dhchap_key"), reveal(auth.key) or "")
+        if auth.ctrl_key is not None:
+            self.fs.write(os.path.join(hdir, "dhchap_ctrl_key"), reveal(auth.ctrl_key) or "")
+        LOG.info("nvmet: host %s requires DH-HMAC-CHAP (%s, %s%s)", hostnqn, auth.hash, auth.dhgroup,
+                 ", bidirectional" if auth.ctrl_key is not None else "")
 
     def deny_host(self, nqn: str, hostnqn: str) -> None:
         link = self._p("subsystems", nqn, "allowed_hosts", hostnqn)

@@ -15,15 +15,18 @@ namespace-change notices, the fake host sees new or resized namespaces only afte
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import os
 import shutil
 import threading
 import uuid as uuid_lib
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from blocklink.hostpaths import HostPaths
+from blocklink.masking import reveal
+from blocklink.privileged import DirectWriter
 from blocklink.target.nvmet_config import ConfigFS
 from blocklink.testing.fakes import FakeExecutor
 
@@ -38,6 +41,8 @@ _SUBSYS_ATTRS = {"attr_allow_any_host": "0", "attr_cntlid_max": "65519", "attr_c
                  "attr_model": "Linux", "attr_pi_enable": "0", "attr_qid_max": "128", "attr_version": "1.3"}
 _NS_ATTRS = {"ana_grpid": "1", "buffered_io": "0", "device_nguid": "00000000-0000-0000-0000-000000000000",
              "device_path": "(null)", "enable": "0", "revalidate_size": ""}
+_HOST_AUTH_ATTRS = {"dhchap_key": "", "dhchap_ctrl_key": "", "dhchap_hash": "hmac(sha256)",
+                    "dhchap_dhgroup": "null"}
 _PORT_ATTRS = {"addr_adrfam": "", "addr_traddr": "", "addr_treq": "not specified", "addr_trsvcid": "",
                "addr_trtype": "", "param_inline_data_size": "-1", "param_pi_enable": "0"}
 
@@ -58,8 +63,9 @@ def _r(path: str) -> str:
 class FakeNvmetConfigFS(ConfigFS):
     """nvmet configfs semantics on a plain directory (``<root>/sys/kernel/config/nvmet``)."""
 
-    def __init__(self, paths: HostPaths) -> None:
+    def __init__(self, paths: HostPaths, auth: bool = False) -> None:
         super().__init__(paths)
+        self.auth = auth
         self.root = paths.sys("kernel", "config", "nvmet")
         for d in ("subsystems", "ports", "hosts"):
             os.makedirs(os.path.join(self.root, d), exist_ok=True)
@@ -98,6 +104,9 @@ class FakeNvmetConfigFS(ConfigFS):
                 os.mkdir(os.path.join(path, d))
         elif len(parts) == 2 and parts[0] == "hosts":
             os.mkdir(path)
+            if self.auth:  # NVME_TARGET_AUTH (Linux 6.0+): per-host DH-HMAC-CHAP attributes
+                for k, v in _HOST_AUTH_ATTRS.items():
+                    _w(os.path.join(path, k), v)
         else:
             raise PermissionError(errno.EPERM, "configfs does not allow mkdir here", path)
 
@@ -172,6 +181,20 @@ class FakeNvmetConfigFS(ConfigFS):
         return self.paths.read(path)
 
     # what a host may see -------------------------------------------------------------------
+    def auth_refusal(self, hostnqn: str, secret: Optional[str], ctrl_secret: Optional[str]) -> Optional[int]:
+        """None if DH-HMAC-CHAP passes for ``hostnqn`` (or its host entry needs none), else the errno the
+        6.12 host kernel returns: the host's secret must equal the host's ``dhchap_key``; a controller
+        secret asked for must equal ``dhchap_ctrl_key`` (bidirectional)."""
+        d = os.path.join(self.root, "hosts", hostnqn)
+        key, ckey = _r(os.path.join(d, "dhchap_key")), _r(os.path.join(d, "dhchap_ctrl_key"))
+        if not key:
+            return None
+        if secret is None or secret != key:
+            return errno.EKEYREJECTED
+        if ctrl_secret is not None and ctrl_secret != ckey:
+            return errno.EKEYREJECTED
+        return None
+
     def served(self, traddr: str, trsvcid: str, trtype: str, nqn: str, hostnqn: str) -> Optional[str]:
         """None if the connect is admitted, else the nvme-cli error text."""
         port = None
@@ -212,15 +235,20 @@ class FakeNvmeKernel:
 
     def __init__(self, root: str, *, multipath: bool = True, fabrics_loaded: bool = True,
                  hostnqn: str = "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-0000-0000-0000000000b1",
-                 hostid: str = "1e62d188-1173-46c2-884d-1bd8399603fb") -> None:
+                 hostid: str = "1e62d188-1173-46c2-884d-1bd8399603fb", auth: bool = True) -> None:
         self.root = root
-        self.paths = HostPaths.under(root)
-        self.configfs = FakeNvmetConfigFS(self.paths)
+        self.auth = auth  # 6.12-like (DH-HMAC-CHAP on both sides); False: like Debian's 6.1
+        self.paths = dataclasses.replace(HostPaths.under(root), writer=_KernelWriter(self))
+        self.configfs = FakeNvmetConfigFS(self.paths, auth=auth)
+        self.fabrics_writes: List[Dict[str, str]] = []  # each connect's options, secrets replaced by "***"
+        self.deleted: List[str] = []  # controllers deleted through sysfs delete_controller
         self.multipath = multipath
         for d in (("sys", "class", "nvme"), ("sys", "class", "nvme-subsystem"), ("sys", "block"), ("dev",),
                   ("etc", "nvme"), ("sys", "module", "nvme_core", "parameters"), ("proc", "self")):
             os.makedirs(os.path.join(root, *d), exist_ok=True)
         _w(self.paths.sys("module", "nvme_core", "parameters", "multipath"), "Y" if multipath else "N")
+        if auth:  # nvme-core of a kernel with NVME_HOST_AUTH pulls in the nvme_auth module
+            os.makedirs(self.paths.sys("module", "nvme_auth"), exist_ok=True)
         _w(self.paths.etcpath("nvme", "hostnqn"), hostnqn)
         _w(self.paths.etcpath("nvme", "hostid"), hostid)
         _w(self.paths.procpath("self", "mountinfo"), "")
@@ -258,7 +286,46 @@ class FakeNvmeKernel:
         self.flushed.append(dev)
         return 0, "", ""
 
-    # ------------------------------------------------------------------ connect / disconnect
+    # ------------------------------------------------------------------ the fabrics interface
+    def fabrics(self, options: str) -> str:
+        """What Linux's /dev/nvme-fabrics does with one write (``options``) or a bare read (empty)."""
+        if not os.path.exists(self.paths.devpath("nvme-fabrics")):
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory", "/dev/nvme-fabrics")
+        if not options:
+            return FABRICS_TOKENS_612 if self.auth else FABRICS_TOKENS_61  # 6.1 lists dhchap_* too, unused
+        o = {kv.partition("=")[0]: kv.partition("=")[2] for kv in options.split(",")}
+        known = {t.split("=", 1)[0] for t in (FABRICS_TOKENS_612 if self.auth else FABRICS_TOKENS_61).split(",")}
+        if set(o) - known or not {"nqn", "transport", "traddr"} <= set(o):
+            raise OSError(errno.EINVAL, "Invalid argument")
+        self.fabrics_writes.append({k: ("***" if k.startswith("dhchap") else v) for k, v in o.items()})
+        nqn, traddr, trsvcid, trtype = o["nqn"], o["traddr"], o.get("trsvcid", "4420"), o["transport"]
+        hostnqn = o.get("hostnqn", self.hostnqn)
+        err = self.configfs.served(traddr, trsvcid, trtype, nqn, hostnqn)
+        if err:
+            raise OSError(errno.ECONNREFUSED if err == MSG_REFUSED else errno.EIO, err.splitlines()[0])
+        refused = self.configfs.auth_refusal(hostnqn, o.get("dhchap_secret"), o.get("dhchap_ctrl_secret"))
+        if refused:
+            raise OSError(refused, os.strerror(refused))
+        for c in self.controllers():
+            a = _r(self.ctrl_path(c, "address"))
+            if (_r(self.ctrl_path(c, "subsysnqn")) == nqn and a.startswith(f"traddr={traddr},trsvcid={trsvcid},")
+                    and _r(self.ctrl_path(c, "hostnqn")) == hostnqn):
+                raise OSError(errno.EALREADY, "Operation already in progress")
+        ctrl = self.add_controller(nqn, traddr, trsvcid, trtype, hostnqn)
+        return f"instance={ctrl[4:]},cntlid={_r(self.ctrl_path(ctrl, 'cntlid'))}"
+
+    def sysfs_write(self, path: str, data: str) -> bool:
+        """A host sysfs write the fake kernel acts on (``delete_controller``); False for any other."""
+        rel = os.path.relpath(path, self.paths.sys("class", "nvme")).split(os.sep)
+        if len(rel) != 2 or rel[1] != "delete_controller" or rel[0].startswith(".."):
+            return False
+        if rel[0] not in self.controllers():
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory", path)
+        self.deleted.append(rel[0])
+        self.remove_controller(rel[0])
+        return True
+
+    # ------------------------------------------------------------------ nvme-cli connect / disconnect
     @staticmethod
     def _opts(argv: Tuple[str, ...]) -> Dict[str, str]:
         out, i = {}, 2
@@ -508,6 +575,34 @@ class FakeNvmeKernel:
         return sorted(d for d in os.listdir(self.paths.dev) if d.startswith("nvme") and "n" in d[4:])
 
 
+class _KernelWriter(DirectWriter):
+    """The fake tree's writer: the caller's own rights, with the fake kernel's answers for
+    /dev/nvme-fabrics and the controllers' ``delete_controller``."""
+
+    def __init__(self, kernel: FakeNvmeKernel) -> None:
+        self.kernel = kernel
+
+    def write(self, path: str, data: str) -> None:
+        if not self.kernel.sysfs_write(path, data):
+            super().write(path, data)
+
+    def fabrics(self, path: str, options: Any) -> str:
+        return self.kernel.fabrics(reveal(options) or "")
+
+
+# what reading /dev/nvme-fabrics lists (Linux 6.1 and 6.12 as Debian builds them)
+FABRICS_TOKENS_61 = ("instance=-1,cntlid=-1,transport=%s,traddr=%s,trsvcid=%s,nqn=%s,queue_size=%d,"
+                     "nr_io_queues=%d,reconnect_delay=%d,ctrl_loss_tmo=%d,keep_alive_tmo=%d,hostnqn=%s,"
+                     "host_traddr=%s,host_iface=%s,hostid=%s,duplicate_connect,disable_sqflow,hdr_digest,"
+                     "data_digest,nr_write_queues=%d,nr_poll_queues=%d,tos=%d,fast_io_fail_tmo=%d,discovery,"
+                     "dhchap_secret=%s,dhchap_ctrl_secret=%s")
+FABRICS_TOKENS_612 = ("instance=-1,cntlid=-1,transport=%s,traddr=%s,trsvcid=%s,nqn=%s,queue_size=%d,"
+                      "nr_io_queues=%d,reconnect_delay=%d,ctrl_loss_tmo=%d,keep_alive_tmo=%d,hostnqn=%s,"
+                      "host_traddr=%s,host_iface=%s,hostid=%s,duplicate_connect,disable_sqflow,hdr_digest,"
+                      "data_digest,nr_write_queues=%d,nr_poll_queues=%d,tos=%d,keyring=%d,tls_key=%d,"
+                      "fast_io_fail_tmo=%d,discovery,dhchap_secret=%s,dhchap_ctrl_secret=%s,tls")
+
+
 def id_ns_json(size: int, block_size: int = 4096) -> str:
     """``nvme id-ns -o json`` as nvme-cli 2.3 prints it for an nvmet namespace (fields trimmed)."""
     ds = block_size.bit_length() - 1
@@ -518,4 +613,4 @@ def id_ns_json(size: int, block_size: int = 4096) -> str:
                        "lbafs": [{"ms": 0, "ds": ds, "rp": 0}]}, indent=2)
 
 
-__all__ = ["FakeNvmeKernel", "FakeNvmetConfigFS", "MSG_ALREADY", "MSG_EIO", "MSG_REFUSED", "id_ns_json"]
+__all__ = ["FABRICS_TOKENS_61", "FABRICS_TOKENS_612", "FakeNvmeKernel", "FakeNvmetConfigFS", "MSG_ALREADY", "MSG_EIO", "MSG_REFUSED", "id_ns_json"]

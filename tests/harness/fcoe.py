@@ -21,6 +21,7 @@ which grants the role, happens at login.
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import subprocess
@@ -104,7 +105,7 @@ class FcoeFabric:
                 ctlr = self._ctlr(iface)
                 if ctlr is None:
                     raise FcoeError(f"no fcoe controller appeared on {iface}")
-                self.paths.write(os.path.join(ctlr, "mode"), "vn2vn")
+                self._set_vn2vn(ctlr)
                 self.paths.write(os.path.join(ctlr, "enabled"), "1")
             for mac in self.macs:
                 wait_for(functools.partial(self._online_host, mac), timeout=self.timeout,
@@ -113,6 +114,16 @@ class FcoeFabric:
             self.stop()
             raise
         return self
+
+    def _set_vn2vn(self, ctlr: str) -> None:
+        """6.1 parses the mode case-insensitively; 6.12 matches the exact name "VN2VN" (sysfs_match_string)
+        and refuses "vn2vn" with EINVAL. Both take "VN2VN"; lower case stays as a fallback."""
+        try:
+            self.paths.write(os.path.join(ctlr, "mode"), "VN2VN")
+        except OSError as e:
+            if e.errno != errno.EINVAL:
+                raise
+            self.paths.write(os.path.join(ctlr, "mode"), "vn2vn")
 
     def _ctlr(self, iface: str) -> Optional[str]:
         for entry in self.paths.listdir(self.paths.sys("class", "net", iface)):

@@ -106,3 +106,15 @@ def test_unknown_kernel_release_is_a_clear_error(tmp_path) -> None:
     with pytest.raises(ir.InitramfsError, match="0.0.0-none"):
         ir.build_initramfs("0.0.0-none", str(tmp_path))
     assert os.listdir(tmp_path) == []
+
+
+def test_unpacked_kernel_modules_come_from_its_own_root(tmp_path) -> None:
+    from tests.harness.guest import select_kernel
+
+    try:
+        k = select_kernel("6.12")
+    except RuntimeError as e:
+        pytest.fail(f"no 6.12 kernel unpacked (scripts/bootstrap runs scripts/guest-kernels): {e}")
+    files = ir.module_files(k.release, root=k.modules_root)
+    assert files and all(f.startswith(k.modules_dir + "/") for f in files)
+    assert "GUEST_MODULES" in ir.INIT_SCRIPT and "lowerdir=$R$GUEST_MODULES:$R/lib/modules" in ir.INIT_SCRIPT

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.harness.guest.qemu import KernelNotFound, QemuSpec, find_kernel, kernel_cmdline, nic_mac, qemu_argv
+from tests.harness.guest.qemu import (KernelNotFound, QemuSpec, find_kernel, kernel_cmdline, nic_mac, qemu_argv,
+                                     select_kernel)
 
 
 def fake_boot(tmp_path, kernels, with_modules):
@@ -76,7 +77,55 @@ def test_nics_have_fixed_macs_on_one_hub() -> None:
 def test_kernel_cmdline() -> None:
     assert "quiet" in kernel_cmdline(spec()) and "panic=-1" in kernel_cmdline(spec())
     assert "tsc=reliable" not in kernel_cmdline(spec())  # a guest clock ran ~9x fast with it
+    assert "no_timer_check" in kernel_cmdline(spec())  # a loaded host made the IO-APIC timer check panic
     debug = kernel_cmdline(spec(debug=True, append="foo=1"))
     assert "ignore_loglevel" in debug and "quiet" not in debug and debug.endswith("foo=1")
     assert option(qemu_argv(spec(extra_args=("-s",))), "-append")[0] == kernel_cmdline(spec())
     assert qemu_argv(spec(extra_args=("-s",)))[-1] == "-s"
+
+
+def fake_unpacked(tmp_path, release, with_modules=True):
+    root = tmp_path / "kernels" / release
+    (root / "boot").mkdir(parents=True)
+    (root / "boot" / f"vmlinuz-{release}").write_bytes(b"k")
+    if with_modules:
+        (root / "lib" / "modules" / release).mkdir(parents=True)
+        (root / "lib" / "modules" / release / "modules.dep").write_text("")
+    return root
+
+
+def test_select_kernel_by_series_among_host_and_unpacked(tmp_path) -> None:
+    boot, mods = fake_boot(tmp_path, ["6.1.0-57-amd64"], ["6.1.0-57-amd64"])
+    root = fake_unpacked(tmp_path, "6.12.118+deb12-amd64")
+    fake_unpacked(tmp_path, "6.12.200+deb12-amd64", with_modules=False)  # half unpacked: not bootable
+    unpacked = str(tmp_path / "kernels")
+    k = select_kernel("6.12", boot=boot, modules=mods, unpacked=unpacked)
+    assert (k.release, k.modules_root) == ("6.12.118+deb12-amd64", str(root))
+    assert k.image == str(root / "boot" / "vmlinuz-6.12.118+deb12-amd64")
+    assert k.modules_dir == str(root / "lib" / "modules" / "6.12.118+deb12-amd64")
+    one = select_kernel("6.1", boot=boot, modules=mods, unpacked=unpacked)  # 6.1 is not a prefix of 6.12
+    assert one.release == "6.1.0-57-amd64" and one.image == f"{boot}/vmlinuz-6.1.0-57-amd64"
+    assert select_kernel("6.12.118+deb12-amd64", boot=boot, modules=mods, unpacked=unpacked).release \
+        == "6.12.118+deb12-amd64"
+    by_path = select_kernel(k.image, boot=boot, modules=mods, unpacked=unpacked)
+    assert by_path == k
+
+
+def test_select_kernel_default_is_the_hosts_newest_and_missing_series_says_how(tmp_path) -> None:
+    boot, mods = fake_boot(tmp_path, ["6.1.0-57-amd64"], ["6.1.0-57-amd64"])
+    fake_unpacked(tmp_path, "6.12.118+deb12-amd64")
+    unpacked = str(tmp_path / "kernels")
+    assert select_kernel(None, boot=boot, modules=mods, unpacked=unpacked).release == "6.1.0-57-amd64"
+    with pytest.raises(KernelNotFound, match=r"no kernel 6\.6 .*have: 6\.1\.0-57-amd64, 6\.12\.118.*scripts/guest-kernels"):
+        select_kernel("6.6", boot=boot, modules=mods, unpacked=unpacked)
+
+
+def test_config_sh_carries_a_safe_modules_overlay_path() -> None:
+    from tests.harness.guest.stage2 import config_sh
+
+    text = config_sh(agent_python="/p", agent="/a", agent_port="x", guest_modules="/var/k/6.12/lib/modules")
+    assert "GUEST_MODULES=/var/k/6.12/lib/modules\n" in text
+    assert "GUEST_MODULES=''\n" in config_sh(agent_python="/p", agent="/a", agent_port="x")
+    for bad in ("rel/lib/modules", "/a:b", "/a,b"):
+        with pytest.raises(ValueError, match="guest_modules"):
+            config_sh(agent_python="/p", agent="/a", agent_port="x", guest_modules=bad)

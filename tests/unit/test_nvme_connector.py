@@ -44,7 +44,8 @@ class Env:
         return self.kernel.controllers()
 
     def connects(self):
-        return [c for c in self.ex.argvs(("nvme", "connect"))]
+        """The options of each controller create written to the fake /dev/nvme-fabrics."""
+        return list(self.kernel.fabrics_writes)
 
     def record(self, nqn):
         d = str(self.tmp / "run" / "nvme")
@@ -71,7 +72,7 @@ def test_default_is_single_path_even_with_native_multipath(env):
     info = env.export()
     dev = conn.connect_volume(info)
     assert dev.controllers == ("nvme0",) and env.ctrls() == ["nvme0"]
-    assert [a[a.index("-a") + 1] for a in env.connects()] == ["127.0.0.1"]
+    assert [a["traddr"] for a in env.connects()] == ["127.0.0.1"]
     conn.disconnect_volume(info, dev)
     assert env.ctrls() == [] and env.kernel.devices() == []
 
@@ -82,8 +83,9 @@ def test_connect_both_portals_with_native_multipath(env):
     assert dev.path == "/dev/nvme0n1" and dev.type == "block" and dev.wwn == f"uuid.{VOL}"
     assert dev.controllers == ("nvme0", "nvme1") and dev.size == 16 * MiB
     assert env.kernel.devices() == ["nvme0n1"] and env.ctrls() == ["nvme0", "nvme1"]
-    assert [a[a.index("-a") + 1] for a in env.connects()] == ["127.0.0.1", "127.0.0.2"]
-    assert all(a[a.index("-q") + 1] == env.kernel.hostnqn for a in env.connects())
+    assert [a["traddr"] for a in env.connects()] == ["127.0.0.1", "127.0.0.2"]
+    assert all(a["hostnqn"] == env.kernel.hostnqn for a in env.connects())
+    assert all(a["hostid"] == env.kernel.hostid for a in env.connects())  # always sent: 6.12 refuses a mismatch
     rec_dir = env.tmp / "run" / "nvme"
     (rec,) = [os.path.join(rec_dir, f) for f in os.listdir(rec_dir)]
     assert stat.S_IMODE(os.stat(rec).st_mode) == 0o600
@@ -154,7 +156,8 @@ def test_info_host_nqn_wins(env):
     info = env.export(allow=False)
     env.target.initialize_connection(VOL, {"host": "other", "nqn": OTHER_HOST})
     dev = env.conn.connect_volume(info.replace(host_nqn=OTHER_HOST))
-    assert all(a[a.index("-q") + 1] == OTHER_HOST for a in env.connects())
+    assert all(a["hostnqn"] == OTHER_HOST for a in env.connects())
+    assert all(a["hostid"] == "00000000-0000-0000-0000-0000000000ff" for a in env.connects())  # its NQN's UUID
     assert open(env.kernel.ctrl_path("nvme0", "hostnqn")).read().strip() == OTHER_HOST
     env.conn.disconnect_volume(info.replace(host_nqn=OTHER_HOST), dev)
     assert env.ctrls() == []
@@ -203,7 +206,7 @@ def test_disconnect_flushes_and_removes_everything(env):
     assert env.ctrls() == [] and env.kernel.devices() == [] and env.record(info.target_nqn) == []
     assert env.conn.get_volume_paths(info) == []
     env.conn.disconnect_volume(info, dev)  # twice is harmless
-    assert len(env.ex.argvs(("nvme", "disconnect"))) == 2
+    assert len(env.kernel.deleted) == 2
 
 
 def test_two_namespaces_detach_independently(env):
@@ -361,21 +364,23 @@ def test_delayed_head_removal_is_cleared_before_the_last_path_goes(env):
 
 
 def test_deferred_controller_deletion_is_waited_for(env):
-    """nvme disconnect can return while the kernel's delete work still runs (a controller already
-    deleting, e.g. after ctrl_loss_tmo): the connector waits for the controller to go."""
+    """The delete_controller write can return while the kernel's delete work still runs (a controller
+    already deleting, e.g. after ctrl_loss_tmo): the connector waits for the controller to go."""
     info = env.export()
     dev = env.conn.connect_volume(info)
     env.conn.timeout = 10.0
     timers = []
 
-    def deferred(argv, _in):
-        ctrl = argv[-1]
+    def deferred(path, _data):
+        ctrl = os.path.basename(os.path.dirname(path))
+        if not path.endswith("/delete_controller"):
+            return False
         with open(env.kernel.ctrl_path(ctrl, "state"), "w") as f:
             f.write("deleting\n")
         timers.append(_later(0.2, env.kernel.remove_controller, ctrl))
-        return ""
+        return True
 
-    env.ex.rules.insert(0, (("nvme", "disconnect"), deferred))
+    env.kernel.sysfs_write = deferred
     env.conn.disconnect_volume(info, dev)
     for t in timers:
         t.join()

@@ -6,7 +6,7 @@ import pytest
 
 from blocklink.initiator.properties import read_nvme_native_multipath
 
-from blocklink.errors import AuthenticationFailed, CommandFailed, ConnectionFailed
+from blocklink.errors import AuthenticationFailed, CommandFailed, ConnectionFailed, InvalidOption
 from blocklink.hostpaths import HostPaths
 from blocklink.initiator.host.nvme import (Controller, NvmeHost, NvmePortalSpec, classify_connect_error,
                                            normalize_nguid, normalize_uuid, parse_address, parse_id_ns_size,
@@ -264,19 +264,52 @@ def test_delayed_head_removal_attribute(kernel, tmp_path):
     assert host.subsystems(NQN) == [] and kernel.devices() == []
 
 
+def test_connect_and_disconnect_speak_the_fabrics_interface_without_nvme_cli(kernel, tmp_path):
+    _subsystem_with(kernel, tmp_path, [1 << 20], uuids=[U1])
+    ex = FakeExecutor()  # answers nothing: any child process would fail the test
+    host = NvmeHost(kernel.paths, ex)
+    assert host.connect(NQN, P1, hostnqn=HOSTNQN, hostid=kernel.hostid, ctrl_loss_tmo=-1, keep_alive_tmo=5,
+                        nr_io_queues=2) is True
+    assert kernel.fabrics_writes == [{"nqn": NQN, "transport": "tcp", "traddr": "127.0.0.1", "trsvcid": "4420",
+                                      "hostnqn": HOSTNQN, "hostid": kernel.hostid, "nr_io_queues": "2",
+                                      "ctrl_loss_tmo": "-1", "keep_alive_tmo": "5"}]
+    assert kernel.controllers() == ["nvme0"]
+    assert host.connect(NQN, P1, hostnqn=HOSTNQN) is False  # EALREADY: the kernel has this connection
+    host.disconnect("nvme0")
+    assert kernel.deleted == ["nvme0"] and kernel.controllers() == [] and kernel.devices() == []
+    host.disconnect("nvme0")  # gone already: not an error
+    assert ex.argvs() == []
+
+
+def test_fabrics_errors_are_typed(kernel, tmp_path):
+    host = NvmeHost(kernel.paths, FakeExecutor())
+    with pytest.raises(ConnectionFailed, match="portal unreachable .connection refused"):
+        host.connect(NQN, P1, hostnqn=HOSTNQN)  # no port yet
+    _subsystem_with(kernel, tmp_path, [1 << 20], uuids=[U1])
+    kernel.configfs.write(os.path.join(kernel.configfs.root, "subsystems", NQN, "attr_allow_any_host"), "0")
+    with pytest.raises(AuthenticationFailed, match="not among the subsystem's allowed hosts"):
+        host.connect(NQN, P1, hostnqn="nqn.2014-08.org.nvmexpress:uuid:00000000-0000-0000-0000-00000000dead")
+    with pytest.raises(InvalidOption, match="hostid"):
+        host.connect(NQN, P1, hostnqn=HOSTNQN, hostid="a,duplicate_connect")
+    os.unlink(kernel.paths.devpath("nvme-fabrics"))
+    with pytest.raises(ConnectionFailed, match="nvme-fabrics kernel module is not loaded"):
+        host.connect(NQN, P1, hostnqn=HOSTNQN)
+    assert kernel.controllers() == [] and len(kernel.fabrics_writes) == 2  # the bad hostid never reached it
+
+
+def test_auth_support_is_read_from_the_kernels_option_list(tmp_path):
+    assert NvmeHost(FakeNvmeKernel(str(tmp_path / "a"), auth=True).paths, FakeExecutor()).supports_auth() is True
+    old = FakeNvmeKernel(str(tmp_path / "b"), auth=False)
+    assert NvmeHost(old.paths, FakeExecutor()).supports_auth() is False
+    os.unlink(old.paths.devpath("nvme-fabrics"))
+    assert NvmeHost(old.paths, FakeExecutor()).supports_auth() is False
+
+
 def test_cli_wrapper_argv(kernel):
     ex = FakeExecutor().on(("nvme",), "")
     host = NvmeHost(HostPaths.under(kernel.root), ex)
-    assert host.connect(NQN, P1, hostnqn=HOSTNQN, ctrl_loss_tmo=-1, keep_alive_tmo=5, nr_io_queues=2) is True
-    host.disconnect("nvme3")
     host.rescan("nvme3")
-    assert ex.argvs() == [
-        ("nvme", "connect", "-t", "tcp", "-a", "127.0.0.1", "-s", "4420", "-n", NQN, "-q", HOSTNQN,
-         "-l", "-1", "-k", "5", "-i", "2"),
-        ("nvme", "disconnect", "-d", "nvme3"),
-        ("nvme", "ns-rescan", "/dev/nvme3")]
-    ex2 = FakeExecutor().on(("nvme", "connect"), (1, "", MSG_ALREADY))
-    assert NvmeHost(kernel.paths, ex2).connect(NQN, P1, hostnqn=HOSTNQN) is False
+    assert ex.argvs() == [("nvme", "ns-rescan", "/dev/nvme3")]
     ex3 = FakeExecutor().on(("nvme", "id-ns"), ID_NS_64MIB)
     assert NvmeHost(kernel.paths, ex3).id_ns_size("/dev/nvme0n1") == 64 << 20
     ex4 = FakeExecutor().on(("nvme", "id-ns"), (1, "", "Failed to open /dev/nvme0n1\n"))
@@ -292,3 +325,12 @@ def test_modules_loaded_only_when_missing(tmp_path):
     assert ex.argvs() == [("modprobe", "-a", "nvme-fabrics", "nvme-tcp")] and host.fabrics_ready()
     host.load_modules("tcp")
     assert len(ex.calls) == 1
+
+
+def test_61_lists_dhchap_tokens_but_is_not_taken_for_an_auth_kernel(tmp_path):
+    from blocklink.testing.hosttree_nvme import FABRICS_TOKENS_61
+
+    assert "dhchap_secret=%s" in FABRICS_TOKENS_61  # as read from Debian's 6.1 in the guest
+    old = FakeNvmeKernel(str(tmp_path), auth=False)
+    assert NvmeHost(old.paths, FakeExecutor()).fabrics_tokens() >= {"dhchap_secret", "nqn", "traddr"}
+    assert NvmeHost(old.paths, FakeExecutor()).supports_auth() is False

@@ -321,3 +321,23 @@ def test_host_paths_pick_the_writer_by_their_own_sysfs_root(tmp_path: Any) -> No
     assert paths.files(root + "/sys-evil/x") is DIRECT and paths.files(root + "/sys/../etc/f") is DIRECT
     assert HostPaths().files("/sys/block/sda/device/delete") is PRIVILEGED
     assert HostPaths.under(root).files(root + "/sys/block/sda/device/delete") is DIRECT
+
+
+def test_write_fabrics_opens_only_the_fabrics_device(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The connect entry point opens exactly FABRICS_DEV read-write (the secret-bearing options go
+    there and nowhere else); any other path, even one leading to it, is refused before any open."""
+    from blocklink.masking import Secret
+
+    dev = str(tmp_path / "nvme-fabrics")
+    with open(dev, "w") as f:
+        f.write("")
+    monkeypatch.setattr(privileged, "FABRICS_DEV", dev)
+    os.symlink(dev, str(tmp_path / "link"))
+    victim = tmp_path / "victim"
+    victim.write_text("untouched")
+    for bad in (str(victim), str(tmp_path / "link"), dev + "/", dev + "x", "/dev/nvme0", "nvme-fabrics"):
+        _refused(privileged.write_fabrics.func, bad, "nqn=x")
+    assert victim.read_text() == "untouched"
+    # a regular file stands in for the device: the write lands, the read-back (at the end) is empty
+    assert privileged.write_fabrics.func(dev, Secret("nqn=x,dhchap_secret=DHHC-1:00:abc=:")) == ""
+    assert open(dev).read() == "nqn=x,dhchap_secret=DHHC-1:00:abc=:"

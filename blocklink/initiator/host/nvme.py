@@ -1,4 +1,4 @@
-"""NVMe-oF host mechanics: controllers and namespaces in sysfs, and the ``nvme`` (nvme-cli) wrapper.
+"""NVMe-oF host mechanics: controllers and namespaces in sysfs, connects through /dev/nvme-fabrics.
 
 What the kernel shows, and what this module relies on:
 
@@ -10,11 +10,19 @@ What the kernel shows, and what this module relies on:
 - ``/sys/module/nvme_core/parameters/multipath``: ``Y`` when the kernel merges the paths of one
   namespace into one head device (native NVMe multipath).
 
-No protocol policy lives here: which portals to connect and when to disconnect is the connector's.
+- ``/dev/nvme-fabrics``: writing an options string creates a controller (read back ``instance=N,cntlid=M``);
+  reading it fresh lists the option tokens the kernel knows. Kernel differences handled here: Debian's
+  6.1 accepts ``dhchap_secret`` but has no NVMe in-band authentication and would silently connect
+  unauthenticated; :meth:`NvmeHost.supports_auth` tells them apart (6.12 loads ``nvme_auth``). Both
+  answer a target refusal with EIO and a duplicate with EALREADY.
+- ``/sys/class/nvme/nvmeX/delete_controller``: writing ``1`` deletes the controller.
+
+nvme-cli is used only for ``ns-rescan`` and ``id-ns``. No protocol policy lives here: which portals to connect and when to disconnect is the connector's.
 """
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import json
 import os
@@ -22,12 +30,12 @@ import re
 import socket
 import uuid as uuid_lib
 from dataclasses import dataclass
-from typing import Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple
 
-from blocklink.errors import AuthenticationFailed, CommandFailed, ConnectionFailed
+from blocklink.errors import AuthenticationFailed, CommandFailed, ConnectionFailed, InvalidOption
 from blocklink.executor import Executor
 from blocklink.hostpaths import HostPaths
-from blocklink.masking import get_logger
+from blocklink.masking import Secret, get_logger, reveal
 
 LOG = get_logger(__name__)
 
@@ -330,36 +338,67 @@ class NvmeHost:
                     break
         return out
 
-    # ------------------------------------------------------------------ nvme-cli
+    # ------------------------------------------------------------------ the kernel's fabrics interface
+    def fabrics_tokens(self) -> FrozenSet[str]:
+        """The option names this kernel's /dev/nvme-fabrics accepts (reading it lists them, Linux 5.17+);
+        empty when the device is missing or unreadable."""
+        try:
+            text = self.paths.fabrics("")
+        except OSError:
+            return frozenset()
+        return frozenset(t.split("=", 1)[0] for t in text.split(",") if t)
+
+    def supports_auth(self) -> bool:
+        """Whether the host kernel does NVMe in-band authentication (DH-HMAC-CHAP). The option list alone
+        does not tell: Debian's 6.1 lists ``dhchap_secret`` but, built without NVME_AUTH, ignores it and
+        connects unauthenticated. A kernel with NVME_HOST_AUTH links nvme-core to the ``nvme_auth``
+        module (Debian's 6.12: a module, loaded with nvme-core), so both must be there."""
+        return self.paths.exists(self.paths.sys("module", "nvme_auth")) and "dhchap_secret" in self.fabrics_tokens()
+
     def connect(self, nqn: str, portal: NvmePortalSpec, *, hostnqn: Optional[str] = None,
                 hostid: Optional[str] = None, ctrl_loss_tmo: Optional[int] = None,
                 reconnect_delay: Optional[int] = None, keep_alive_tmo: Optional[int] = None,
-                nr_io_queues: Optional[int] = None, host_traddr: Optional[str] = None) -> bool:
-        """``nvme connect``; True when connected now, False when the kernel already had the connection.
+                nr_io_queues: Optional[int] = None, host_traddr: Optional[str] = None,
+                dhchap_secret: Optional[Secret] = None, dhchap_ctrl_secret: Optional[Secret] = None) -> bool:
+        """Create a controller the way nvme-cli does, without it: one write of the options to
+        /dev/nvme-fabrics, which answers ``instance=N,cntlid=M`` (no child process; a DH-HMAC-CHAP secret
+        reaches the kernel through that write only). True when connected now, False when the kernel
+        already had the connection (EALREADY).
 
-        A refusal by the target raises :class:`AuthenticationFailed` (host NQN not allowed, or no such
-        subsystem for this host), an unreachable portal :class:`ConnectionFailed`.
+        A refusal by the target raises :class:`AuthenticationFailed` (host NQN not allowed, no such
+        subsystem for this host, DH-HMAC-CHAP rejected), an unreachable portal :class:`ConnectionFailed`.
         """
-        argv = [self.nvme_cmd, "connect", "-t", portal.transport, "-a", portal.address,
-                "-s", str(portal.port), "-n", nqn]
-        for opt, val in (("-q", hostnqn), ("-I", hostid), ("-l", ctrl_loss_tmo), ("-c", reconnect_delay),
-                         ("-k", keep_alive_tmo), ("-i", nr_io_queues), ("-w", host_traddr)):
-            if val is not None:
-                argv += [opt, str(val)]
+        fields: List[Tuple[str, Any]] = [
+            ("nqn", nqn), ("transport", portal.transport), ("traddr", portal.address), ("host_traddr", host_traddr),
+            ("trsvcid", portal.port), ("hostnqn", hostnqn), ("hostid", hostid), ("nr_io_queues", nr_io_queues),
+            ("reconnect_delay", reconnect_delay), ("ctrl_loss_tmo", ctrl_loss_tmo), ("keep_alive_tmo", keep_alive_tmo)]
+        secrets = [("dhchap_secret", dhchap_secret), ("dhchap_ctrl_secret", dhchap_ctrl_secret)]
+        for name, value in fields + [(n, reveal(v)) for n, v in secrets]:
+            if value is not None and not _FABRICS_VALUE_RE.fullmatch(str(value)):
+                raise InvalidOption(name, "not a value the fabrics options string can carry")
+        text = ",".join(f"{k}={v}" for k, v in fields if v is not None)
+        text += "".join(f",{k}={reveal(v)}" for k, v in secrets if v is not None)
+        options: Any = Secret(text) if dhchap_secret is not None or dhchap_ctrl_secret is not None else text
+        what = f"{nqn} at {portal}"
         try:
-            self.executor.run(argv, timeout=self.command_timeout)
-        except CommandFailed as e:
-            err = classify_connect_error(e, nqn, portal, hostnqn)
+            answer = self.paths.fabrics(options)
+        except OSError as e:
+            err = classify_fabrics_error(e, what, hostnqn, authenticated=dhchap_secret is not None)
             if err is None:
-                LOG.info("nvme: %s at %s was already connected", nqn, portal)
+                LOG.info("nvme: %s was already connected", what)
                 return False
             raise err from None
-        LOG.info("nvme: connected %s at %s", nqn, portal)
+        LOG.info("nvme: connected %s (%s)", what, answer)
         return True
 
     def disconnect(self, controller: str) -> None:
-        """``nvme disconnect -d nvmeX`` (deletes the controller; its namespaces' devices go with it)."""
-        self.executor.run([self.nvme_cmd, "disconnect", "-d", controller], timeout=self.command_timeout)
+        """Delete the controller through sysfs (``delete_controller``, what ``nvme disconnect -d`` does);
+        its namespaces' devices go with it. A controller already gone is not an error."""
+        try:
+            self.paths.write(self.paths.sys("class", "nvme", controller, "delete_controller"), "1")
+        except FileNotFoundError:
+            LOG.info("nvme: controller %s was already gone", controller)
+            return
         LOG.info("nvme: disconnected controller %s", controller)
 
     def rescan(self, controller: str) -> None:
@@ -428,6 +467,39 @@ _UNREACHABLE = ("connection refused", "no route to host", "network is unreachabl
                 "timed out", "host is down", "cannot assign requested address")
 
 
+_FABRICS_VALUE_RE = re.compile(r"[^,\s\x00]{1,512}")  # "=" is fine: DHHC-1 keys end in base64 padding
+_FABRICS_UNREACHABLE = {errno.ECONNREFUSED: "connection refused", errno.EHOSTUNREACH: "no route to host",
+                        errno.ENETUNREACH: "network is unreachable", errno.ETIMEDOUT: "connection timed out",
+                        errno.EHOSTDOWN: "host is down", errno.EADDRNOTAVAIL: "cannot assign requested address"}
+
+
+def classify_fabrics_error(e: OSError, what: str, hostnqn: Optional[str], *,
+                           authenticated: bool = False) -> Optional[Exception]:
+    """The typed error for a failed write to /dev/nvme-fabrics, or None when it means "already connected"
+    (the kernel's errno: EALREADY for a duplicate, EIO when the target's connect command failed, which
+    is how both 6.1 and 6.12 report a host not allowed; EKEYREJECTED/EKEYEXPIRED/EACCES from the 6.x
+    DH-HMAC-CHAP exchange)."""
+    code = e.errno
+    if code == errno.EALREADY:
+        return None
+    if code == errno.ENOENT:
+        return ConnectionFailed(what, "the nvme-fabrics kernel module is not loaded (no /dev/nvme-fabrics)")
+    if code in (errno.EKEYREJECTED, errno.EKEYEXPIRED, errno.ENOKEY) or (authenticated and code in (
+            errno.EIO, errno.EACCES, errno.EPERM, errno.EPROTO)):
+        return AuthenticationFailed(what, "the target rejected DH-HMAC-CHAP authentication (wrong or missing "
+                                          "host key, or the controller's key did not verify)")
+    if code == errno.EIO:
+        who = f"host NQN {hostnqn}" if hostnqn else "this host's NQN"
+        return AuthenticationFailed(
+            what, f"the target refused the connection: {who} is not among the subsystem's allowed hosts "
+                  "(or the subsystem does not exist at this portal, or it requires authentication)")
+    if code in _FABRICS_UNREACHABLE:
+        return ConnectionFailed(what, f"portal unreachable ({_FABRICS_UNREACHABLE[code]})")
+    if code == errno.EINVAL:
+        return ConnectionFailed(what, "the kernel refused the connect options (EINVAL)")
+    return ConnectionFailed(what, f"connect failed: {os.strerror(code or 0)}")
+
+
 def classify_connect_error(e: CommandFailed, nqn: str, portal: NvmePortalSpec,
                            hostnqn: Optional[str]) -> Optional[Exception]:
     """The typed error for a failed ``nvme connect``, or None when it means "already connected"."""
@@ -451,5 +523,5 @@ def classify_connect_error(e: CommandFailed, nqn: str, portal: NvmePortalSpec,
     return ConnectionFailed(what, f"nvme connect failed (exit {e.exit_code})" + (f": {last[0]}" if last else ""))
 
 
-__all__ = ["Controller", "Namespace", "NvmeHost", "NvmePortalSpec", "classify_connect_error", "normalize_nguid",
+__all__ = ["Controller", "Namespace", "NvmeHost", "NvmePortalSpec", "classify_connect_error", "classify_fabrics_error", "normalize_nguid",
            "normalize_uuid", "parse_address", "parse_id_ns_size", "parse_list_subsys", "resolve_addresses"]

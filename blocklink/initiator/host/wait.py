@@ -9,7 +9,6 @@ changes raise no event at all, the check also re-runs after ``recheck`` seconds 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import os
 import select
@@ -37,7 +36,9 @@ _libc: Optional[ctypes.CDLL] = None
 def _lib() -> ctypes.CDLL:
     global _libc
     if _libc is None:
-        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        # the symbols already loaded (python links libc): ctypes.util.find_library would run ldconfig,
+        # a child process in the middle of an attach
+        _libc = ctypes.CDLL(None, use_errno=True)
     return _libc
 
 

@@ -21,6 +21,17 @@ from tests.harness.guest.kernel_state import cleanup, snapshot
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 LIO_MODULES = ("target_core_mod", "iscsi_target_mod", "target_core_file", "target_core_iblock")
+# the per-protocol smoke set (attach, I/O, detach) that also runs on the 6.12 guest kernel:
+# scripts/test selects it with -m "smoke612 or needs_kernel" and BLOCKLINK_GUEST_KERNEL=6.12
+SMOKE_612 = (
+    "test_iscsi_connector.py::test_single_path_attach_io_detach",
+    "test_iscsi_connector.py::test_multipath_two_portals",
+    "test_fc_connector.py::test_single_path_attach_io_extend_detach",
+    "test_nvme_tcp.py::test_connect_write_read_disconnect[file]",
+    "test_rbd_kernel.py::test_local_attach_write_extend_detach[krbd]",
+    "test_rbd_kernel.py::test_local_attach_write_extend_detach[nbd]",
+    "test_nvme_auth.py::test_connect_spawns_no_child_process",
+)
 
 
 # ---------------------------------------------------------------------------- delegation (host side)
@@ -39,8 +50,27 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
     for it in mine:
         if it.get_closest_marker("kernel") is None:
             it.add_marker(pytest.mark.kernel)
+        if it.nodeid.split("/")[-1] in SMOKE_612:
+            it.add_marker(pytest.mark.smoke612)
     if not in_guest():
+        mine = _deselect_other_kernels(config, items, mine)
         delegation.mark_delegated([it for it in mine if _runs_in_guest(it)])
+
+
+def _deselect_other_kernels(config: pytest.Config, items: list, mine: list) -> list:
+    """``@pytest.mark.needs_kernel("6.12")`` tests run only when the guest boots that series (the
+    ``BLOCKLINK_GUEST_KERNEL`` / ``--guest-kernel`` choice); elsewhere they are deselected, not skipped."""
+    gated = [it for it in mine if it.get_closest_marker("needs_kernel") is not None]
+    if not gated:
+        return mine
+    from tests.harness.guest.qemu import KERNEL_ENV, matches_series, select_kernel
+
+    release = select_kernel(os.environ.get(KERNEL_ENV)).release
+    drop = [it for it in gated if not matches_series(release, str(it.get_closest_marker("needs_kernel").args[0]))]
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = [it for it in items if it not in drop]
+    return [it for it in mine if it not in drop]
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -19,7 +19,7 @@ import os
 from tests.harness.guest.agent import IN_GUEST_ENV
 from tests.harness.guest.machine import (Guest, GuestBootError, GuestConfig, GuestError, GuestResult,
                                              GuestTimeout, run_in_guest)
-from tests.harness.guest.qemu import find_kernel, nic_mac
+from tests.harness.guest.qemu import KERNEL_ENV, KernelChoice, find_kernel, nic_mac, select_kernel
 from tests.harness.guest.stage2 import INITIATOR_IQN, LOOPBACK_ADDRS
 
 
@@ -29,4 +29,5 @@ def in_guest() -> bool:
 
 
 __all__ = ["Guest", "GuestBootError", "GuestConfig", "GuestError", "GuestResult", "GuestTimeout", "IN_GUEST_ENV",
-           "INITIATOR_IQN", "LOOPBACK_ADDRS", "find_kernel", "in_guest", "nic_mac", "run_in_guest"]
+           "INITIATOR_IQN", "KERNEL_ENV", "KernelChoice", "LOOPBACK_ADDRS", "find_kernel", "in_guest", "nic_mac",
+           "run_in_guest", "select_kernel"]

@@ -62,6 +62,10 @@ $bb mkdir -p $R{XFER_MOUNT}
 $bb mount -t 9p -o {NINEP_OPTS} xfer $R{XFER_MOUNT} || die "cannot mount the exchange share (9p tag xfer)"
 [ -r $R{STAGE2} ] && [ -r $R{XFER_MOUNT}/config.sh ] || die "no stage 2 in the exchange share"
 . $R{XFER_MOUNT}/config.sh
+# a kernel the host does not boot (scripts/guest-kernels): its modules over the host's /lib/modules, read-only
+if [ -n "$GUEST_MODULES" ]; then
+  $bb mount -t overlay -o "lowerdir=$R$GUEST_MODULES:$R/lib/modules" ovl-modules $R/lib/modules || die "modules overlay"
+fi
 while read -r tag dir; do
   [ -n "$tag" ] || continue
   $bb mkdir -p "$R$dir" && $bb mount -t 9p -o {NINEP_OPTS} "$tag" "$R$dir" || die "cannot mount shared folder $dir"
@@ -134,8 +138,10 @@ def parse_show_depends(text: str) -> List[str]:
     return seen
 
 
-def module_files(kver: str, modules: Sequence[str] = BOOT_MODULES) -> List[str]:
-    res = subprocess.run(["modprobe", "-S", kver, "--show-depends", "-a", *modules],
+def module_files(kver: str, modules: Sequence[str] = BOOT_MODULES, root: str = "/") -> List[str]:
+    """The files of ``modules`` and their dependencies for kernel ``kver`` (modules under ``root``/lib/modules)."""
+    where = [] if root == "/" else ["-d", root]
+    res = subprocess.run(["modprobe", *where, "-S", kver, "--show-depends", "-a", *modules],
                          capture_output=True, text=True, check=False)
     if res.returncode != 0:
         raise InitramfsError(f"modprobe -S {kver} --show-depends failed: {res.stderr.strip()}")
@@ -203,13 +209,13 @@ def default_cache_dir() -> str:
     return os.path.join(base, "blocklink", "guest")
 
 
-def build_initramfs(kver: str, cache_dir: Optional[str] = None) -> str:
+def build_initramfs(kver: str, cache_dir: Optional[str] = None, modules_root: str = "/") -> str:
     """Path of the cached initramfs for kernel ``kver``; built (about a second) when missing or stale."""
     cache_dir = cache_dir or default_cache_dir()
     busybox = find_busybox()
     if not _is_static(busybox):
         raise InitramfsError(f"{busybox} is dynamically linked; install Debian's busybox-static")
-    files = module_files(kver)
+    files = module_files(kver, root=modules_root)
     out = os.path.join(cache_dir, f"initramfs-{cache_key(kver, files, busybox)}.cpio.gz")
     if os.path.isfile(out) and os.path.getsize(out) > 0:
         return out

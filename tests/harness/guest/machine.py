@@ -38,7 +38,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 from tests.harness.guest import agent as agent_mod
 from tests.harness.guest.initramfs import STAGE2, build_initramfs
-from tests.harness.guest.qemu import QemuSpec, find_kernel, qemu_argv, rw_tags
+from tests.harness.guest.qemu import KERNEL_ENV, QemuSpec, qemu_argv, rw_tags, select_kernel
 from tests.harness.guest.stage2 import STAGE2_SCRIPT, config_sh, rwdirs_file
 
 CONSOLE_TAIL_LINES = 40
@@ -94,7 +94,7 @@ class GuestResult:
 class GuestConfig:
     """Options of one guest (keyword arguments of :meth:`Guest.boot`)."""
 
-    kernel: Optional[str] = None          # /boot/vmlinuz-<release>; default: newest with modules
+    kernel: Optional[str] = None          # "6.12", a release or a vmlinuz path; default $BLOCKLINK_GUEST_KERNEL or newest
     mem_mb: int = 2048
     smp: int = 2
     tb_mb: int = 128                      # TCG translation cache; 128: Ceph+krbd test 670 MiB RSS, 512: 1.1 GiB, no faster
@@ -179,6 +179,7 @@ class Guest:
         self.config = config or GuestConfig()
         self.run_dir = ""
         self.kernel_release = ""
+        self._guest_modules = ""
         self.stats: Dict[str, float] = {}
         self._proc: Optional[subprocess.Popen] = None
         self._sock: Optional[socket.socket] = None
@@ -239,12 +240,14 @@ class Guest:
     def start(self) -> "Guest":
         cfg = self.config
         t0 = time.monotonic()
-        kernel, self.kernel_release = find_kernel(cfg.kernel)
+        choice = select_kernel(cfg.kernel or os.environ.get(KERNEL_ENV))
+        kernel, self.kernel_release = choice.image, choice.release
         rw_dirs = [os.path.realpath(d) for d in cfg.rw_dirs]
         for d in rw_dirs:
             if not os.path.isdir(d):
                 raise GuestBootError(f"shared folder {d} is not a directory")
-        initrd = build_initramfs(self.kernel_release, cfg.cache_dir)
+        initrd = build_initramfs(self.kernel_release, cfg.cache_dir, choice.modules_root)
+        self._guest_modules = "" if choice.modules_root == "/" else os.path.dirname(choice.modules_dir)
         self.run_dir = make_run_dir("blguest-", cfg.run_base, keep=cfg.keep)
         _live.add(self)
         try:
@@ -280,7 +283,7 @@ class Guest:
             f.write(STAGE2_SCRIPT)
         with open(os.path.join(xfer, "config.sh"), "w") as f:
             f.write(config_sh(agent_python=cfg.python, agent=os.path.abspath(agent_mod.__file__),
-                              agent_port=agent_mod.PORT_NAME))
+                              agent_port=agent_mod.PORT_NAME, guest_modules=self._guest_modules))
         with open(os.path.join(xfer, "rwdirs"), "w") as f:
             f.write(rwdirs_file(rw_tags(spec)))
         return spec

@@ -40,9 +40,13 @@ sync
 
 
 def config_sh(*, agent_python: str, agent: str, agent_port: str, initiator_iqn: str = INITIATOR_IQN,
-              loopback_addrs: Sequence[str] = LOOPBACK_ADDRS, hostname: str = HOSTNAME) -> str:
-    """The ``config.sh`` /init (busybox sh) and stage 2 source: POSIX assignments, every value quoted."""
+              loopback_addrs: Sequence[str] = LOOPBACK_ADDRS, hostname: str = HOSTNAME, guest_modules: str = "") -> str:
+    """The ``config.sh`` /init (busybox sh) and stage 2 source: POSIX assignments, every value quoted.
+
+    ``guest_modules``: a ``lib/modules`` folder /init lays over the host's (a kernel the host does not boot)."""
     q = shlex.quote
+    if guest_modules and (not guest_modules.startswith("/") or any(c in guest_modules for c in ":,\n")):
+        raise ValueError(f"guest_modules {guest_modules!r}: an absolute path without ':' ',' or newlines")
     for a in loopback_addrs:
         ipaddress.IPv4Address(a)
     lines = [
@@ -52,6 +56,7 @@ def config_sh(*, agent_python: str, agent: str, agent_port: str, initiator_iqn: 
         f"INITIATOR_IQN={q(initiator_iqn)}",
         f"GUEST_HOSTNAME={q(hostname)}",
         f"LOOPBACK_ADDRS={q(' '.join(loopback_addrs))}",
+        f"GUEST_MODULES={q(guest_modules)}",
     ]
     return "\n".join(lines) + "\n"
 
