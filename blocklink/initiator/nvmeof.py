@@ -160,13 +160,13 @@ class NVMeOFConnector(Connector):
         ident = _Identity(ninfo)
         hostnqn = self._hostnqn(ninfo)
         portals = self._portals(ninfo)
-        with self._subsystem_lock(ninfo.target_nqn):
+        with self._subsystem_lock(ninfo.target_nqn), \
+                span("connect_controllers", nqn=ninfo.target_nqn, portals=len(portals)):
             existing = self.host.find_controllers(ninfo.target_nqn, portals, hostnqn)
             created: List[str] = []
             try:
-                with span("connect_controllers", nqn=ninfo.target_nqn, portals=len(portals)):
-                    ns = self._connect_and_find(ninfo, ident, hostnqn, portals, existing, created)
-                self._remember(ninfo.target_nqn, hostnqn, ident.record(ns))
+                ns = self._connect_and_find(ninfo, ident, hostnqn, portals, existing, created)
+                self._remember(ninfo.target_nqn, hostnqn, ident.record(ns))  # (fsynced: in the span)
             except BaseException:
                 self._undo(created)
                 raise
