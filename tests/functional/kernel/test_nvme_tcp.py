@@ -31,6 +31,7 @@ from blocklink.initiator.host.wait import wait_for
 from blocklink.initiator.nvmeof import NVMeOFConnector
 from blocklink.registry import connector_for
 from blocklink.target.nvmet import NvmetTarget
+from tests.harness.guest.blockio import block_size
 
 pytestmark = pytest.mark.kernel
 
@@ -76,14 +77,6 @@ def o_direct_works(directory: str) -> bool:
     os.close(fd)
     os.unlink(os.path.join(directory, ".odirect-probe"))
     return True
-
-
-def device_size(path: str) -> int:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        return os.lseek(fd, 0, os.SEEK_END)
-    finally:
-        os.close(fd)
 
 
 class Timings:
@@ -193,7 +186,7 @@ def test_connect_write_read_disconnect(target: NvmetTarget, connector: NVMeOFCon
         name = os.path.basename(dev.path)
         with open(f"/sys/block/{name}/uuid") as f:
             assert f.read().strip() == vid
-        assert device_size(dev.path) == 64 * MiB
+        assert block_size(dev.path) == 64 * MiB
         assert connector.get_volume_paths(wire) == [dev.path]
         assert connector.connect_volume(wire).path == dev.path  # idempotent: no second controller
         assert len(os.listdir("/sys/class/nvme")) == 1
@@ -230,7 +223,7 @@ def test_two_namespaces_of_one_subsystem_detach_independently(
         dev_a = connector.connect_volume(info_a)
         dev_b = connector.connect_volume(info_b)
         assert dev_a.path != dev_b.path
-        assert (device_size(dev_a.path), device_size(dev_b.path)) == (32 * MiB, 16 * MiB)
+        assert (block_size(dev_a.path), block_size(dev_b.path)) == (32 * MiB, 16 * MiB)
         ctrls = os.listdir("/sys/class/nvme")
         assert len(ctrls) == 1  # one controller carries both namespaces
 
@@ -294,7 +287,7 @@ def test_extend(target: NvmetTarget, connector: NVMeOFConnector, host: HostConne
         os.truncate(export.device_path, 96 * MiB)  # the volume grows on the storage side
         assert target.revalidate_size(vid) == 96 * MiB
         assert timing("extend", connector.extend_volume, info) == 96 * MiB
-        assert device_size(dev.path) == 96 * MiB
+        assert block_size(dev.path) == 96 * MiB
         assert direct_io(dev.path, data, 90 * MiB) == data  # the new space is usable
         assert direct_io(dev.path, data, 0) == data
     finally:
@@ -397,7 +390,7 @@ def test_repeated_attach_detach_cycles(target: NvmetTarget, connector: NVMeOFCon
     try:
         for i in range(5):
             dev = timing(f"connect_cycle{i}", connector.connect_volume, info)
-            assert device_size(dev.path) == 16 * MiB
+            assert block_size(dev.path) == 16 * MiB
             timing(f"disconnect_cycle{i}", connector.disconnect_volume, info, dev)
             assert_clean(export.nqn)
     finally:
