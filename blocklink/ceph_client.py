@@ -90,13 +90,14 @@ class ClusterSpec:
         return f"ceph cluster {self.cluster_name} at {where} as client.{self.user}"
 
 
-def connect(spec: ClusterSpec) -> Any:
-    """A connected ``rados.Rados``; errors become typed blocklink errors naming the cluster."""
+def connect(spec: ClusterSpec, options: Optional[Dict[str, str]] = None) -> Any:
+    """A connected ``rados.Rados``; errors become typed blocklink errors naming the cluster.
+    ``options`` are further client options (e.g. librbd's) that override the host's ceph.conf."""
     rados, _ = import_rados()
     conffile = spec.conffile if spec.conffile else ("/dev/null" if spec.monitors else None)
     try:
         cluster = rados.Rados(rados_id=spec.user, clustername=spec.cluster_name, conffile=conffile,
-                              conf=spec.rados_conf())
+                              conf={**spec.rados_conf(), **(options or {})})
     except rados.Error as e:
         raise ConnectionFailed(spec.describe(), f"bad client configuration: {type(e).__name__}") from None
     try:

@@ -172,7 +172,16 @@ class MultipathdNotRunning(BlocklinkError):
 class RbdIOError(ConnectionFailed, OSError):
     """librbd failed an I/O on an open handle (OSD unreachable, op timeout, client blocklisted).
 
-    A :class:`ConnectionFailed` naming the image, and an :class:`OSError` for file-object callers."""
+    A :class:`ConnectionFailed` naming the image, and an :class:`OSError` for file-object callers;
+    ``errno`` is librbd's (e.g. ``ETIMEDOUT``) when it gave one."""
+
+    def __init__(self, target: str, reason: str, errno: Optional[int] = None) -> None:
+        super().__init__(target, reason)
+        self.errno = errno  # OSError's own slot: callers test e.errno as for any file I/O error
+        self.args = (f"I/O on {target} failed: {reason}",)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 class QmpError(BlocklinkError):

@@ -31,6 +31,9 @@ from blocklink.masking import Secret, get_logger
 from blocklink.trace import span
 
 LOG = get_logger(__name__)
+# librbd options of a handle's own cluster connection: no librbd cache, RbdHandle pipelines writes
+# itself and sees every write's completion (see RbdHandle)
+HANDLE_CONF = {"rbd_cache": "false"}
 
 
 @contextlib.contextmanager
@@ -39,7 +42,9 @@ def _librbd(name: str, op: str) -> Iterator[None]:
         yield
     except Exception as e:
         if type(e).__module__ in ("rbd", "rados"):  # librbd/librados errors become typed ones
-            raise RbdIOError(name, f"{op} failed: {type(e).__name__}: {e}") from None
+            errno = getattr(e, "errno", None)
+            raise RbdIOError(name, f"{op} failed: {type(e).__name__}: {e}",
+                             errno=abs(errno) if isinstance(errno, int) and errno else None) from None
         raise
 
 
@@ -48,15 +53,30 @@ class RbdHandle(io.RawIOBase):
 
     Owns the image, its I/O context and the cluster connection: ``close()`` releases all three, so
     no watcher remains on the image. ``truncate`` is not supported (resize the volume instead).
+
+    Writes are pipelined: ``write()`` returns once librbd has the data, up to ``max_in_flight`` bytes
+    are on their way to the OSDs, and each one's completion is checked. librbd's own write-around
+    cache acknowledges at once and drops the error of a write that fails when no flush is waiting
+    (measured: an OSD that stops answering lost a write, ``close()`` reported success), so handles
+    are opened with ``rbd_cache=false`` and this class does the pipelining itself. The first failed
+    write is raised by every later ``write``/``flush``, and by ``close()`` if nothing raised it yet.
+    Reads wait for the writes in flight, so a handle reads what it wrote.
     """
 
-    def __init__(self, cluster: Any, ioctx: Any, image: Any, name: str, read_only: bool = False) -> None:
+    def __init__(self, cluster: Any, ioctx: Any, image: Any, name: str, read_only: bool = False,
+                 max_in_flight: int = 32 << 20) -> None:
         super().__init__()
         self._cluster, self._ioctx, self._image = cluster, ioctx, image
         self.name = name
         self._read_only = read_only
         self._pos = 0
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # one caller at a time; never taken by librbd's callbacks
+        self._max_in_flight = max(1, max_in_flight)
+        self._in_flight = threading.Condition()  # guards the counters below; librbd's threads signal it
+        self._in_flight_bytes = 0
+        self._in_flight_ops = 0
+        self._write_error: Optional[RbdIOError] = None
+        self._error_raised = False
 
     # io.RawIOBase protocol ----------------------------------------------------------------
     def readable(self) -> bool:
@@ -77,6 +97,7 @@ class RbdHandle(io.RawIOBase):
         self._check_open()
         view = memoryview(b).cast("B")
         with self._lock:
+            self._drain()
             remaining = self.size() - self._pos
             n = max(0, min(len(view), remaining))
             if n == 0:
@@ -92,6 +113,7 @@ class RbdHandle(io.RawIOBase):
         if size is None or size < 0:
             size = max(0, self.size() - self._pos)
         with self._lock:
+            self._drain()
             n = max(0, min(size, self.size() - self._pos))
             if n == 0:
                 return b""
@@ -105,13 +127,55 @@ class RbdHandle(io.RawIOBase):
         if self._read_only:
             raise io.UnsupportedOperation(f"{self.name} is attached read-only")
         data = bytes(b)
+        n = len(data)
         with self._lock:
-            if self._pos + len(data) > self.size():
+            offset = self._pos
+            self._raise_write_error()
+            if offset + n > self.size():
                 raise OSError(28, f"write beyond the end of {self.name} ({self.size()} bytes)")
-            with _librbd(self.name, "write"):
-                n = int(self._image.write(data, self._pos))
-            self._pos += n
+            if n == 0:
+                return 0
+            with self._in_flight:  # bounded: every op completes or times out (rados_osd_op_timeout)
+                self._in_flight.wait_for(lambda: self._in_flight_ops == 0
+                                         or self._in_flight_bytes + n <= self._max_in_flight)
+                self._in_flight_bytes += n
+                self._in_flight_ops += 1
+            try:
+                with _librbd(self.name, "write"):
+                    self._image.aio_write(data, offset, self._on_written(n, offset))
+            except BaseException:
+                self._written(n, offset, 0)  # never queued
+                raise
+            self._pos = offset + n
             return n
+
+    def _on_written(self, n: int, offset: int) -> Any:
+        def done(completion: Any) -> None:  # on a librbd thread: count, record, wake; nothing that blocks
+            self._written(n, offset, int(completion.get_return_value()))
+        return done
+
+    def _written(self, n: int, offset: int, rc: int) -> None:
+        with self._in_flight:
+            self._in_flight_bytes -= n
+            self._in_flight_ops -= 1
+            if rc < 0 and self._write_error is None:
+                errno = -rc
+                self._write_error = RbdIOError(
+                    self.name, f"write of {n} bytes at offset {offset} failed: {os.strerror(errno)} "
+                    f"(errno {errno}); the data may or may not be on the volume", errno=errno)
+            self._in_flight.notify_all()
+
+    def _drain(self) -> None:
+        """Wait for every write in flight (each completes or fails within the OSD op timeout)."""
+        with self._in_flight:
+            self._in_flight.wait_for(lambda: self._in_flight_ops == 0)
+
+    def _raise_write_error(self) -> None:
+        with self._in_flight:
+            err = self._write_error
+        if err is not None:
+            self._error_raised = True
+            raise err
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
         self._check_open()
@@ -135,8 +199,11 @@ class RbdHandle(io.RawIOBase):
 
     def flush(self) -> None:
         if not self.closed and self._image is not None:
-            with _librbd(self.name, "flush"):
-                self._image.flush()
+            with self._lock:
+                self._drain()
+                self._raise_write_error()
+                with _librbd(self.name, "flush"):
+                    self._image.flush()
 
     def truncate(self, size: Optional[int] = None) -> int:
         raise io.UnsupportedOperation("truncate is not supported on an RBD volume; extend the volume instead")
@@ -151,8 +218,11 @@ class RbdHandle(io.RawIOBase):
             if self._image is not None:
                 try:
                     if not self._read_only:
+                        self._drain()
                         with _librbd(self.name, "flush at close"):
                             self._image.flush()
+                        if not self._error_raised:  # a loss nobody was told of yet
+                            self._raise_write_error()
                 finally:
                     with _librbd(self.name, "close"):
                         self._image.close()
@@ -261,7 +331,7 @@ class RBDConnector(Connector):
     def open_handle(self, info: InfoLike) -> RbdHandle:
         rinfo: RbdInfo = self._info(info)
         spec = self.cluster_spec(rinfo)
-        cluster = connect(spec)
+        cluster = connect(spec, HANDLE_CONF)
         ioctx = image = None
         try:
             ioctx = open_ioctx(cluster, spec, rinfo.pool, rinfo.namespace)

@@ -7,6 +7,7 @@ userspace host-attach flows, then reconcile.
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -18,7 +19,7 @@ from typing import Any, Iterator
 import pytest
 
 from blocklink.attach.flow import AttachFailed
-from blocklink.errors import BlocklinkError, ConnectionFailed
+from blocklink.errors import BlocklinkError, ConnectionFailed, RbdIOError
 from blocklink.executor import ProcessExecutor
 from blocklink.initiator.rbd import RBDConnector
 from blocklink.initiator.userspace import UserspaceISCSIConnector
@@ -235,6 +236,35 @@ def test_osd_stopped_during_handle_io(own_ceph: CephCluster) -> None:
     dev.handle.write(b"x" * 4096)
     conn.disconnect_volume(info, dev)
     assert c.watchers("volume-osd") == []
+
+
+@pytest.mark.ceph
+@pytest.mark.parametrize("when", ["write in flight", "write already failed"])
+def test_unflushed_write_lost_to_a_stopped_osd_is_reported_at_disconnect(own_ceph: CephCluster, when: str) -> None:
+    """A write nobody flushed, to an OSD that stopped answering: the disconnect must say it failed.
+    (With librbd's write-around cache this returned success when the write had already timed out.)"""
+    c = own_ceph
+    c.create_image("volume-unflushed", 32 * MiB)
+    info = c.rbd_target(include_keyring=True).initialize_connection("unflushed")
+    conn = RBDConnector(timeout=5)
+    dev = conn.connect_volume(info)
+    h = dev.handle
+    h.write(os.urandom(MiB))
+    h.flush()
+    osd = _osd_pid(c)
+    os.kill(osd, signal.SIGSTOP)
+    RESULTS.fault("ceph-osd SIGSTOP, unflushed write")
+    try:
+        h.seek(2 * MiB)
+        h.write(os.urandom(MiB))  # returns at once: the write is on its way
+        if when == "write already failed":
+            h._drain()  # the completion (ETIMEDOUT after the 5 s op timeout) has arrived
+            assert h._write_error is not None and h._write_error.errno == errno.ETIMEDOUT
+        with pytest.raises(RbdIOError) as ei:
+            conn.disconnect_volume(info, dev)
+        assert "volume-unflushed" in str(ei.value) and h.closed
+    finally:
+        os.kill(osd, signal.SIGCONT)
 
 
 # ------------------------------------------------------------------ libvirt fails after the host attach

@@ -273,11 +273,20 @@ class _Image:
         self.data[offset:offset + len(data)] = data
         return len(data)
 
+    def aio_write(self, data: bytes, offset: int, oncomplete: Any) -> None:
+        self.write(data, offset)
+        oncomplete(_Completed())
+
     def flush(self) -> None:
         self.flushed += 1
 
     def close(self) -> None:
         self.closed += 1
+
+
+class _Completed:
+    def get_return_value(self) -> int:
+        return 0
 
 
 class _Owned:

@@ -1,15 +1,17 @@
 """RBD connector logic without a cluster: key resolution, mapping discovery, map/unmap, the handle."""
 
+import errno
 import io
 import os
 import stat
+import threading
 
 import pytest
 
 from blocklink.connection import RbdInfo
 from blocklink.errors import ConnectionFailed, DeviceMismatch, InvalidConnectionInfo, MissingCredentials, VolumeNotFound
 from blocklink.hostpaths import HostPaths
-from blocklink.initiator.rbd import RBDConnector, RbdHandle
+from blocklink.initiator.rbd import RBDConnector, RbdHandle, RbdIOError
 from blocklink.testing.fakes import FakeExecutor
 
 INFO = {"name": "volumes/volume-1", "hosts": ["127.0.0.1", "::1"], "ports": ["6789", "3300"],
@@ -32,11 +34,33 @@ class FakeImage:
         self.data[off:off + len(b)] = b
         return len(b)
 
+    # librbd's aio_write: lands the data and calls back now, or when the test releases it (held)
+    fail_errno = 0
+    held = None
+
+    def aio_write(self, b, off, oncomplete):
+        def complete():
+            if not self.fail_errno:
+                self.data[off:off + len(b)] = b
+            oncomplete(FakeCompletion(-self.fail_errno if self.fail_errno else 0))
+        if self.held is not None:
+            self.held.append(complete)
+        else:
+            complete()
+
     def flush(self):
         self.flushed += 1
 
     def close(self):
         self.closed = True
+
+
+class FakeCompletion:
+    def __init__(self, rc):
+        self.rc = rc
+
+    def get_return_value(self):
+        return self.rc
 
 
 class Closable:
@@ -85,6 +109,56 @@ def test_handle_read_only_refuses_writes():
         h.write(b"x")
     h.close()
     assert img.flushed == 0  # nothing to flush on a read-only image
+
+
+def test_failed_write_is_reported_at_close_when_nothing_flushed():
+    """librbd's write-around cache dropped this error (an OSD that timed out a write nobody flushed):
+    the handle sees every completion, so close() reports the loss instead of returning."""
+    h, img, ioctx, cluster = _handle()
+    img.fail_errno = errno.ETIMEDOUT
+    assert h.write(b"lost") == 4  # queued: the failure comes later, from the completion
+    with pytest.raises(RbdIOError) as ei:
+        h.close()
+    assert ei.value.errno == errno.ETIMEDOUT and isinstance(ei.value, OSError)
+    assert "volumes/volume-1" in str(ei.value) and "offset 0" in str(ei.value)
+    assert h.closed and img.closed and ioctx.closed and cluster.closed  # released all the same
+
+
+def test_failed_write_is_sticky_for_writes_and_flush_but_told_once_at_close():
+    h, img, *_ = _handle()
+    img.fail_errno = errno.EIO
+    h.write(b"a")
+    img.fail_errno = 0
+    with pytest.raises(RbdIOError):
+        h.flush()
+    with pytest.raises(RbdIOError):
+        h.write(b"b")  # a later write must not make the loss look repaired
+    with pytest.raises(RbdIOError):
+        h.flush()
+    h.close()  # the caller was told: close releases without saying it again
+
+
+def test_reads_wait_for_writes_in_flight_and_the_window_bounds_them():
+    img, ioctx, cluster = FakeImage(1 << 20), Closable(), Closable()
+    h = RbdHandle(cluster, ioctx, img, "volumes/volume-1", max_in_flight=8)
+    img.held = []
+    h.write(b"1234")
+    h.write(b"5678")  # 8 bytes in flight: the window is full
+    third_done = threading.Event()
+    writer = threading.Thread(target=lambda: (h.write(b"9"), third_done.set()))
+    writer.start()
+    assert not third_done.is_set() and len(img.held) == 2
+    img.held.pop(0)()  # one completes: the third write may go
+    writer.join(10)
+    assert third_done.is_set() and len(img.held) == 2
+    got = []
+    reader = threading.Thread(target=lambda: (h.seek(0), got.append(h.read(9))))
+    reader.start()
+    while img.held:  # the read waits for these; without the wait it would read zeros
+        img.held.pop(0)()
+    reader.join(10)
+    assert got == [b"123456789"]
+    h.close()
 
 
 def _etc_with_keyring(tmp_path, user="cinder", key="AQBkeyfromhost=="):
