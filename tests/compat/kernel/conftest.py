@@ -32,6 +32,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
         it.add_marker(pytest.mark.kernel)
     if not in_guest():
         delegation.mark_delegated(mine)
+        delegation.order_delegated_last(items)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    if not in_guest():
+        delegation.start_early(session)  # the guest runs its share while the host runs the rest
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -55,6 +55,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
     if not in_guest():
         mine = _deselect_other_kernels(config, items, mine)
         delegation.mark_delegated([it for it in mine if _runs_in_guest(it)])
+        delegation.order_delegated_last(items)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    if not in_guest():
+        delegation.start_early(session)  # the guest runs its share while the host runs the rest
 
 
 def _deselect_other_kernels(config: pytest.Config, items: list, mine: list) -> list:

@@ -185,7 +185,7 @@ def by_path_link(ini_mac: str, wwpn: str, lun: int, fabric: Fabric) -> str:
     return f"/dev/disk/by-path/{name}"
 
 
-def wait_link(link: str, timeout: float = 20) -> str:
+def wait_link(link: str, timeout: float = 90) -> str:  # udev under a loaded TCG guest: tens of seconds
     return wait_for(lambda: os.path.realpath(link) if os.path.exists(link) else None, timeout=timeout,
                     watch=["/dev/disk/by-path"], what=link)
 
@@ -294,11 +294,13 @@ def test_lun_above_255_and_wrong_wwn(fabric: Fabric, luns: Any) -> None:
         conn.connect_volume({**info, "wwn": "36001405" + "0" * 24 + "1"})
     assert sd_disks() == []  # the disk our scan surfaced was removed again
     dev = conn.connect_volume(info)
-    assert hctl(dev.path or "").endswith(":300")
-    link = by_path_link(A1, W_B1, 300, fabric)
-    assert link.endswith("-lun-0x012c000000000000") and wait_link(link) == dev.path
-    check_io(dev, vol.path)
-    conn.disconnect_volume(info, dev)
+    try:
+        assert hctl(dev.path or "").endswith(":300")
+        link = by_path_link(A1, W_B1, 300, fabric)
+        assert link.endswith("-lun-0x012c000000000000") and wait_link(link) == dev.path
+        check_io(dev, vol.path)
+    finally:
+        conn.disconnect_volume(info, dev)
     assert sd_disks() == []
 
 

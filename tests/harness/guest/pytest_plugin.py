@@ -320,14 +320,35 @@ def guest_nics(items: Sequence[pytest.Item]) -> int:
 
 
 def _session_run(item: pytest.Item) -> GuestTestRun:
-    config = item.config
+    run = start_early(item.session)
+    assert run is not None
+    return run
+
+
+def start_early(session: pytest.Session) -> Optional[GuestTestRun]:
+    """Boot the session's guest and start its pytest now, if the session has delegated items.
+
+    Called when collection finishes: the guest then works through its tests while the host runs its
+    own (the delegated items are ordered last by :func:`order_delegated_last`), instead of the host
+    waiting for each guest result in turn. Idempotent; None when nothing is delegated or the session
+    only collects.
+    """
+    config = session.config
     run = config.stash.get(_STASH_KEY, None)
     if run is None:
-        items = [i for i in item.session.items if _delegated(i)]
+        items = [i for i in session.items if _delegated(i)]
+        if not items or config.option.collectonly:
+            return None
         run = GuestTestRun(config, [i.nodeid for i in items], nics=guest_nics(items))
         config.stash[_STASH_KEY] = run
         run.start()
     return run
+
+
+def order_delegated_last(items: List[pytest.Item]) -> None:
+    """Host items first, delegated ones after them (each group in its collected order): the host's
+    own tests run while the guest works, and the delegated items then mostly find their results ready."""
+    items[:] = [i for i in items if not _delegated(i)] + [i for i in items if _delegated(i)]
 
 
 def _delegated(item: pytest.Item) -> bool:
