@@ -167,6 +167,8 @@ class RbdHandle(io.RawIOBase):
 
     def _drain(self) -> None:
         """Wait for every write in flight (each completes or fails within the OSD op timeout)."""
+        if not self._in_flight_ops:  # the read path's common case: no lock round trip
+            return
         with self._in_flight:
             self._in_flight.wait_for(lambda: self._in_flight_ops == 0)
 
