@@ -1,7 +1,7 @@
 """Kernel tests: every test in this folder runs inside one real-kernel qemu guest per session.
 
 On the host, the hooks below hand the selected tests to :mod:`tests.harness.guest.pytest_plugin`
-(one guest boots at the first kernel test and runs them all; each host item reports the guest's
+(one guest boots when collection ends and runs them all while the host runs the rest; each host item reports the guest's
 outcome); ``@pytest.mark.kernel(host=True)`` tests (the harness's own) stay on the host. Inside the guest (``BLOCKLINK_IN_GUEST=1``) the same files run normally with the
 fixtures below. See README.md in this folder.
 """

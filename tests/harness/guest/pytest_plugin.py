@@ -1,6 +1,7 @@
 """Run ``@pytest.mark.kernel`` tests inside one real-kernel guest per pytest session.
 
-Host side (:class:`GuestTestRun`, used by a ``conftest.py``): at the first kernel item, one guest
+Host side (:class:`GuestTestRun`, used by a ``conftest.py``): when collection ends (:func:`start_early`;
+else at the first kernel item), one guest
 boots and runs ``python -m pytest <all selected kernel node ids>`` from the same rootdir with
 the same interpreter (the host's venv, seen read-only over 9p). Each host item then waits for its
 own reports and logs them as if it had run locally: outcome, guest-side traceback, captured
