@@ -12,15 +12,16 @@ record holds the WWN the device had at connect; a multipath map's paths are watc
 and re-reads a disk's WWN
 
 * on every kernel uevent about it: a ``change`` of the block device (``RESIZE=1`` after a rescan
-  that changed the capacity), a ``change`` of the SCSI device carrying ``SDEV_UA`` (the kernel
-  reports the unit attentions *inquiry data has changed*, *reported LUNs data has changed* and
-  *capacity data has changed* this way once the guard enables them in ``evt_*``; on those the
-  guard rescans the device itself, so the kernel re-reads the identity at once), an ``add`` or
-  ``remove``;
+  that changed the capacity), a ``change`` of the SCSI device carrying ``SDEV_UA`` (the unit
+  attentions *inquiry data has changed*, *reported LUNs data has changed*, *capacity data has
+  changed*, where the kernel reports them: on those the guard rescans the device itself, so the
+  identity is re-read at once), an ``add`` or ``remove``;
 * and on a short sweep (``interval``, 0.25 s by default), because a rescan that finds the same
-  capacity raises no uevent at all (Linux 6.1 and 6.12): the sweep is what bounds the time from
-  "the kernel noticed" to "the disk is offline". The reads are of cached sysfs attributes; no
-  command reaches the device.
+  capacity raises no uevent at all, and Linux 6.1 reports none of those unit attentions as
+  uevents (its ``evt_*`` switches are read-only and off; LIO sends no unit attention to the LUN
+  it remaps either): the sweep is what bounds the time from "the kernel noticed" to "the disk is
+  offline". The reads are of cached sysfs attributes (``vpd_pg83``, ``size``); no command reaches
+  the device.
 
 A WWN that is not the recorded one sets the disk's ``state`` to ``offline`` (through the host's
 privileged sysfs writer): every later I/O to it fails with EIO instead of reaching the other
@@ -53,8 +54,7 @@ from blocklink.masking import get_logger
 LOG = get_logger(__name__)
 
 _NETLINK_KOBJECT_UEVENT = 15
-# unit attentions the kernel reports as uevents once enabled in the scsi_device's evt_* attributes
-SENSE_EVENTS = ("evt_inquiry_change_reported", "evt_lun_change_reported", "evt_capacity_change_reported")
+# unit attentions (as the kernel names them in a scsi_device's SDEV_UA uevent) that make the guard rescan
 RESCAN_ON = ("INQUIRY_DATA_HAS_CHANGED", "REPORTED_LUNS_DATA_HAS_CHANGED", "CAPACITY_DATA_HAS_CHANGED")
 MAX_HISTORY = 1000
 
@@ -138,8 +138,7 @@ class WrongVolumeGuard:
 
     def __init__(self, store: Any = None, *, paths: Optional[HostPaths] = None, host: Optional[str] = None,
                  callback: Optional[Callback] = None, interval: float = 0.25, refresh: float = 5.0,
-                 uevents: Any = None, rescan_on_unit_attention: bool = True, enable_sense_events: bool = True,
-                 record_events: bool = True) -> None:
+                 uevents: Any = None, rescan_on_unit_attention: bool = True, record_events: bool = True) -> None:
         if interval <= 0 or refresh <= 0:
             raise ValueError("interval and refresh must be positive")
         self.store = store
@@ -149,7 +148,6 @@ class WrongVolumeGuard:
         self.interval = interval
         self.refresh_every = refresh
         self.rescan_on_unit_attention = rescan_on_unit_attention
-        self.enable_sense_events = enable_sense_events
         self.record_events = record_events
         self.events: List[GuardEvent] = []
         self._watched: Dict[str, Watched] = {}
@@ -190,14 +188,6 @@ class WrongVolumeGuard:
             return
         w.size = scsi.size_bytes(self.paths, w.name)
         self._watched[w.name] = w
-        if self.enable_sense_events:
-            for attr in SENSE_EVENTS:
-                path = self.paths.sys("block", w.name, "device", attr)
-                if self.paths.exists(path):
-                    try:
-                        self.paths.write(path, "1")
-                    except OSError as e:
-                        LOG.debug("guard: cannot enable %s on %s: %s", attr, w.name, e)
         LOG.info("guard: watching %s for WWN %s (volume %s)", w.name, w.wwn, w.volume_id)
 
     def _disks_of(self, device: str) -> List[str]:
@@ -429,4 +419,4 @@ def guard(store: Any = None, **kwargs: Any) -> WrongVolumeGuard:
 
 
 __all__: Sequence[str] = ["GuardEvent", "WrongVolumeGuard", "Watched", "guard", "parse_uevent", "uevent_socket",
-                          "SENSE_EVENTS"]
+                          "RESCAN_ON"]
