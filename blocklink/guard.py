@@ -267,16 +267,16 @@ class WrongVolumeGuard:
         LOG.log(level, "guard: %s (volume %s, trigger %s)", detail, w.volume_id, trigger)
         self.events.append(ev)
         del self.events[:-MAX_HISTORY]
-        if self.record_events and self.store is not None and w.attachment_id and kind != "resized":
-            try:
-                self.store.add_event(w.attachment_id, "guard_events", ev.to_dict())
-            except Exception as e:  # noqa: BLE001 - the record is gone or busy: the event still goes out
-                LOG.warning("guard: cannot record the event on attachment %s: %s", w.attachment_id, e)
-        if self.callback is not None:
+        if self.callback is not None:  # first: the store's write may take a while
             try:
                 self.callback(ev)
             except Exception:  # noqa: BLE001 - a callback never stops the guard
                 LOG.exception("guard: the callback failed on %s", kind)
+        if self.record_events and self.store is not None and w.attachment_id and kind != "resized":
+            try:
+                self.store.add_event(w.attachment_id, "guard_events", ev.to_dict())
+            except Exception as e:  # noqa: BLE001 - the record is gone or busy: the event is out already
+                LOG.warning("guard: cannot record the event on attachment %s: %s", w.attachment_id, e)
         return ev
 
     # ------------------------------------------------------------------ uevents
