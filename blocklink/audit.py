@@ -2,8 +2,10 @@
 
 The kernel side is read with the host layer (:mod:`blocklink.initiator.host`): iSCSI sessions and
 node records, the SCSI disks of those sessions, dm-multipath maps, NVMe-oF controllers, krbd
-mappings, connected nbd devices and dm-crypt mappings over any of those. The record side is every
-active attachment of this host. The report lists
+mappings, connected nbd devices and dm-crypt mappings over any of those; the qemu-storage-daemon and
+nbdfuse processes of the userspace connector (found by the per-volume run directory on their command
+line) and, given a libvirt connection, the libvirt secrets blocklink defined (their usage names
+start with ``blocklink``). The record side is every active attachment of this host. The report lists
 
 * **orphans**: kernel objects no record explains (a session to a target no record names, a map of
   a WWN no record holds, ...);
@@ -19,7 +21,9 @@ sessions, node records), so a map's disks and a session's LUNs can go in the sam
 from __future__ import annotations
 
 import os
+import re
 import socket
+import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
@@ -39,7 +43,12 @@ LOG = get_logger(__name__)
 
 # clean order: what holds comes before what is held
 KINDS = ("dm_crypt", "multipath_map", "nbd_mapping", "rbd_mapping", "scsi_disk", "iscsi_session", "iscsi_node",
-         "nvme_controller")
+         "nvme_controller", "userspace_daemon", "libvirt_secret")
+# a userspace connector's per-volume run directory (<run_dir>/<protocol>-<16 hex>) named on a daemon's command line
+_LAYOUT_RE = re.compile(r"(/[A-Za-z0-9._/\-]*/(?:iscsi|rbd)-[0-9a-f]{16})/(?:qmp\.sock|nbd\.sock|vhost\.sock|disk|qsd\.pid)")
+_DAEMONS = ("qemu-storage-daemon", "nbdfuse")
+# the usage names blocklink gives the secrets it defines (hypervisor.live)
+_SECRET_PREFIXES = ("blocklink ", "/blocklink/")
 
 
 @dataclass(frozen=True)
@@ -99,14 +108,19 @@ class _Known:
     wwns: List[str] = field(default_factory=list)
     rbd_images: Set[str] = field(default_factory=set)
     devices: Set[str] = field(default_factory=set)  # kernel names (sda, dm-0, nbd0)
+    paths: Set[str] = field(default_factory=set)  # host_device paths as recorded (a userspace export)
+    secrets: Set[str] = field(default_factory=set)  # libvirt secret UUIDs
+    volumes: Set[str] = field(default_factory=set)
 
 
 class Auditor:
     """``Auditor(store).audit()``; ``.clean(report)`` removes the orphans it can prove safe."""
 
     def __init__(self, store: Any, *, executor: Optional[Executor] = None, paths: Optional[HostPaths] = None,
-                 host: Optional[str] = None) -> None:
+                 host: Optional[str] = None, libvirt: Any = None) -> None:
+        """``libvirt``: an open libvirt connection (``libvirt.open(uri)``) whose secrets are audited too."""
         self.store = store
+        self.libvirt = libvirt
         self.executor = executor or default_executor()
         self.paths = paths or HostPaths()
         self.host = host or socket.gethostname()
@@ -140,6 +154,12 @@ class Auditor:
                     k.wwns.append(str(w))
             if rec.host_device:
                 k.devices.add(self._dev_name(rec.host_device))
+                k.paths.add(rec.host_device)
+            for key in ("secret_uuid", "encryption_secret_uuid"):
+                for v in (rec.extra.get(key), data.get(key)):
+                    if v:
+                        k.secrets.add(str(v).lower())
+            k.volumes.add(rec.volume_id)
         return k
 
     # ------------------------------------------------------------------ kernel state
@@ -191,6 +211,47 @@ class Auditor:
                     out.append(KernelObject("dm_crypt", self.paths.read(self.paths.sys("block", name, "dm", "name"),
                                                                         name) or name, name,
                                             ids={"slaves": ",".join(slaves)}))
+        out.extend(self.userspace_daemons())
+        out.extend(self.libvirt_secrets())
+        return out
+
+    def userspace_daemons(self) -> List[KernelObject]:
+        """The userspace connector's qemu-storage-daemon and nbdfuse processes (any run directory)."""
+        from blocklink.initiator.qsd import pid_alive, pid_cmdline
+
+        out: List[KernelObject] = []
+        for entry in self.paths.listdir(self.paths.procpath()):
+            if not entry.isdigit():
+                continue
+            argv = (self.paths.read_bytes(self.paths.procpath(entry, "cmdline")) or b"").split(b"\0")
+            prog = os.path.basename(argv[0].decode(errors="replace")) if argv and argv[0] else ""
+            if prog not in _DAEMONS:
+                continue
+            m = _LAYOUT_RE.search(pid_cmdline(int(entry), self.paths))
+            if m is None or not pid_alive(int(entry), self.paths):
+                continue  # not one of ours (no blocklink run directory on its command line)
+            out.append(KernelObject("userspace_daemon", f"{prog} {entry}", ids={
+                "pid": entry, "program": prog, "run_dir": m.group(1)}))
+        return out
+
+    def libvirt_secrets(self) -> List[KernelObject]:
+        """The libvirt secrets blocklink defined (usage name ``blocklink ...`` or ``/blocklink/...``)."""
+        if self.libvirt is None:
+            return []
+        out: List[KernelObject] = []
+        for uuid in self.libvirt.listSecrets():
+            try:
+                root = ET.fromstring(self.libvirt.secretLookupByUUIDString(uuid).XMLDesc(0))
+            except Exception as e:  # noqa: BLE001 - undefined meanwhile, or unreadable: not ours to judge
+                LOG.debug("audit: cannot read libvirt secret %s: %s", uuid, e)
+                continue
+            usage = root.find("usage")
+            if usage is None or len(usage) == 0:
+                continue
+            usage_id = (usage[0].text or "").strip()
+            if usage_id.startswith(_SECRET_PREFIXES):
+                out.append(KernelObject("libvirt_secret", str(uuid), ids={
+                    "uuid": str(uuid).lower(), "usage_type": usage.get("type", ""), "usage": usage_id}))
         return out
 
     # ------------------------------------------------------------------ the audit
@@ -211,6 +272,14 @@ class Auditor:
             return ids["nqn"] in k.nqns
         if obj.kind == "rbd_mapping":
             return ids["image"] in k.rbd_images
+        if obj.kind == "userspace_daemon":
+            run_dir = ids["run_dir"]
+            return any(p == run_dir or p.startswith(run_dir + "/") for p in k.paths)
+        if obj.kind == "libvirt_secret":
+            if ids["uuid"] in k.secrets:
+                return True
+            parts = ids["usage"].split("/")  # /blocklink/luks/<volume id>/<domain uuid>: the flow keeps no UUID
+            return len(parts) > 3 and parts[2] == "luks" and parts[3] in k.volumes
         if obj.kind == "dm_crypt":
             slaves = [s for s in ids["slaves"].split(",") if s]
             if not any(s in transport_devs for s in slaves):
@@ -299,7 +368,32 @@ class Auditor:
             users = [u for ns in self.nvme.namespaces(obj.name) for u in self.nvme.device_users(ns.name)]
             if users:
                 return "; ".join(users)
+        if obj.kind == "userspace_daemon":
+            return ("not stopped by --clean: whether a client (a VM, an NBD connection) still uses its export "
+                    "cannot be proven; detach it with the userspace connector or stop pid " + obj.ids["pid"])
+        if obj.kind == "libvirt_secret":
+            domains = self._secret_users(obj.ids["uuid"])
+            if domains is None:
+                return "no libvirt connection to check the domains"
+            if domains:
+                return "used by domain(s) " + ", ".join(domains)
         return None
+
+    def _secret_users(self, uuid: str) -> Optional[List[str]]:
+        """Names of the domains whose definition (live or persistent) names secret ``uuid``."""
+        if self.libvirt is None:
+            return None
+        users = []
+        for dom in self.libvirt.listAllDomains(0):
+            for flags in (0, 2):  # live, then VIR_DOMAIN_XML_INACTIVE
+                try:
+                    root = ET.fromstring(dom.XMLDesc(flags))
+                except Exception:  # noqa: BLE001 - the domain went away meanwhile
+                    continue
+                if any((e.get("uuid") or "").lower() == uuid for e in root.iter("secret")):
+                    users.append(dom.name())
+                    break
+        return users
 
     def _process_of(self, tid: str) -> Optional[str]:
         """The process (thread group) of task ``tid`` (nbd's sysfs ``pid`` names the client thread)."""
@@ -321,6 +415,7 @@ class Auditor:
             "nbd_mapping": lambda o: self.executor.run(["qemu-nbd", "--disconnect", f"/dev/{o.device}"],
                                                        timeout=60),
             "dm_crypt": lambda o: self.executor.run(["cryptsetup", "close", o.name], timeout=60),
+            "libvirt_secret": lambda o: self.libvirt.secretLookupByUUIDString(o.ids["uuid"]).undefine(),
         }
         actions[obj.kind](obj)
 

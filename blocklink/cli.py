@@ -23,6 +23,7 @@ SUBCOMMAND_MODULES = (
     "blocklink.cli_staging",
     "blocklink.cli_encryption",
     "blocklink.cli_diagnose",
+    "blocklink.cli_guard",
 )
 # the demo is an example in the source tree, not part of the installed package
 DEMO_MODULE = "examples.demo"

@@ -34,6 +34,8 @@ def register(sub: Any) -> None:
     p.add_argument("--host", help="this host's name in the store (default: the hostname)")
     p.add_argument("--clean", action="store_true",
                    help="remove the orphans that are provably safe to remove; report the others with the reason")
+    p.add_argument("--libvirt", metavar="URI",
+                   help="also audit the libvirt secrets blocklink defined there (e.g. qemu:///system)")
     p.set_defaults(func=_audit)
 
 
@@ -51,7 +53,12 @@ def _doctor(args: argparse.Namespace) -> int:
 def _audit(args: argparse.Namespace) -> int:
     from blocklink.audit import Auditor
 
-    auditor = Auditor(_store(args), host=args.host)
+    conn = None
+    if args.libvirt:
+        from blocklink.hypervisor.secrets import _libvirt
+
+        conn = _libvirt().open(args.libvirt)
+    auditor = Auditor(_store(args), host=args.host, libvirt=conn)
     report = auditor.audit()
     if args.clean:
         report = auditor.clean(report)

@@ -234,6 +234,13 @@ class AttachmentStore:
                 raise StaleRecord(attachment_id, expected, r.status if r is not None else "missing")
         return self.get(attachment_id)
 
+    def add_event(self, attachment_id: str, key: str, event: Mapping[str, Any], keep: int = 50) -> Attachment:
+        """Append ``event`` to the list ``extra[key]`` of an active record (the newest ``keep`` stay):
+        what a watcher (``blocklink guard``) saw happen to the attached device."""
+        cur = self.get(attachment_id)
+        events = list(cur.extra.get(key) or []) + [dict(event)]
+        return self._update(attachment_id, ACTIVE, extra=dict(cur.extra, **{key: events[-keep:]}))
+
     def claim(self, attachment_id: str, expected: Sequence[str], status: str) -> Attachment:
         """Take over a record (reconcile): conditional on status, records this process as its owner."""
         return self._update(attachment_id, expected, status=status, owner_pid=os.getpid(), owner_boot=_boot_id(),

@@ -432,11 +432,24 @@ class FakeHostTree:
             if os.path.dirname(parent) == hdir:
                 self.scan_parent(parent, host, *fields)
 
+    def remap_lun(self, parent: str, lun: int, spec: FakeLun) -> None:
+        """The target now reports ``spec`` (another LU) at LUN number ``lun`` of ``parent`` (a session
+        or rport dir). A disk already at that address keeps its old identity until it is rescanned."""
+        with self.lock:
+            self.reported.setdefault(parent, {})[lun] = spec
+
     def _rescan(self, ddir: str) -> None:
+        """The kernel's rescan: re-read the inquiry data (``vpd_pg83``, ``wwid``) and the capacity of
+        whatever LU the target now reports at the address."""
         wwid = open(os.path.join(ddir, "lun_wwid")).read().strip()
         parent = os.path.dirname(os.path.dirname(ddir))
         lun = self.reported.get(parent, {}).get(Hctl.parse(os.path.basename(ddir)).lun)  # type: ignore[union-attr]
-        if lun is not None and lun.wwid == wwid:
+        if lun is not None and lun.wwid != wwid:  # remapped: the device now carries the other LU's identity
+            self._write(os.path.join(ddir, "wwid"), _sysfs_wwid(lun.wwid) + "\n")
+            self._write(os.path.join(ddir, "lun_wwid"), lun.wwid + "\n")
+            with open(os.path.join(ddir, "vpd_pg83"), "wb") as f:
+                f.write(vpd_pg83(lun.wwid))
+        if lun is not None:
             for name in os.listdir(os.path.join(ddir, "block")):
                 self._write(os.path.join(ddir, "block", name, "size"), f"{lun.size // 512}\n")
         for hook in self.rescan_hooks:

@@ -362,3 +362,35 @@ def test_luks_wrong_passphrase_fails_cleanly(libvirt_host: Any, libvirt_domain: 
     print(f"\n[libvirt] wrong LUKS passphrase: {ei.value}")
     assert libvirt_host.connection.listSecrets() == []
     assert _devs(libvirt_host, libvirt_domain) == [] == _devs(libvirt_host, libvirt_domain, True)
+
+
+def test_audit_finds_the_secrets_blocklink_defined_and_no_record_names(libvirt_host: Any, tmp_path: Any) -> None:
+    import socket
+
+    from blocklink.attach.records import AttachmentStore
+    from blocklink.audit import Auditor
+    from blocklink.hypervisor.secrets import define_secret, undefine_secret
+
+    conn = libvirt_host.connection
+    orphan, kept, own = (str(uuid.uuid4()) for _ in range(3))
+    define_secret(conn, "iscsi", f"blocklink iqn.2010-10.org.openstack:volume-x lun 0 {orphan}", "chap-pw", uuid=orphan)
+    define_secret(conn, "iscsi", f"blocklink iqn.2010-10.org.openstack:volume-y lun 0 {kept}", "chap-pw", uuid=kept)
+    define_secret(conn, "iscsi", "operator's own", "chap-pw", uuid=own)
+    store = AttachmentStore(str(tmp_path / "a.db"))
+    try:
+        rec = store.reserve("vol-y", "inst")
+        store.record_step(rec.id, "hypervisor", extra={"secret_uuid": kept}, protocol="iscsi",
+                          host=socket.gethostname())
+        store.transition(rec.id, ["attaching"], "attached")
+        auditor = Auditor(store, libvirt=conn)
+        report = auditor.audit()
+        assert [o.name for o in report.orphans if o.kind == "libvirt_secret"] == [orphan]
+        assert [o.name for o in report.explained if o.kind == "libvirt_secret"] == [kept]
+        secrets_only = type(report)(orphans=[o for o in report.orphans if o.kind == "libvirt_secret"])
+        cleaned = auditor.clean(secrets_only)  # never the rest of this shared host's orphans
+        assert [o.name for o in cleaned.removed] == [orphan] and cleaned.refused == []
+        assert sorted(conn.listSecrets()) == sorted([kept, own])
+    finally:
+        store.close()
+        for u in (orphan, kept, own):
+            undefine_secret(conn, u)

@@ -369,3 +369,37 @@ def test_extend_shows_the_grown_lun(tgtd, run_dir):
             assert f.read(MiB) == tail
     finally:
         conn.disconnect_volume(info, dev)
+
+
+def test_audit_reports_the_daemons_of_an_unrecorded_attach_and_clean_leaves_them(tgtd, run_dir, tmp_path):
+    from blocklink.attach.records import AttachmentStore
+    from blocklink.audit import AuditReport, Auditor
+
+    info, _ = tgtd.volume()
+    conn = _conn(run_dir)
+    dev = conn.connect_volume(info)
+    store = AttachmentStore(str(tmp_path / "a.db"))
+    try:
+        auditor = Auditor(store)
+
+        def mine(objs):  # this machine is shared: only the daemons under this test's run directory
+            return sorted((o.ids["program"], int(o.ids["pid"])) for o in objs
+                          if o.kind == "userspace_daemon" and o.ids["run_dir"] == dev.run_dir)
+
+        found = [o for o in auditor.audit().orphans if mine([o])]
+        with open(DaemonLayout(dev.run_dir).bridge_pidfile) as f:
+            bridge_pid = int(f.read())
+        assert mine(found) == sorted((("qemu-storage-daemon", dev.pid), ("nbdfuse", bridge_pid)))
+        cleaned = auditor.clean(AuditReport(orphans=found))  # never the rest of the host's orphans
+        assert cleaned.removed == [] and len(cleaned.refused) == 2
+        assert all("cannot be proven" in why for _, why in cleaned.refused)
+        assert sorted(_daemon_pids(run_dir)) == sorted(p for _, p in mine(found))  # both still running
+        rec = store.reserve("vol-us", "inst")
+        store.record_step(rec.id, "connect", host_device=dev.path, protocol="iscsi", host=socket.gethostname())
+        store.transition(rec.id, ["attaching"], "attached")
+        report = auditor.audit()
+        assert mine(report.orphans) == [] and len(mine(report.explained)) == 2
+    finally:
+        store.close()
+        conn.disconnect_volume(info, dev)
+    assert _daemon_pids(run_dir) == []

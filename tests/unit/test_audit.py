@@ -125,8 +125,8 @@ def test_cli_audit_json_and_exit_status(tree, kernel, tmp_path, monkeypatch, cap
     import blocklink.audit as audit_mod
 
     real = audit_mod.Auditor
-    monkeypatch.setattr(audit_mod, "Auditor", lambda store, host=None: real(store, executor=kernel.executor,
-                                                                            paths=kernel.tree.paths, host=HOST))
+    monkeypatch.setattr(audit_mod, "Auditor", lambda store, host=None, **kw: real(store, executor=kernel.executor,
+                                                                                  paths=kernel.tree.paths, host=HOST))
     db = str(tmp_path / "cli.db")
     assert cli.main(["audit", "--store", db]) == 0
     assert json.loads(capsys.readouterr().out)["orphans"] == []
@@ -197,3 +197,107 @@ def test_an_nbd_mapping_is_not_in_use_by_the_process_serving_it(tmp_path) -> Non
     assert cleaned.refused == [] and [o.name for o in cleaned.removed] == ["nbd0"]
     assert ex.argvs(("qemu-nbd",)) == [("qemu-nbd", "--disconnect", "/dev/nbd0")]
     assert isinstance(report.orphans[0], KernelObject)
+
+
+# ---------------------------------------------------------------------------------------------
+# userspace daemons and libvirt secrets
+RUN = "/run/blocklink/qsd/iscsi-0123456789abcdef"
+
+
+def fake_process(host: Any, pid: int, *argv: str) -> None:
+    d = host.p("proc", str(pid))
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "cmdline"), "wb") as f:
+        f.write(b"\0".join(a.encode() for a in argv) + b"\0")
+    with open(os.path.join(d, "stat"), "w") as f:
+        f.write(f"{pid} ({os.path.basename(argv[0])[:15]}) S 1 {pid} {pid} 0 -1\n")
+
+
+def test_userspace_daemons_without_a_record_are_orphans_clean_leaves_them(tree, kernel, tmp_path) -> None:  # noqa: F811
+    store = AttachmentStore(str(tmp_path / "a.db"))
+    fake_process(tree, 101, "/usr/bin/qemu-storage-daemon", "--chardev",
+                 f"socket,id=qmp,path={RUN}/qmp.sock,server=on,wait=off", "--pidfile", f"{RUN}/qsd.pid")
+    fake_process(tree, 102, "/usr/bin/nbdfuse", "-P", f"{RUN}/nbdfuse.ready", f"{RUN}/disk",
+                 f"nbd+unix:///vol?socket={RUN}/nbd.sock")
+    fake_process(tree, 103, "qemu-storage-daemon", "--chardev", "socket,id=qmp,path=/tmp/other/qmp.sock")  # not ours
+    fake_process(tree, 104, "/bin/cat", f"{RUN}/disk")  # names the run dir, is no daemon of ours
+    report = auditor(kernel, store).audit()
+    assert kinds(report.orphans) == [("userspace_daemon", "nbdfuse 102"), ("userspace_daemon", "qemu-storage-daemon 101")]
+    assert {o.ids["run_dir"] for o in report.orphans} == {RUN}
+    cleaned = auditor(kernel, store).clean(report)
+    assert cleaned.removed == [] and all("cannot be proven" in why for _, why in cleaned.refused)
+    rec = store.reserve("vol-u", "inst")
+    store.record_step(rec.id, "connect", host_device=f"{RUN}/disk", protocol="iscsi", host=HOST)
+    store.transition(rec.id, ["attaching"], "attached")
+    report = auditor(kernel, store).audit()
+    assert report.orphans == [] and len(report.explained) == 2
+
+
+class FakeSecret:
+    def __init__(self, lv: "FakeLibvirt", uuid: str, usage_type: str, usage: str) -> None:
+        self.lv, self.uuid, self.usage_type, self.usage = lv, uuid, usage_type, usage
+
+    def XMLDesc(self, flags: int = 0) -> str:
+        element = {"ceph": "name", "iscsi": "target", "volume": "volume"}[self.usage_type]
+        return (f"<secret ephemeral='no' private='yes'><uuid>{self.uuid}</uuid><usage type='{self.usage_type}'>"
+                f"<{element}>{self.usage}</{element}></usage></secret>")
+
+    def undefine(self) -> None:
+        del self.lv.secrets[self.uuid]
+
+
+class FakeDomain:
+    def __init__(self, name: str, secret: str) -> None:
+        self._name, self.secret = name, secret
+
+    def name(self) -> str:
+        return self._name
+
+    def XMLDesc(self, flags: int = 0) -> str:
+        return (f"<domain><devices><disk type='network'><auth username='admin'><secret type='ceph' "
+                f"uuid='{self.secret}'/></auth></disk></devices></domain>")
+
+
+class FakeLibvirt:
+    def __init__(self) -> None:
+        self.secrets: dict = {}
+        self.domains: list = []
+
+    def add(self, uuid: str, usage_type: str, usage: str) -> None:
+        self.secrets[uuid] = FakeSecret(self, uuid, usage_type, usage)
+
+    def listSecrets(self) -> list:
+        return list(self.secrets)
+
+    def secretLookupByUUIDString(self, uuid: str) -> FakeSecret:
+        return self.secrets[uuid]
+
+    def listAllDomains(self, flags: int = 0) -> list:
+        return self.domains
+
+
+def test_libvirt_secrets_blocklink_defined_without_a_record(tree, kernel, tmp_path) -> None:  # noqa: F811
+    store = AttachmentStore(str(tmp_path / "a.db"))
+    lv = FakeLibvirt()
+    u = [f"0000000{i}-0000-4000-8000-000000000000" for i in range(6)]
+    lv.add(u[0], "iscsi", f"blocklink iqn.2010-10.org.openstack:volume-1 lun 0 {u[0]}")  # orphan, unused
+    lv.add(u[1], "ceph", f"blocklink client.admin {u[1]}")  # orphan, but a domain still names it
+    lv.add(u[2], "ceph", "client.nova secret")  # the operator's own: not ours to judge
+    lv.add(u[3], "iscsi", f"blocklink iqn.2010-10.org.openstack:volume-2 lun 0 {u[3]}")  # a record holds it
+    lv.add(u[4], "volume", f"/blocklink/luks/vol-luks/{u[5]}")  # LUKS secret of an attached volume
+    lv.domains.append(FakeDomain("vm1", u[1]))
+    rec = store.reserve("vol-2", "inst")
+    store.record_step(rec.id, "hypervisor", extra={"secret_uuid": u[3]}, protocol="iscsi", host=HOST)
+    store.transition(rec.id, ["attaching"], "attached")
+    rec = store.reserve("vol-luks", "inst")
+    store.record_step(rec.id, "hypervisor", protocol="iscsi", host=HOST)
+    store.transition(rec.id, ["attaching"], "attached")
+    a = Auditor(store, executor=kernel.executor, paths=kernel.tree.paths, host=HOST, libvirt=lv)
+    report = a.audit()
+    assert kinds(report.orphans) == [("libvirt_secret", u[0]), ("libvirt_secret", u[1])]
+    assert sorted(o.name for o in report.explained) == [u[3], u[4]]
+    cleaned = a.clean(report)
+    assert [o.name for o in cleaned.removed] == [u[0]] and sorted(lv.secrets) == [u[1], u[2], u[3], u[4]]
+    assert [(o.name, why) for o, why in cleaned.refused] == [(u[1], "used by domain(s) vm1")]
+    # without a libvirt connection nothing of libvirt is audited
+    assert auditor(kernel, store).audit().orphans == []
