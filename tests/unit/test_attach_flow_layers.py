@@ -11,7 +11,7 @@ from blocklink.attach.flow import ALL_STEPS, AttachFailed, AttachFlow, VolumeSpe
 from blocklink.attach.records import AttachmentStore
 from blocklink.connection import AttachedDevice
 from blocklink.encryption import InvalidEncryption, KeyNotFound, StaticKeyManager
-from blocklink.errors import InvalidOption
+from blocklink.errors import DetachFailed, InvalidOption
 from blocklink.masking import Secret
 from tests.unit.test_attach_flow import CONNECTOR, Boom, Faults, FakeHypervisor, FakeTarget, State
 
@@ -269,8 +269,9 @@ def test_detach_rerun_after_a_failure_is_safe(tmp_path):
     flow, st, store = make(tmp_path, hypervisor=False)
     att = flow.attach_volume(STAGED, "node1")
     flow.stager.faults.where = "close"
-    with pytest.raises(Exception):
+    with pytest.raises(DetachFailed) as ei:
         flow.detach_volume(att.id)
+    assert ei.value.step == "encrypt"
     assert st.load()["sessions"] == ["vol1"]  # not disconnected under the open mapping
     flow.stager.faults.where = None
     rec = store.get(att.id)
