@@ -18,8 +18,8 @@ Attach, in order (each completed step is recorded before the next starts)::
                    volume: staging is for hosts without a hypervisor)
     → record status ``attached``
 
-Detach runs it backwards: domain → unpublish → unstage → dm-crypt closed → disconnect → ACL → export. A failure at any step undoes every earlier step, marks the record
-``error`` and raises :class:`AttachFailed` naming the step. A process killed mid-way leaves an
+Detach runs it backwards: domain → unpublish → unstage → dm-crypt closed → disconnect → ACL → export.
+A failure at any step undoes every earlier step, marks the record ``error`` and raises :class:`AttachFailed` naming the step. A process killed mid-way leaves an
 ``attaching``/``detaching`` record whose owner is gone: :meth:`AttachFlow.reconcile` finishes or
 rolls it back from what the record says was done. Every host-side undo (unpublish, unstage, closing
 the mapping, disconnect) is idempotent, so a re-run after a partial detach or rollback is safe; a layer
@@ -158,11 +158,7 @@ class AttachFlow:
         self.targets = dict(targets)
         self.hypervisor = hypervisor
         self.key_manager = key_manager
-        if encryptor_factory is None:
-            from blocklink.encryption import LuksEncryptor
-
-            encryptor_factory = LuksEncryptor
-        self.encryptor_factory = encryptor_factory
+        self.encryptor_factory = encryptor_factory  # None: LuksEncryptor, imported when first needed
         self._stager = stager
         if connector_factory is None:
             from blocklink.registry import connector_for
@@ -198,6 +194,10 @@ class AttachFlow:
         return self._stager
 
     def _encryptor(self, es: Any) -> Any:
+        if self.encryptor_factory is None:
+            from blocklink.encryption import LuksEncryptor
+
+            self.encryptor_factory = LuksEncryptor
         return self.encryptor_factory(es)
 
     def _recorded_encryptor(self, run: _Run) -> Any:
