@@ -7,7 +7,9 @@ dm-crypt mapping, no mount, no session (the folder's ``leak_check``), no active 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import subprocess
 import uuid
 from typing import Any, Dict, Optional, Set
 
@@ -200,4 +202,73 @@ def test_staged_attach_detach_reattach_keeps_files(world: Any, tmp_path: Any) ->
         flow.detach_volume(again.id)
         assert not os.path.exists(stage)
     finally:
+        world.lio.remove_export(vid)
+
+
+def luks_uuid(dev: str) -> str:
+    return subprocess.run(["cryptsetup", "luksUUID", dev], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def test_encrypted_staged_volume_reattached_is_neither_reformatted_nor_refilesystemed(world: Any, tmp_path: Any) -> None:
+    """encrypt then stage: LUKS and ext4 made on the first attach only, even asked again with new_volume=True."""
+    vid = "fx" + uuid.uuid4().hex[:10]
+    world.lio.create_export(vid, size=48 * MiB, chap=True)
+    try:
+        stage = str(tmp_path / "staging" / vid)
+        spec = VolumeSpec(volume_id=vid, protocol="iscsi", host_attach=True, encryption=ENCRYPTION,
+                          encryption_options=FAST_LUKS2, new_volume=True, staging_path=stage)
+        flow = world.flow()
+        att = flow.attach_volume(spec, "node-agent")
+        crypt = f"/dev/mapper/{mapping_name(vid)}"
+        assert list(att.steps)[-2:] == ["encrypt", "stage"] and att.extra["staging"]["device"] == crypt
+        header = luks_uuid(att.host_device)
+        with open(os.path.join(stage, "f0"), "wb") as f:
+            f.write(os.urandom(200 * 1024))
+            f.flush()
+            os.fsync(f.fileno())
+        files = sha_files(stage)
+        flow.detach_volume(att.id)
+        assert not os.path.exists(crypt) and not os.path.exists(stage)
+
+        again = flow.attach_volume(spec, "node-agent")
+        assert luks_uuid(again.host_device) == header  # the LUKS header was opened, not rewritten
+        assert again.extra["staging"]["formatted"] is False
+        assert again.extra["staging"]["fs_uuid"] == att.extra["staging"]["fs_uuid"]
+        assert sha_files(stage) == files
+        flow.detach_volume(again.id)
+        assert not os.path.exists(crypt)
+    finally:
+        world.lio.remove_export(vid)
+
+
+def test_cli_connect_and_disconnect_encrypted(world: Any, tmp_path: Any, capsys: Any) -> None:
+    """``blocklink connect --encryption ... --key-file`` opens the mapping; ``disconnect --encryption`` closes it
+    first; the passphrase is on no argv."""
+    from blocklink.cli import main
+
+    vid = "fc" + uuid.uuid4().hex[:10]
+    world.lio.create_export(vid, size=32 * MiB, chap=True)
+    try:
+        props = dict(world.conn.get_connector_properties(), host="guest", multipath=False)
+        info_file, key_file = tmp_path / "info.json", tmp_path / "key"
+        info_file.write_text(json.dumps(world.lio.initialize_connection(vid, props).to_dict()))
+        key_file.write_text(world.key.reveal())
+        os.chmod(info_file, 0o600)
+        os.chmod(key_file, 0o600)
+        enc = json.dumps(dict(ENCRYPTION))
+        argv = ["connect", str(info_file), "--encryption", enc, "--key-file", str(key_file), "--new-volume",
+                "--pbkdf-force-iterations", "4"]
+        assert main(argv) == 0
+        out = json.loads(capsys.readouterr().out)
+        crypt = f"/dev/mapper/{mapping_name(vid)}"
+        assert out["path"] == crypt and out["encryption"]["lower_path"].startswith("/dev/sd")
+        data = os.urandom(MiB)
+        direct_write(crypt, data)
+        assert direct_read(crypt, len(data)) == data
+        assert main(["disconnect", str(info_file), "--encryption", enc, "--device", crypt]) == 0
+        assert json.loads(capsys.readouterr().out) == {"disconnected": True}
+        assert not os.path.exists(crypt) and not os.path.exists(out["encryption"]["lower_path"])
+        assert world.key.reveal() not in " ".join(argv)
+    finally:
+        world.lio.terminate_connection(vid, props)
         world.lio.remove_export(vid)
