@@ -228,14 +228,16 @@ def vm_demo(say: Narrator, stack: ExitStack) -> None:
 
 
 def kernel_demo(say: Narrator, stack: ExitStack) -> None:
-    """Where a host block device is needed: the real-kernel guest attaches an iSCSI volume for real."""
+    """Where a host block device is needed: the real-kernel guest attaches an iSCSI volume for real,
+    encrypts it on the host (LUKS2 over dm-crypt), and stages, grows and unstages a filesystem on another."""
     from tests.harness.guest import Guest  # the checkout's guest harness (not in the installed package)
 
     guest = say.step("boot the real-kernel guest (Debian's kernel under qemu TCG, this host's / over 9p)",
                      Guest.boot, lambda g: f"qemu pid {g.pid}")
     stack.callback(lambda: say.step("stop the guest (by PID)", guest.shutdown))
     say.note("--- inside the guest:")
-    res = guest.run([sys.executable, "-m", "examples.demo_guest"], timeout=600, cwd=CHECKOUT)
+    # about 300 s on a loaded 2-core host (TCG): LUKS format and mkfs are the slow steps
+    res = guest.run([sys.executable, "-m", "examples.demo_guest"], timeout=900, cwd=CHECKOUT)
     for line in res.stdout.rstrip().splitlines():
         say.note("  " + line)
     if not res.ok:
