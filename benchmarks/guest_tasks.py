@@ -3,6 +3,8 @@
 ``python -m benchmarks.guest_tasks lio --n 100 --reps 3``: LioTarget vs rtslib-fb direct.
 ``python -m benchmarks.guest_tasks iscsi --reps 3 --creps 2 --concurrency 16``: iSCSI attach/detach through
 blocklink, os-brick and raw iscsiadm against the same LIO targets (see iscsi_ops.py).
+``python -m benchmarks.guest_tasks nova_iscsi --reps 3 --compat-python P``: Nova's LibvirtISCSIVolumeDriver
+on the os-brick facade vs the real os-brick (see nova_ops.py).
 """
 
 from __future__ import annotations
@@ -112,16 +114,21 @@ def task_lio(args: argparse.Namespace) -> Dict[str, Any]:
 # ---------------------------------------------------------------------------------- main
 def main(argv: List[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.guest_tasks")
-    p.add_argument("task", choices=["lio", "iscsi"])
+    p.add_argument("task", choices=["lio", "iscsi", "nova_iscsi"])
     p.add_argument("--osbrick-python", required=True)
     p.add_argument("--n", type=int, default=100)
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--creps", type=int, default=2, help="repetitions of the concurrent iSCSI case")
     p.add_argument("--concurrency", type=int, default=16)
+    p.add_argument("--compat-python", help="nova_iscsi: the compat virtualenv's interpreter (Nova, Cinder)")
     p.add_argument("--impls", default="blocklink,os-brick,floor", help="iscsi: which initiators to measure")
     args = p.parse_args(argv)
     if args.task == "lio":
         result = task_lio(args)
+    elif args.task == "nova_iscsi":
+        from benchmarks import nova_ops
+
+        result = nova_ops.task_nova_iscsi(args)
     else:
         from benchmarks import iscsi_ops
 

@@ -31,6 +31,7 @@ BENCHMARKS = [
     ("rbd_handle", "RBD handle I/O"),
     ("target_exports", "target side: 100 exports"),
     ("iscsi_guest", "iSCSI attach/detach in the real-kernel guest"),
+    ("nova_guest", "Nova's iSCSI volume driver on the facade vs os-brick (guest)"),
     ("userspace", "userspace attach throughput"),
 ]
 
