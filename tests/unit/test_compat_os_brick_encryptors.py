@@ -121,7 +121,8 @@ def test_attach_formats_a_blank_volume_and_points_device_path_at_the_mapping(fak
 
     again.detach_volume(**ENC)
     assert fake.node("crypt-sda") is None
-    assert os.path.isfile(local) and list(fake.made.values()) == [(8, 0)]  # type: ignore[attr-defined]
+    assert os.path.isfile(local) and fake.made == {}  # type: ignore[attr-defined]  # the node itself, back
+    assert sorted(os.listdir(os.path.dirname(local))) == ["mapper", "sda"]
     again.detach_volume(**ENC)  # nothing open: nothing to do
 
 
@@ -139,7 +140,7 @@ def test_a_volume_formatted_elsewhere_opens_with_the_hex_passphrase(fake: FakeCr
     resize = next(c for c in fake.ex.calls if "resize" in c.argv)
     assert resize.input == HEX.encode() and HEX not in " ".join(resize.argv)
     enc.detach_volume()
-    assert not os.path.lexists(fake.paths.devpath("sdb"))  # the device is gone from sysfs: no stale link
+    assert os.path.isfile(fake.paths.devpath("sdb"))
 
 
 def test_passphrase_secrets_are_used_as_they_are(fake: FakeCrypt) -> None:
@@ -159,8 +160,19 @@ def test_a_mapping_opened_under_the_old_name_is_reused(fake: FakeCrypt) -> None:
     fake._open(("cryptsetup", "open"), ["/dev/sdd", "sdd"], HEX.encode())  # what an old os-brick opened
     enc = _encryptor(_ci("/dev/sdd"), KeyManager(Key(RAW)), **ENC)
     assert enc.dev_name == "sdd"
+    local = fake.paths.devpath("sdd")
+    os.unlink(local)
+    os.symlink("/dev/mapper/sdd", local)  # and the old os-brick replaced the node by a link (ln -sf)
     enc.detach_volume()
     assert fake.node("sdd") is None
+    assert not os.path.lexists(local)  # the disk is not in (fake) sysfs: no node to make, no stale link
+    os.makedirs(fake.paths.sys("class", "block", "sdd"))
+    with open(fake.paths.sys("class", "block", "sdd", "dev"), "w") as f:
+        f.write("8:48\n")
+    fake._open(("cryptsetup", "open"), ["/dev/sdd", "sdd"], HEX.encode())
+    os.symlink("/dev/mapper/sdd", local)
+    enc.detach_volume()
+    assert os.path.isfile(local) and list(fake.made.values()) == [(8, 48)]  # type: ignore[attr-defined]
 
 
 def test_nova_native_luks_preparation_formats_only_blank_volumes(fake: FakeCrypt) -> None:

@@ -21,8 +21,8 @@ Deliberate differences (blocklink's guarantees):
   facade formats only a **blank** volume (no signature at all, libblkid probe); a filesystem,
   partition table or other header raises :class:`~blocklink.encryption.FormatRefused` and nothing is
   written.
-* ``detach_volume`` puts ``device_path`` back (a device node again, or a symlink to the lower device)
-  instead of leaving a symlink to the removed mapping, and a mapping still in use is reported
+* ``detach_volume`` puts ``device_path`` back (the kernel's device node, kept aside while the mapping
+  was open, or a symlink to the lower device) instead of leaving a symlink to the removed mapping, and a mapping still in use is reported
   (:class:`~blocklink.encryption.EncryptionBusy` naming its users) after ``detach_timeout`` instead of
   failing three ``luksClose`` attempts.
 * New headers use blocklink's bounded PBKDF cost (:class:`~blocklink.encryption.EncryptionSpec`:
@@ -127,8 +127,19 @@ class LuksEncryptor(VolumeEncryptor):
         device = AttachedDevice(protocol=str(self.connection_info.get("driver_volume_type") or "block"),
                                 path=self.dev_path, type="block")
         self._engine_for(self._spec()).attach(device, key, volume_id=self.dev_name, new_volume=True)
-        self._replace(self._local, lambda tmp: os.symlink(target, tmp))
+        local = self._local
+        if not os.path.islink(local) and not os.path.lexists(self._aside):
+            # the kernel's own node (devtmpfs removes it with the disk only if it is still its inode at
+            # its name): kept aside, whole, and put back by detach_volume
+            os.rename(local, self._aside)
+        self._replace(local, lambda tmp: os.symlink(target, tmp))
         LOG.info("encryption: %s now points at %s", self.symlink_path, target)
+
+    @property
+    def _aside(self) -> str:
+        """Where attach_volume keeps the device node ``device_path`` was (same directory, hidden)."""
+        local = self._local
+        return os.path.join(os.path.dirname(local), f".{os.path.basename(local)}.blocklink-lower")
 
     def detach_volume(self, **kwargs: Any) -> None:
         """Close the mapping and give ``device_path`` back to the lower device; idempotent."""
@@ -162,8 +173,12 @@ class LuksEncryptor(VolumeEncryptor):
         os.replace(tmp, path)
 
     def _restore(self, lower: str) -> None:
-        """``device_path`` back to the lower device: its block node when ``device_path`` was the node
-        (``/dev/sdb``), else a symlink to it (``/dev/disk/by-...``)."""
+        """``device_path`` back to the lower device: the node attach_volume kept aside; else (opened by
+        the real os-brick, which replaced the node) a new node when ``device_path`` was the node
+        (``/dev/sdb``), or a symlink to the lower device (``/dev/disk/by-...``)."""
+        if os.path.lexists(self._aside):
+            os.replace(self._aside, self._local)
+            return
         node = f"/dev/{lower}"
         if os.path.normpath(self.symlink_path) != node:
             self._replace(self._local, lambda tmp: os.symlink(node, tmp))
