@@ -135,10 +135,19 @@ def test_a_volume_formatted_elsewhere_opens_with_the_hex_passphrase(fake: FakeCr
     assert "luksFormat" not in fake.actions() and fake.node("crypt-sdb")
     disk = fake.disks["/dev/sdb"]
     disk.size += 32 << 20
+    seen, resize = [], fake._resize
+
+    def watched(*a: Any) -> Any:  # what cryptsetup would find at the disk's name during the resize
+        seen.append(os.path.islink(fake.paths.devpath("sdb")))
+        return resize(*a)
+
+    fake._resize = watched  # type: ignore[method-assign]
     size = enc.extend_volume(None, **ENC)
+    assert seen == [False]  # the disk's own node, not the link to the mapping
     assert size == disk.size - (16 << 20)
     resize = next(c for c in fake.ex.calls if "resize" in c.argv)
     assert resize.input == HEX.encode() and HEX not in " ".join(resize.argv)
+    assert os.readlink(fake.paths.devpath("sdb")) == "/dev/mapper/crypt-sdb"  # the link again after the resize
     enc.detach_volume()
     assert os.path.isfile(fake.paths.devpath("sdb"))
 

@@ -152,8 +152,22 @@ class LuksEncryptor(VolumeEncryptor):
             self._restore(m.lower[0])
 
     def extend_volume(self, context: Any, **kwargs: Any) -> Optional[int]:
-        """Grow the open mapping to its grown device; the new size of the decrypted device in bytes."""
-        return self._engine.extend(self.dev_name, self._passphrase(context))
+        """Grow the open mapping to its grown device; the new size of the decrypted device in bytes.
+
+        cryptsetup finds the device under the mapping by its kernel name (``/dev/sdb``); while that name
+        is the link to the mapping it would measure the mapping itself and refuse to grow. So for the
+        resize only, ``device_path`` is the disk's own node again (a second name of the node kept
+        aside; processes that opened the mapping keep it), then the link to the mapping once more.
+        """
+        key = self._passphrase(context)
+        local, target = self._local, f"/dev/mapper/{self.dev_name}"
+        if not (os.path.lexists(self._aside) and os.path.islink(local) and os.readlink(local) == target):
+            return self._engine.extend(self.dev_name, key)
+        self._replace(local, lambda tmp: os.link(self._aside, tmp))
+        try:
+            return self._engine.extend(self.dev_name, key)
+        finally:
+            self._replace(local, lambda tmp: os.symlink(target, tmp))
 
     def _format_volume(self, passphrase: str, **kwargs: Any) -> None:
         """Write a LUKS header on a blank volume (Nova's native-LUKSv1 preparation); a LUKS volume is
