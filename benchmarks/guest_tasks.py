@@ -5,6 +5,8 @@
 blocklink, os-brick and raw iscsiadm against the same LIO targets (see iscsi_ops.py).
 ``python -m benchmarks.guest_tasks dmcrypt --mib 128 --reps 5``: sequential throughput through blocklink's
 dm-crypt mapping vs the raw device (see dmcrypt_ops.py).
+``python -m benchmarks.guest_tasks nova_iscsi --reps 3 --compat-python P``: Nova's LibvirtISCSIVolumeDriver
+on the os-brick facade vs the real os-brick (see nova_ops.py).
 """
 
 from __future__ import annotations
@@ -114,13 +116,14 @@ def task_lio(args: argparse.Namespace) -> Dict[str, Any]:
 # ---------------------------------------------------------------------------------- main
 def main(argv: List[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.guest_tasks")
-    p.add_argument("task", choices=["lio", "iscsi", "dmcrypt"])
+    p.add_argument("task", choices=["lio", "iscsi", "dmcrypt", "nova_iscsi"])
     p.add_argument("--osbrick-python", required=True)
     p.add_argument("--n", type=int, default=100)
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--creps", type=int, default=2, help="repetitions of the concurrent iSCSI case")
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--mib", type=int, default=128, help="dmcrypt: MiB per sequential pass")
+    p.add_argument("--compat-python", help="nova_iscsi: the compat virtualenv's interpreter (Nova, Cinder)")
     p.add_argument("--impls", default="blocklink,os-brick,floor", help="iscsi: which initiators to measure")
     args = p.parse_args(argv)
     if args.task == "lio":
@@ -129,6 +132,10 @@ def main(argv: List[str]) -> int:
         from benchmarks import dmcrypt_ops
 
         result = dmcrypt_ops.task_dmcrypt(args)
+    elif args.task == "nova_iscsi":
+        from benchmarks import nova_ops
+
+        result = nova_ops.task_nova_iscsi(args)
     else:
         from benchmarks import iscsi_ops
 

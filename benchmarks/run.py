@@ -32,6 +32,7 @@ BENCHMARKS = [
     ("target_exports", "target side: 100 exports"),
     ("iscsi_guest", "iSCSI attach/detach in the real-kernel guest"),
     ("dmcrypt_guest", "dm-crypt vs raw device in the real-kernel guest"),
+    ("nova_guest", "Nova's iSCSI volume driver on the facade vs os-brick (guest)"),
     ("userspace", "userspace attach throughput"),
 ]
 

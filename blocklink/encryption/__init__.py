@@ -3,7 +3,8 @@
 from blocklink.encryption.errors import (EncryptionBusy, EncryptionError, FormatRefused, InvalidEncryption,
                                          KeyNotFound, MappingConflict, NotLuks, WrongKey)
 from blocklink.encryption.keys import (CastellanKeyManager, KeyManager, StaticKeyManager, VolumeEncryption,
-                                       load_encryption, passphrase_from_key)
+                                       load_encryption, passphrase_from_key,
+                                       passphrase_from_managed)
 from blocklink.encryption.luks import LuksEncryptor, mapping_name
 from blocklink.encryption.probe import Signature, probe
 from blocklink.encryption.spec import EncryptionSpec, spec_from_dict
@@ -11,4 +12,4 @@ from blocklink.encryption.spec import EncryptionSpec, spec_from_dict
 __all__ = ["CastellanKeyManager", "EncryptionBusy", "EncryptionError", "EncryptionSpec", "FormatRefused",
            "InvalidEncryption", "KeyManager", "KeyNotFound", "LuksEncryptor", "MappingConflict", "NotLuks",
            "Signature", "StaticKeyManager", "VolumeEncryption", "WrongKey", "load_encryption",
-           "mapping_name", "passphrase_from_key", "probe", "spec_from_dict"]
+           "mapping_name", "passphrase_from_key", "passphrase_from_managed", "probe", "spec_from_dict"]

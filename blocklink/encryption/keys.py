@@ -36,6 +36,19 @@ def passphrase_from_key(raw: bytes) -> Secret:
     return Secret(binascii.hexlify(bytes(raw)).decode("ascii"))
 
 
+def passphrase_from_managed(managed: Any) -> Secret:
+    """The passphrase of a castellan managed object as os-brick derives it: a secret whose
+    ``managed_type()`` is ``"passphrase"`` is used as it is (UTF-8 text), any other (Cinder's
+    ``symmetric`` volume keys, ``opaque``) as the hex of its bytes (:func:`passphrase_from_key`)."""
+    raw = managed.get_encoded()
+    kind = managed.managed_type() if callable(getattr(managed, "managed_type", None)) else None
+    if kind == "passphrase":
+        if not raw:
+            raise InvalidEncryption("encryption.encryption_key_id", "the key manager returned an empty passphrase")
+        return Secret(bytes(raw).decode("utf-8") if isinstance(raw, (bytes, bytearray)) else str(raw))
+    return passphrase_from_key(raw)
+
+
 class StaticKeyManager:
     """Keys held in memory, by id."""
 
@@ -87,7 +100,7 @@ class CastellanKeyManager:
             if type(e).__name__ == "ManagedObjectNotFoundError":
                 raise KeyNotFound(key_id) from None
             raise
-        return passphrase_from_key(managed.get_encoded())
+        return passphrase_from_managed(managed)
 
 
 @dataclass(frozen=True)
@@ -116,4 +129,4 @@ def load_encryption(encryption: Any, keymgr: Optional[KeyManager], **options: An
 
 
 __all__ = ["CastellanKeyManager", "KeyManager", "StaticKeyManager", "VolumeEncryption", "load_encryption",
-           "passphrase_from_key"]
+           "passphrase_from_key", "passphrase_from_managed"]

@@ -87,9 +87,14 @@ class LuksEncryptor:
         self.locks = LockFactory(lock_path)
 
     # ------------------------------------------------------------------ state
+    def _mapping_name(self, volume_id: str) -> str:
+        """The dm-crypt name of ``volume_id`` (:func:`mapping_name`; the os-brick facade names its
+        mappings as os-brick does)."""
+        return mapping_name(volume_id)
+
     def mapping(self, volume_id: str) -> Optional[Mapping]:
         """The open mapping of ``volume_id`` (read from sysfs), or None."""
-        name = mapping_name(volume_id)
+        name = self._mapping_name(volume_id)
         block = self.paths.sys("block")
         for node in self.paths.listdir(block):
             if node.startswith("dm-") and self.paths.read(os.path.join(block, node, "dm", "name")) == name:
@@ -159,7 +164,7 @@ class LuksEncryptor:
         lower = self._lower_name(device)
         path = device.path or ""
         secret = _key_bytes(key)
-        name = mapping_name(volume_id)
+        name = self._mapping_name(volume_id)
         with self.locks.lock(name):
             m = self.mapping(volume_id)
             if m is None:
@@ -195,9 +200,9 @@ class LuksEncryptor:
 
         try:
             return wait_for(ready, timeout=self.timeout, watch=[self.paths.devpath("mapper")],
-                            what=f"/dev/mapper/{mapping_name(volume_id)}")
+                            what=f"/dev/mapper/{self._mapping_name(volume_id)}")
         except DeviceNotFound:
-            self._close(mapping_name(volume_id))
+            self._close(self._mapping_name(volume_id))
             raise
 
     def _close(self, name: str, *args: str) -> None:
@@ -210,7 +215,7 @@ class LuksEncryptor:
         as :class:`EncryptionBusy` naming its users. ``force`` does not wait: the kernel is told to remove
         the mapping when its last user closes it, and :class:`DetachIncomplete` names who holds it now.
         """
-        name = mapping_name(volume_id)
+        name = self._mapping_name(volume_id)
         with self.locks.lock(name):
             if self.mapping(volume_id) is None:
                 return
@@ -235,7 +240,7 @@ class LuksEncryptor:
 
         LUKS2 keeps the volume key in the kernel keyring, so resizing needs the passphrase (``key``).
         """
-        name = mapping_name(volume_id)
+        name = self._mapping_name(volume_id)
         with self.locks.lock(name):
             m = self.mapping(volume_id)
             if m is None:

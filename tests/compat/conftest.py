@@ -93,6 +93,26 @@ def service() -> Iterator[ScenarioProcess]:
         proc.close()
 
 
+@pytest.fixture(scope="session")
+def nova_service() -> Iterator[Callable[[bool], ScenarioProcess]]:
+    """Nova's service interpreter per library (``nova_service(facade)``), shared by the session's Nova tests:
+    under TCG each interpreter pays 1-2 min of imports, so the Nova tests pay them twice in all (as one
+    nova-compute process serves many attachments). Cinder's options clash with Nova's: Cinder tests
+    keep their own ``service``."""
+    procs: Dict[bool, ScenarioProcess] = {}
+
+    def get(facade: bool) -> ScenarioProcess:
+        if facade not in procs:
+            procs[facade] = ScenarioProcess()
+        return procs[facade]
+
+    try:
+        yield get
+    finally:
+        for proc in procs.values():
+            proc.close()
+
+
 # both libraries: each test runs on the facade, and where it can run here on the real os-brick too
 FACADE = "blocklink.compat.os_brick"
 REAL = "os_brick"

@@ -51,6 +51,9 @@ def _services_setup(conf: Any, lock_path: str) -> None:
         conf.set_override("helper_command", os.path.join(sys.prefix, "bin", "privsep-helper"), group="privsep_osbrick")
 
 
+_OVERRIDES: list = []  # (name, group) set by the previous call in this interpreter
+
+
 def _nova(args: Dict[str, Any]) -> Any:
     import nova.conf
     from nova import objects
@@ -58,9 +61,13 @@ def _nova(args: Dict[str, Any]) -> Any:
     conf = nova.conf.CONF
     conf([], project="nova", default_config_files=[])
     _services_setup(conf, args["lock_path"])
+    while _OVERRIDES:  # one interpreter serves several scenarios: each starts from Nova's defaults
+        conf.clear_override(*_OVERRIDES.pop())
     conf.set_override("virt_type", "qemu", group="libvirt")
-    for k, v in args.get("nova_libvirt", {}).items():
-        conf.set_override(k, v, group="libvirt")
+    for group, values in (("libvirt", args.get("nova_libvirt", {})), ("key_manager", args.get("key_manager", {}))):
+        for k, v in values.items():
+            conf.set_override(k, v, group=group)
+            _OVERRIDES.append((k, group))
     objects.register_all()
     return objects.Instance(uuid=args.get("instance", "8d0b9ad6-5e23-4f0e-8a4b-0b8f0c3f1a11"))
 
@@ -138,6 +145,74 @@ def nova_volume_driver(args: Dict[str, Any]) -> Dict[str, Any]:
     return out
 
 
+class SecretsHost(NoLibvirtSecrets):
+    """The libvirt secret calls of Nova's encryptor code (``find_secret``, ``create_secret``,
+    ``delete_secret``), kept in memory: no libvirtd runs in the kernel guest. Nova's native-LUKSv1 path
+    stores the volume's passphrase as such a secret; the test sees only its SHA-256."""
+
+    secrets: Dict[Any, str] = {}
+
+    def create_secret(self, usage_type: str, usage_id: str, password: Any = None, **kw: Any) -> None:
+        import hashlib
+
+        self.secrets[(usage_type, usage_id)] = hashlib.sha256(str(password).encode()).hexdigest()
+
+    def delete_secret(self, usage_type: str, usage_id: str) -> None:
+        self.secrets.pop((usage_type, usage_id), None)
+
+
+@scenario
+def nova_encryptor(args: Dict[str, Any]) -> Dict[str, Any]:
+    """Nova's encryptor code for a connected volume (``connection_info.data.device_path`` set by the
+    volume driver), with Nova's ``ConfKeyManager`` (``[key_manager] fixed_key``) as the key manager.
+
+    ``steps`` in order: "prepare" (``LibvirtDriver._attach_encryptor`` for a LUKSv1 volume: Nova checks
+    ``is_luks``, formats a volume that has no header with the encryptor's ``_format_volume`` and stores
+    the passphrase as a libvirt secret), "attach" (``LibvirtDriver._get_volume_encryptor(...)
+    .attach_volume`` — what ``_attach_encryptor`` calls for host-side encryption), "extend" (the
+    encryptor's ``extend_volume``, as ``LibvirtDriver._resize_attached_encrypted_volume`` calls it),
+    "detach" (``LibvirtDriver._detach_encryptor`` with no libvirt secret: the encryptor's
+    ``detach_volume``)."""
+    library = _library(args["facade"])
+    _nova(args)
+    from nova import context as nova_context
+    from nova.virt.libvirt import driver
+    from os_brick.encryptors import luks
+
+    class Encryptors:  # the LibvirtDriver methods of this path; they use no other driver state
+        L = driver.LibvirtDriver
+        _attach_encryptor = L._attach_encryptor
+        _detach_encryptor = L._detach_encryptor
+        _allow_native_luksv1 = L._allow_native_luksv1
+        _get_volume_encryptor = L._get_volume_encryptor
+        _host = SecretsHost()
+
+    drv: Any = Encryptors()
+    ctx = nova_context.get_admin_context()
+    ci, enc = args["connection_info"], args["encryption"]
+    out: Dict[str, Any] = {"library": library}
+    for step in args["steps"]:
+        t0 = time.monotonic()
+        if step == "prepare":
+            drv._attach_encryptor(ctx, ci, enc)
+            out["secrets"] = sorted(SecretsHost.secrets.values())
+            SecretsHost.secrets.clear()
+            out["is_luks"] = luks.is_luks(None, ci["data"]["device_path"])
+        elif step == "attach":
+            drv._get_volume_encryptor(ci, enc).attach_volume(ctx, **enc)
+            out["encryptor"] = type(drv._get_volume_encryptor(ci, enc)).__module__
+            out["device_path_target"] = os.path.realpath(ci["data"]["device_path"])
+        elif step == "extend":
+            out["new_size"] = drv._get_volume_encryptor(ci, enc).extend_volume(ctx, **enc)
+        elif step == "detach":
+            drv._detach_encryptor(ctx, ci, enc)
+        else:
+            raise ValueError(step)
+        out[f"{step}_seconds"] = time.monotonic() - t0
+    out["connection_info"] = ci
+    return out
+
+
 @scenario
 def nova_unsupported_drivers(args: Dict[str, Any]) -> Dict[str, Any]:
     """Construct Nova's volume drivers for connectors blocklink lacks, as Nova's on-demand loading does
@@ -191,6 +266,35 @@ def cinder_attach_check_detach(args: Dict[str, Any]) -> Dict[str, Any]:
         out["head_sha256"] = hashlib.sha256(f.read(4096)).hexdigest()
     connector.disconnect_volume(ci["data"], device, force=True, ignore_errors=True)
     out["still_there"] = os.path.exists(device["path"])
+    return out
+
+
+@scenario
+def cinder_lio_initialize_connection(args: Dict[str, Any]) -> Dict[str, Any]:
+    """Cinder's LIO target driver (``cinder.volume.targets.lio.LioAdm``) given a connector:
+    ``validate_connector`` then ``initialize_connection`` for an exported volume. The calls that would
+    change the host's LIO configuration (``cinder-rtstool add-initiator``, ``save``) are recorded, not
+    run (passwords masked)."""
+    library = _library(args["facade"])
+    _cinder(args)
+    from cinder.volume import configuration
+    from cinder.volume.targets import lio
+
+    calls: list = []
+
+    def rtstool(*argv: str, **kw: Any) -> Any:
+        calls.append([a if a != args["volume"]["provider_auth"].split()[2] else "***" for a in argv])
+        return "", ""
+
+    lio.LioAdm._execute = staticmethod(rtstool)  # type: ignore[method-assign,assignment]
+    # the constructor's `cinder-rtstool verify` (it imports rtslib) runs for real, from the venv as installed
+    os.environ["PATH"] = os.path.join(sys.prefix, "bin") + os.pathsep + os.environ.get("PATH", "")
+    target = lio.LioAdm(configuration=configuration.Configuration(None), root_helper="")
+    connector = args["connector"]
+    out: Dict[str, Any] = {"library": library, "valid": target.validate_connector(connector)}
+    info = target.initialize_connection(args["volume"], connector)
+    info["data"].pop("auth_password", None)
+    out.update(connection_info=info, calls=calls)
     return out
 
 

@@ -74,7 +74,8 @@ def test_pth_hook_turns_it_on_only_with_the_environment_variable(tmp_path: Any) 
 
 @pytest.mark.parametrize("facade", [True, False], ids=["facade", "os-brick"])
 def test_nova_volume_connector_is_a_connector_cinder_accepts(scenario: Any, facade: bool) -> None:
-    """LibvirtDriver.get_volume_connector -> a dict blocklink's target side (Cinder's format) accepts."""
+    """LibvirtDriver.get_volume_connector -> a dict blocklink's target side and Cinder's LIO target
+    driver (``LioAdm.validate_connector`` / ``initialize_connection``) accept."""
     from blocklink.connection import HostConnector
 
     res = scenario("nova_volume_connector", facade=facade)
@@ -84,6 +85,19 @@ def test_nova_volume_connector_is_a_connector_cinder_accepts(scenario: Any, faca
     assert host.to_dict() == props
     assert props["os_type"] == "linux" and props["multipath"] is False and "initiator" in props
     assert res["multipath_running"] is False  # no multipathd on this host
+    # Cinder's own target side (LioAdm) accepts it, single path and multipath
+    iqn = "iqn.2010-10.org.openstack:volume-c0ffee"
+    volume = {"id": "c0ffee", "name": "volume-c0ffee", "provider_location": f"127.0.0.1:3260;127.0.0.2:3260,1 {iqn} 1",
+              "provider_auth": "CHAP chapuser chap-secret-1234"}
+    for multipath in (False, True):
+        cinder = scenario("cinder_lio_initialize_connection", facade=facade, volume=volume,
+                          connector=dict(props, multipath=multipath))
+        assert cinder["valid"] is True
+        assert ["cinder-rtstool", "add-initiator", iqn, "chapuser", "***", props["initiator"]] in cinder["calls"]
+        info = cinder["connection_info"]
+        assert info["driver_volume_type"] == "iscsi" and info["data"]["target_iqn"] == iqn
+        assert info["data"]["target_portals"] == ["127.0.0.1:3260", "127.0.0.2:3260"]
+        HostConnector.from_dict(dict(props, multipath=multipath))
 
 
 def test_cinder_connector_properties_equal_os_brick_s(scenario: Any) -> None:

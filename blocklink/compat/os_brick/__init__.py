@@ -31,7 +31,8 @@ What Nova 34.0.0 and Cinder 29.0.0 use, read from their installed sources (all p
   guard_connection``; ``os_brick.exception`` (BrickException, VolumeDeviceNotFound,
   InvalidConnectorProtocol, ExceptionChainer, ...); ``os_brick.executor.Executor`` (Cinder's LVM
   helper); ``os_brick.constants`` (SCSI addressing modes).
-* ``os_brick.encryptors`` / ``.luks``: names only (see that module); no volume encryption.
+* ``os_brick.encryptors`` (``get_volume_encryptor``, ``get_encryption_metadata``, the provider maps) and
+  ``.luks`` (``LuksEncryptor``, ``Luks2Encryptor``, ``is_luks``): host-side LUKS on blocklink.encryption.
 
 Not provided (an import fails naming the facade): remotefs (NFS, GlusterFS, VZStorage), the other
 vendors' connectors, ``os_brick.privileged``, ``os_brick.local_dev``.
@@ -51,7 +52,8 @@ from blocklink.errors import BlocklinkError
 
 __version__ = "7.1.1+blocklink"
 _PREFIX = __name__  # blocklink.compat.os_brick
-_PROVIDED = ("constants", "encryptors", "encryptors.luks", "exception", "executor", "hostprops", "initiator",
+_PROVIDED = ("constants", "encryptors", "encryptors.base", "encryptors.luks", "encryptors.nop", "exception",
+             "executor", "hostprops", "initiator",
              "initiator.connector", "initiator.connectors", "initiator.connectors.base",
              "initiator.connectors.fibre_channel", "initiator.connectors.iscsi", "initiator.connectors.nvmeof",
              "initiator.connectors.rbd", "initiator.linuxrbd", "initiator.linuxscsi", "initiator.utils")

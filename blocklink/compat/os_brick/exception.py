@@ -115,7 +115,7 @@ class VolumeEncryptionNotSupported(Invalid):
 
 
 class EncryptionNotProvided(BrickException):
-    """The facade does not do volume encryption (yet): the encryptor entry points raise this."""
+    """An encryption provider the facade does not implement (plain dm-crypt, out-of-tree classes)."""
 
     message = "volume encryption (%(what)s) is not provided by blocklink's os-brick facade"
 

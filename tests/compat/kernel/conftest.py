@@ -14,7 +14,7 @@ import pytest
 
 from tests.harness.guest import in_guest
 from tests.harness.guest import pytest_plugin as delegation
-from tests.functional.kernel.conftest import (configfs, iscsid, leak_check, lio_clean, modprobe,  # noqa: F401
+from tests.functional.kernel.conftest import (configfs, iscsid, leak_check, lio_clean, modprobe, multipathd,  # noqa: F401,E501
                                               pytest_sessionfinish, pytest_terminal_summary)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
