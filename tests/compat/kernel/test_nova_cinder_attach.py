@@ -123,10 +123,10 @@ def test_nova_iscsi_driver_with_chap(nova_service: Any, facade: bool, lio: LioTa
     info = info.replace(targets=info.targets[:1], form="single")
     assert info.auth_method == "CHAP" and info.auth_password
     backing = str(tmp_path / f"volume-{vid}")
-    # the real os-brick's extend_volume runs lsscsi, which this Debian image lacks: extend where it can run
-    can_extend = facade or shutil.which("lsscsi") is not None
+    # the real os-brick's extend_volume runs lsscsi (scripts/debian-packages.txt installs it)
+    assert facade or shutil.which("lsscsi"), "lsscsi is not installed: run scripts/bootstrap"
     _nova_attach_detach(service, facade, "iscsi.LibvirtISCSIVolumeDriver", info, backing, "/dev/sd", "native",
-                        grow=(lambda size: resize_fileio(f"volume-{vid}", backing, size)) if can_extend else None)
+                        grow=lambda size: resize_fileio(f"volume-{vid}", backing, size))
     lio.terminate_connection(vid, conn)
     lio.remove_export(vid)
 

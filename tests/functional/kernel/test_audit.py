@@ -240,3 +240,52 @@ def test_an_nbd_mapping_mounted_is_refused_then_cleaned(modprobe, store, tmp_pat
         sh("qemu-nbd", "--disconnect", "/dev/nbd0", ok=(0, 1))
         os.rmdir(mnt)
         os.unlink(img)
+
+
+def audit_here(db: str, clean: bool = False) -> Dict[str, Any]:
+    from blocklink.audit import Auditor
+
+    store = AttachmentStore(db)
+    try:
+        auditor = Auditor(store)
+        report = auditor.audit()
+        return (auditor.clean(report) if clean else report).to_dict()
+    finally:
+        store.close()
+
+
+def test_a_dm_crypt_mapping_left_over_a_session_is_orphaned_then_cleaned_top_down(lio, iscsid, store) -> None:
+    """What an encryptor killed before its record leaves: a session and, over its disk, an open LUKS
+    mapping. ``audit`` lists the mapping with the transport below it; ``--clean`` closes the mapping
+    first (the disk is its holder's), then the disk, the session and the node. (In process: the CLI's
+    own path is the other tests'; a CLI start costs tens of seconds under TCG.)"""
+    info = export_without_chap(lio, "audit-crypt")
+    iqn = info.targets[0].iqn
+    name = login_by_hand(iqn)
+    mapping = "crypt-audit-orphan"
+    key = os.urandom(32).hex().encode()
+    try:
+        for args in (["luksFormat", "--batch-mode", "--type", "luks1", "--pbkdf-force-iterations", "1000",
+                      "--key-file=-", f"/dev/{name}"],
+                     ["open", "--type", "luks1", "--key-file=-", f"/dev/{name}", mapping]):
+            res = subprocess.run(["cryptsetup", *args], input=key, capture_output=True, timeout=300)
+            assert res.returncode == 0, res.stderr.decode()
+        dm = os.path.basename(os.path.realpath(f"/dev/mapper/{mapping}"))
+        assert os.listdir(f"/sys/block/{dm}/slaves") == [name]
+        doc = audit_here(store)
+        assert ("dm_crypt", mapping) in orphans(doc) and ("scsi_disk", name) in orphans(doc), doc
+        crypt = [o for o in doc["orphans"] if o["kind"] == "dm_crypt"][0]
+        assert crypt["device"] == dm and crypt["ids"]["slaves"] == name
+        cleaned = audit_here(store, clean=True)
+        assert cleaned["refused"] == [], cleaned
+        removed = [(o["kind"], o["name"]) for o in cleaned["removed"]]
+        assert removed[0] == ("dm_crypt", mapping) and ("scsi_disk", name) in removed, removed
+        assert not os.path.exists(f"/dev/mapper/{mapping}")
+        again = audit_here(store)
+        assert again["orphans"] == [] and again["ghosts"] == [] and again["mismatches"] == [], again
+        assert_host_clean(iqn)
+    finally:
+        subprocess.run(["cryptsetup", "close", mapping], capture_output=True, timeout=60)
+        sh("iscsiadm", "-m", "node", "-T", iqn, "--logout", ok=(0, 21))
+        sh("iscsiadm", "-m", "node", "-T", iqn, "-o", "delete", ok=(0, 21))
+        lio.remove_export("audit-crypt")
