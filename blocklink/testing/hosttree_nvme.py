@@ -100,6 +100,7 @@ class FakeNvmetConfigFS(ConfigFS):
             if self.auth:  # NVME_TARGET_AUTH (Linux 6.0+): per-host DH-HMAC-CHAP attributes
                 for k, v in _HOST_AUTH_ATTRS.items():
                     _w(os.path.join(path, k), v)
+                    os.chmod(os.path.join(path, k), 0o644)  # CONFIGFS_ATTR: anyone may read
         else:
             raise PermissionError(errno.EPERM, "configfs does not allow mkdir here", path)
 
@@ -305,6 +306,10 @@ class FakeNvmeKernel:
                     and _r(self.ctrl_path(c, "hostnqn")) == hostnqn):
                 raise OSError(errno.EALREADY, "Operation already in progress")
         ctrl = self.add_controller(nqn, traddr, trsvcid, trtype, hostnqn)
+        if self.auth:  # like 6.12: the secrets in attributes anyone may read (mode 0644)
+            for attr in ("dhchap_secret", "dhchap_ctrl_secret"):
+                _w(self.ctrl_path(ctrl, attr), o.get(attr) or "none")
+                os.chmod(self.ctrl_path(ctrl, attr), 0o644)
         return f"instance={ctrl[4:]},cntlid={_r(self.ctrl_path(ctrl, 'cntlid'))}"
 
     def sysfs_write(self, path: str, data: str) -> bool:

@@ -16,6 +16,10 @@ What the kernel shows, and what this module relies on:
   unauthenticated; :meth:`NvmeHost.supports_auth` tells them apart (6.12 loads ``nvme_auth``). Both
   answer a target refusal with EIO and a duplicate with EALREADY.
 - ``/sys/class/nvme/nvmeX/delete_controller``: writing ``1`` deletes the controller.
+- ``/sys/class/nvme/nvmeX/dhchap_secret``, ``dhchap_ctrl_secret`` (6.x with NVME_HOST_AUTH): the secrets
+  the controller authenticated with, in attributes of mode 0644 that anyone may read; :meth:`NvmeHost.connect`
+  makes them 0600 as soon as the kernel answers (nvmet's configfs ``dhchap_key``/``dhchap_ctrl_key``
+  are 0644 as well: :mod:`blocklink.target.nvmet_config` makes them 0600 before writing a key).
 
 nvme-cli is used only for ``ns-rescan`` and ``id-ns``. No protocol policy lives here: which portals to connect and when to disconnect is the connector's.
 """
@@ -389,7 +393,29 @@ class NvmeHost:
                 return False
             raise err from None
         LOG.info("nvme: connected %s (%s)", what, answer)
+        if dhchap_secret is not None or dhchap_ctrl_secret is not None:
+            self._restrict_secrets(answer)
         return True
+
+    def _restrict_secrets(self, answer: str) -> None:
+        """The kernel shows the secrets a controller authenticated with in its ``dhchap_secret`` and
+        ``dhchap_ctrl_secret`` attributes, mode 0644 (6.12's nvme sysfs, no capability check on read): make
+        them root-only at once. Until this runs (the connect itself, the DH-HMAC-CHAP exchange included)
+        a local user who polls /sys/class/nvme could read them; no interface sets the mode earlier."""
+        m = re.search(r"(?:^|,)instance=(\d+)(?:,|$)", answer)
+        if not m:
+            LOG.warning("nvme: no controller instance in the kernel's answer %r: its DH-HMAC-CHAP "
+                        "attributes keep the kernel's mode", answer)
+            return
+        ctrl = f"nvme{m.group(1)}"
+        for attr in ("dhchap_secret", "dhchap_ctrl_secret"):
+            path = self.paths.sys("class", "nvme", ctrl, attr)
+            if not self.paths.exists(path):
+                continue
+            try:
+                self.paths.restrict(path)
+            except OSError as e:
+                LOG.warning("nvme: could not make %s root-only: %s", path, e.strerror or e)
 
     def disconnect(self, controller: str) -> None:
         """Delete the controller through sysfs (``delete_controller``, what ``nvme disconnect -d`` does);
