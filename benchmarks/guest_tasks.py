@@ -3,6 +3,8 @@
 ``python -m benchmarks.guest_tasks lio --n 100 --reps 3``: LioTarget vs rtslib-fb direct.
 ``python -m benchmarks.guest_tasks iscsi --reps 3 --creps 2 --concurrency 16``: iSCSI attach/detach through
 blocklink, os-brick and raw iscsiadm against the same LIO targets (see iscsi_ops.py).
+``python -m benchmarks.guest_tasks nvme --reps 20``: NVMe/TCP connect+disconnect through blocklink and
+through nvme-cli against the same nvmet subsystem (see nvme_ops.py).
 """
 
 from __future__ import annotations
@@ -112,7 +114,7 @@ def task_lio(args: argparse.Namespace) -> Dict[str, Any]:
 # ---------------------------------------------------------------------------------- main
 def main(argv: List[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.guest_tasks")
-    p.add_argument("task", choices=["lio", "iscsi"])
+    p.add_argument("task", choices=["lio", "iscsi", "nvme"])
     p.add_argument("--osbrick-python", required=True)
     p.add_argument("--n", type=int, default=100)
     p.add_argument("--reps", type=int, default=3)
@@ -122,6 +124,10 @@ def main(argv: List[str]) -> int:
     args = p.parse_args(argv)
     if args.task == "lio":
         result = task_lio(args)
+    elif args.task == "nvme":
+        from benchmarks import nvme_ops
+
+        result = nvme_ops.task_nvme(args)
     else:
         from benchmarks import iscsi_ops
 

@@ -31,6 +31,7 @@ BENCHMARKS = [
     ("rbd_handle", "RBD handle I/O"),
     ("target_exports", "target side: 100 exports"),
     ("iscsi_guest", "iSCSI attach/detach in the real-kernel guest"),
+    ("nvme_guest", "NVMe/TCP connect/disconnect in the real-kernel guest"),
     ("userspace", "userspace attach throughput"),
 ]
 
