@@ -18,6 +18,7 @@ import re
 import stat
 import subprocess
 import sys
+import time
 import uuid
 from typing import Any, Dict, List
 
@@ -153,6 +154,7 @@ def test_secret_watchers_never_see_the_dhchap_secrets(target: NvmetTarget, conne
 
     # the watchers can fail: each secret planted where a leak would put it is found
     shared = f"/run/blocklink-canary-{uuid.uuid4().hex}.txt"  # /run is o+x (workdir is 0700: nobody else gets in)
+    t0 = time.monotonic()
     try:
         with SecretWatch([host_secret, ctrl_secret], sweep_roots=ROOTS) as planted:
             child = subprocess.Popen([sys.executable, "-c", ANNOUNCER, host_secret], stdin=subprocess.PIPE,
@@ -172,11 +174,13 @@ def test_secret_watchers_never_see_the_dhchap_secrets(target: NvmetTarget, conne
     finally:
         if os.path.exists(shared):
             os.unlink(shared)
+    print(f"TIMING planted watch {time.monotonic() - t0:.1f}s: {planted.summary()}")
     where = [e.where for e in planted.exposures]
     assert any(w.endswith("/cmdline") for w in where), where  # argv, sampled
     assert sum(1 for w in where if w.startswith("execve")) >= 2, where  # argv and environment, traced
     assert "log record some.library" in where and shared in where, where
 
+    t0 = time.monotonic()
     with SecretWatch([host_secret, ctrl_secret], run_dirs=[workdir], sweep_roots=ROOTS) as watch:
         info = target.initialize_connection(vid, host, host_auth=auth)
         wire = info.to_dict()
@@ -194,7 +198,7 @@ def test_secret_watchers_never_see_the_dhchap_secrets(target: NvmetTarget, conne
         target.terminate_connection(vid, host)
     out, err = capfd.readouterr()
     watch.check_text("captured stdout/stderr", out + err)
-    print(watch.summary(), modes)
+    print(f"TIMING flow watch {time.monotonic() - t0:.1f}s: {watch.summary()} {modes}")
     assert watch.proc_samples > 1 and watch.records > 0 and watch.files_checked > 0, watch.summary()
     assert exposed == [], f"kernel files others can read hold a secret: {modes}"
     watch.assert_clean()
