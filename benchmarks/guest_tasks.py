@@ -7,6 +7,8 @@ blocklink, os-brick and raw iscsiadm against the same LIO targets (see iscsi_ops
 dm-crypt mapping vs the raw device (see dmcrypt_ops.py).
 ``python -m benchmarks.guest_tasks nova_iscsi --reps 3 --compat-python P``: Nova's LibvirtISCSIVolumeDriver
 on the os-brick facade vs the real os-brick (see nova_ops.py).
+``python -m benchmarks.guest_tasks nvme --reps 20``: NVMe/TCP connect+disconnect through blocklink and
+through nvme-cli against the same nvmet subsystem (see nvme_ops.py).
 """
 
 from __future__ import annotations
@@ -116,7 +118,7 @@ def task_lio(args: argparse.Namespace) -> Dict[str, Any]:
 # ---------------------------------------------------------------------------------- main
 def main(argv: List[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.guest_tasks")
-    p.add_argument("task", choices=["lio", "iscsi", "dmcrypt", "nova_iscsi"])
+    p.add_argument("task", choices=["lio", "iscsi", "dmcrypt", "nova_iscsi", "nvme"])
     p.add_argument("--osbrick-python", required=True)
     p.add_argument("--n", type=int, default=100)
     p.add_argument("--reps", type=int, default=3)
@@ -136,6 +138,10 @@ def main(argv: List[str]) -> int:
         from benchmarks import nova_ops
 
         result = nova_ops.task_nova_iscsi(args)
+    elif args.task == "nvme":
+        from benchmarks import nvme_ops
+
+        result = nvme_ops.task_nvme(args)
     else:
         from benchmarks import iscsi_ops
 

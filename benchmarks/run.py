@@ -33,6 +33,7 @@ BENCHMARKS = [
     ("iscsi_guest", "iSCSI attach/detach in the real-kernel guest"),
     ("dmcrypt_guest", "dm-crypt vs raw device in the real-kernel guest"),
     ("nova_guest", "Nova's iSCSI volume driver on the facade vs os-brick (guest)"),
+    ("nvme_guest", "NVMe/TCP connect/disconnect in the real-kernel guest"),
     ("userspace", "userspace attach throughput"),
 ]
 

@@ -116,6 +116,10 @@ class HostPaths:
         """Write an attribute (under sysfs through :attr:`writer`, e.g. as root)."""
         self.files(path).write(path, data)
 
+    def restrict(self, path: str) -> None:
+        """Make an attribute (or file) readable by its owner only (mode 0600)."""
+        self.files(path).restrict(path)
+
     def fabrics(self, options: Any = "") -> str:
         """Write ``options`` to this tree's ``nvme-fabrics`` device through :attr:`writer` and return the
         kernel's answer (empty ``options``: the option tokens the kernel knows)."""

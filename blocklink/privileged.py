@@ -150,6 +150,13 @@ def write_sysfs(path: str, data: str) -> None:
 
 
 @entrypoint
+def restrict_sysfs(path: str) -> None:
+    """Make a sysfs/configfs attribute readable by root only (mode 0600; kernfs and configfs keep the mode
+    for the attribute's lifetime): the kernel shows DH-HMAC-CHAP secrets in attributes of mode 0644."""
+    os.chmod(confine(path, SYSFS_ROOT), 0o600)
+
+
+@entrypoint
 def configfs_mkdir(path: str) -> None:
     os.mkdir(confine(path, NVMET_ROOT, follow=False))
 
@@ -213,6 +220,8 @@ class HostWriter(Protocol):
 
     def fabrics(self, path: str, options: Any) -> str: ...
 
+    def restrict(self, path: str) -> None: ...
+
 
 class DirectWriter:
     """With the caller's own rights: for trees the caller owns (a fake host)."""
@@ -234,6 +243,9 @@ class DirectWriter:
 
     def fabrics(self, path: str, options: Any) -> str:
         return fabrics_io(path, options)
+
+    def restrict(self, path: str) -> None:
+        os.chmod(path, 0o600)
 
 
 class PrivilegedWriter:
@@ -257,6 +269,9 @@ class PrivilegedWriter:
 
     def fabrics(self, path: str, options: Any) -> str:
         return write_fabrics(path, options)
+
+    def restrict(self, path: str) -> None:
+        restrict_sysfs(path)
 
 
 DIRECT: HostWriter = DirectWriter()

@@ -49,7 +49,7 @@ from blocklink.privatefile import replace_private
 
 LOG = get_logger(__name__)
 
-_OPTION_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:\-]{0,222}")  # NQNs and host IDs reach nvme connect's argv
+_OPTION_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:\-]{0,222}")  # NQNs and host IDs go into the /dev/nvme-fabrics options string
 
 
 class _Identity:
@@ -110,7 +110,7 @@ class NVMeOFConnector(Connector):
                 raise InvalidOption(name, f"{str(value)[:60]!r} is not an NQN / host ID")
         self.host_nqn = host_nqn
         self.host_id = host_id
-        # nvme connect: -l -1 means "retry forever"; the others are counts of seconds or queues
+        # ctrl_loss_tmo=-1 means "retry forever"; the others are counts of seconds or queues
         self.ctrl_loss_tmo = None if ctrl_loss_tmo is None else count("ctrl_loss_tmo", ctrl_loss_tmo, minimum=-1)
         self.reconnect_delay = None if reconnect_delay is None else count("reconnect_delay", reconnect_delay, minimum=1)
         self.keep_alive_tmo = None if keep_alive_tmo is None else count("keep_alive_tmo", keep_alive_tmo)

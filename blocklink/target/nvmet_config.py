@@ -60,6 +60,9 @@ class ConfigFS:
     def write(self, path: str, data: str) -> None:
         self.paths.write(path, data)
 
+    def restrict(self, path: str) -> None:
+        self.paths.restrict(path)
+
     def read(self, path: str) -> Optional[str]:
         return self.paths.read(path)
 
@@ -246,9 +249,11 @@ class NvmetConfig:
                                                      "(DH-HMAC-CHAP: Linux 6.0+ built with NVME_TARGET_AUTH)")
         self.fs.write(os.path.join(hdir, "dhchap_hash"), auth.hash)
         self.fs.write(os.path.join(hdir, "dhchap_dhgroup"), auth.dhgroup)
-        self.fs.write(os.path.join(hdir, "dhchap_key"), reveal(auth.key) or "")
-        if auth.ctrl_key is not None:
-            self.fs.write(os.path.join(hdir, "dhchap_ctrl_key"), reveal(auth.ctrl_key) or "")
+        # nvmet shows the keys in attributes of mode 0644 (CONFIGFS_ATTR): root-only before they hold one
+        for attr, key in (("dhchap_key", auth.key), ("dhchap_ctrl_key", auth.ctrl_key)):
+            if key is not None:
+                self.fs.restrict(os.path.join(hdir, attr))
+                self.fs.write(os.path.join(hdir, attr), reveal(key) or "")
         LOG.info("nvmet: host %s requires DH-HMAC-CHAP (%s, %s%s)", hostnqn, auth.hash, auth.dhgroup,
                  ", bidirectional" if auth.ctrl_key is not None else "")
 

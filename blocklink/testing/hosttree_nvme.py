@@ -1,15 +1,15 @@
-"""A fake NVMe-oF kernel on a plain directory tree: nvmet configfs, host sysfs, and nvme-cli.
+"""A fake NVMe-oF kernel on a plain directory tree: nvmet configfs, host sysfs, /dev/nvme-fabrics.
 
 :class:`FakeNvmetConfigFS` behaves like the kernel's nvmet configfs on ordinary directories
 (``mkdir`` creates the attribute files and default groups, ``rmdir`` refuses an item that still has
 children or links, ``enable`` needs an openable ``device_path``). :class:`FakeNvmeKernel` adds the
-host side: it answers ``nvme connect/disconnect/ns-rescan/id-ns`` through a
-:class:`~blocklink.testing.fakes.FakeExecutor` by reading that configfs (ports, allowed hosts,
+host side: it answers writes to ``/dev/nvme-fabrics`` and ``delete_controller`` (through the tree's
+writer), and ``nvme ns-rescan/id-ns`` through a :class:`~blocklink.testing.fakes.FakeExecutor`, by reading that configfs (ports, allowed hosts,
 enabled namespaces) and building ``/sys/class/nvme``, ``/sys/class/nvme-subsystem``, ``/sys/block``
 and ``/dev`` entries the way Linux 6.1 names them, with or without native multipath. As in Linux, a
 subsystem outlives its last controller while a process holds one of its namespace devices open
-(:meth:`FakeNvmeKernel.open_by` / :meth:`~FakeNvmeKernel.close_by`). The messages
-are the ones nvme-cli 2.3 printed in the real-kernel guest. Like a target that sends no
+(:meth:`FakeNvmeKernel.open_by` / :meth:`~FakeNvmeKernel.close_by`). Refusals are the errnos Linux's
+/dev/nvme-fabrics returned in the real-kernel guest. Like a target that sends no
 namespace-change notices, the fake host sees new or resized namespaces only after a rescan.
 """
 
@@ -29,13 +29,6 @@ from blocklink.masking import reveal
 from blocklink.privileged import DirectWriter
 from blocklink.target.nvmet_config import ConfigFS
 from blocklink.testing.fakes import FakeExecutor
-
-# what nvme-cli 2.3 printed in the guest (stderr)
-MSG_EIO = ("Failed to write to /dev/nvme-fabrics: Input/output error\n"
-           "could not add new controller: failed to write to nvme-fabrics device\n")
-MSG_REFUSED = ("Failed to write to /dev/nvme-fabrics: Connection refused\n"
-               "could not add new controller: connection refused\n")
-MSG_ALREADY = "already connected\n"
 
 _SUBSYS_ATTRS = {"attr_allow_any_host": "0", "attr_cntlid_max": "65519", "attr_cntlid_min": "1",
                  "attr_model": "Linux", "attr_pi_enable": "0", "attr_qid_max": "128", "attr_version": "1.3"}
@@ -107,6 +100,7 @@ class FakeNvmetConfigFS(ConfigFS):
             if self.auth:  # NVME_TARGET_AUTH (Linux 6.0+): per-host DH-HMAC-CHAP attributes
                 for k, v in _HOST_AUTH_ATTRS.items():
                     _w(os.path.join(path, k), v)
+                    os.chmod(os.path.join(path, k), 0o644)  # CONFIGFS_ATTR: anyone may read
         else:
             raise PermissionError(errno.EPERM, "configfs does not allow mkdir here", path)
 
@@ -195,8 +189,10 @@ class FakeNvmetConfigFS(ConfigFS):
             return errno.EKEYREJECTED
         return None
 
-    def served(self, traddr: str, trsvcid: str, trtype: str, nqn: str, hostnqn: str) -> Optional[str]:
-        """None if the connect is admitted, else the nvme-cli error text."""
+    def served(self, traddr: str, trsvcid: str, trtype: str, nqn: str, hostnqn: str) -> Optional[int]:
+        """None if the connect is admitted, else the errno of the kernel's refusal: ECONNREFUSED when no
+        port serves the address, EIO when the target's connect command fails (no such subsystem at the
+        port, host not allowed)."""
         port = None
         for pid in os.listdir(os.path.join(self.root, "ports")):
             d = os.path.join(self.root, "ports", pid)
@@ -204,13 +200,13 @@ class FakeNvmetConfigFS(ConfigFS):
                     and _r(os.path.join(d, "addr_trtype")) == trtype and os.listdir(os.path.join(d, "subsystems"))):
                 port = d
         if port is None:
-            return MSG_REFUSED
+            return errno.ECONNREFUSED
         if nqn not in os.listdir(os.path.join(port, "subsystems")):
-            return MSG_EIO
+            return errno.EIO
         s = os.path.join(self.root, "subsystems", nqn)
         if _r(os.path.join(s, "attr_allow_any_host")) != "1" and hostnqn not in os.listdir(
                 os.path.join(s, "allowed_hosts")):
-            return MSG_EIO
+            return errno.EIO
         return None
 
     def enabled_namespaces(self, nqn: str) -> Dict[int, Tuple[str, str, int]]:
@@ -231,7 +227,7 @@ def _size_of(path: str) -> int:
 
 
 class FakeNvmeKernel:
-    """Host sysfs + nvme-cli answers for a :class:`FakeNvmetConfigFS` under ``root``."""
+    """Host sysfs, /dev/nvme-fabrics and nvme-cli answers for a :class:`FakeNvmetConfigFS` under ``root``."""
 
     def __init__(self, root: str, *, multipath: bool = True, fabrics_loaded: bool = True,
                  hostnqn: str = "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-0000-0000-0000000000b1",
@@ -266,8 +262,6 @@ class FakeNvmeKernel:
     # ------------------------------------------------------------------ executor wiring
     def install(self, ex: Optional[FakeExecutor] = None) -> FakeExecutor:
         ex = ex or FakeExecutor()
-        ex.on(("nvme", "connect"), lambda argv, _in: self._connect(argv))
-        ex.on(("nvme", "disconnect"), lambda argv, _in: self._disconnect(argv))
         ex.on(("nvme", "ns-rescan"), lambda argv, _in: self._rescan_cmd(argv))
         ex.on(("nvme", "id-ns"), lambda argv, _in: self._id_ns(argv))
         ex.on(("blockdev", "--flushbufs"), lambda argv, _in: self._flush(argv))
@@ -302,7 +296,7 @@ class FakeNvmeKernel:
         hostnqn = o.get("hostnqn", self.hostnqn)
         err = self.configfs.served(traddr, trsvcid, trtype, nqn, hostnqn)
         if err:
-            raise OSError(errno.ECONNREFUSED if err == MSG_REFUSED else errno.EIO, err.splitlines()[0])
+            raise OSError(err, os.strerror(err))
         refused = self.configfs.auth_refusal(hostnqn, o.get("dhchap_secret"), o.get("dhchap_ctrl_secret"))
         if refused:
             raise OSError(refused, os.strerror(refused))
@@ -312,6 +306,10 @@ class FakeNvmeKernel:
                     and _r(self.ctrl_path(c, "hostnqn")) == hostnqn):
                 raise OSError(errno.EALREADY, "Operation already in progress")
         ctrl = self.add_controller(nqn, traddr, trsvcid, trtype, hostnqn)
+        if self.auth:  # like 6.12: the secrets in attributes anyone may read (mode 0644)
+            for attr in ("dhchap_secret", "dhchap_ctrl_secret"):
+                _w(self.ctrl_path(ctrl, attr), o.get(attr) or "none")
+                os.chmod(self.ctrl_path(ctrl, attr), 0o644)
         return f"instance={ctrl[4:]},cntlid={_r(self.ctrl_path(ctrl, 'cntlid'))}"
 
     def sysfs_write(self, path: str, data: str) -> bool:
@@ -324,35 +322,6 @@ class FakeNvmeKernel:
         self.deleted.append(rel[0])
         self.remove_controller(rel[0])
         return True
-
-    # ------------------------------------------------------------------ nvme-cli connect / disconnect
-    @staticmethod
-    def _opts(argv: Tuple[str, ...]) -> Dict[str, str]:
-        out, i = {}, 2
-        while i < len(argv):
-            if argv[i].startswith("-") and i + 1 < len(argv):
-                out[argv[i]] = argv[i + 1]
-                i += 2
-            else:
-                i += 1
-        return out
-
-    def _connect(self, argv: Tuple[str, ...]) -> Tuple[int, str, str]:
-        if not os.path.exists(self.paths.devpath("nvme-fabrics")):
-            return 1, "", "Failed to open /dev/nvme-fabrics: No such file or directory\n"
-        o = self._opts(argv)
-        nqn, traddr, trsvcid, trtype = o["-n"], o["-a"], o.get("-s", "4420"), o.get("-t", "tcp")
-        hostnqn = o.get("-q", self.hostnqn)
-        err = self.configfs.served(traddr, trsvcid, trtype, nqn, hostnqn)
-        if err:
-            return 1, "", err
-        for c in self.controllers():
-            a = _r(self.ctrl_path(c, "address"))
-            if (_r(self.ctrl_path(c, "subsysnqn")) == nqn and a.startswith(f"traddr={traddr},trsvcid={trsvcid},")
-                    and _r(self.ctrl_path(c, "hostnqn")) == hostnqn):
-                return 1, "", MSG_ALREADY
-        self.add_controller(nqn, traddr, trsvcid, trtype, hostnqn)
-        return 0, "", ""
 
     def controllers(self) -> List[str]:
         return sorted(os.listdir(self.paths.sys("class", "nvme")))
@@ -389,20 +358,6 @@ class FakeNvmeKernel:
         _w(os.path.join(base, name, "subsysnqn"), nqn)
         _w(os.path.join(base, name, "iopolicy"), "numa")
         return name
-
-    def _disconnect(self, argv: Tuple[str, ...]) -> Tuple[int, str, str]:
-        o = self._opts(argv)
-        if "-d" in o:
-            ctrl = os.path.basename(o["-d"])
-            if ctrl not in self.controllers():
-                return 0, f"Did not find device {ctrl}\n", ""
-            self.remove_controller(ctrl)
-            return 0, "", ""
-        nqn = o.get("-n", "")
-        gone = [c for c in self.controllers() if _r(self.ctrl_path(c, "subsysnqn")) == nqn]
-        for c in gone:
-            self.remove_controller(c)
-        return 0, f"NQN:{nqn} disconnected {len(gone)} controller(s)\n", ""
 
     def remove_controller(self, ctrl: str) -> None:
         with self._teardown:
@@ -613,4 +568,4 @@ def id_ns_json(size: int, block_size: int = 4096) -> str:
                        "lbafs": [{"ms": 0, "ds": ds, "rp": 0}]}, indent=2)
 
 
-__all__ = ["FABRICS_TOKENS_61", "FABRICS_TOKENS_612", "FakeNvmeKernel", "FakeNvmetConfigFS", "MSG_ALREADY", "MSG_EIO", "MSG_REFUSED", "id_ns_json"]
+__all__ = ["FABRICS_TOKENS_61", "FABRICS_TOKENS_612", "FakeNvmeKernel", "FakeNvmetConfigFS", "id_ns_json"]

@@ -198,6 +198,10 @@ class SecretWatch:
                         self._found(p, f"secret #{i} in a file others can read (mode {oct(st.st_mode & 0o777)})")
         self.sweeps += 1
 
+    def sweep_files(self) -> None:
+        """One file sweep now, e.g. while a flow's own files exist (the background sweep runs every 2 s)."""
+        self._sweep_files()
+
     def _sweeper(self) -> None:
         while not self._stop.wait(2.0):
             self._sweep_files()

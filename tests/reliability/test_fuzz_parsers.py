@@ -13,6 +13,7 @@ Short mode: a few hundred cases per target; ``BLOCKLINK_LONG=1``: 10,000 per tar
 
 from __future__ import annotations
 
+import errno
 import json
 import re
 from typing import Any, Dict, List, Optional, Tuple
@@ -22,12 +23,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from blocklink.connection import AttachedDevice
-from blocklink.errors import CommandFailed, ConnectionFailed
+from blocklink.errors import ConnectionFailed
 from blocklink.hostpaths import HostPaths
 from blocklink.initiator.host import iscsiadm as ia
 from blocklink.initiator.host import nvme
 from blocklink.initiator.host.multipath import Multipath, parse_multipath
-from blocklink.initiator.host.nvme import NvmePortalSpec
 from blocklink.initiator.qsd import daemon_message
 from blocklink.initiator.rbd import RBDConnector
 from blocklink.masking import Secret
@@ -554,31 +554,28 @@ def test_nvme_sysfs_address_and_ids(text: str, ident: str) -> None:
     NVME_IDS.fuzz(ident)
 
 
-def _classify(arg: Tuple[str, Optional[int]]) -> Any:
-    stderr, rc = arg
-    return nvme.classify_connect_error(CommandFailed(["nvme", "connect"], rc, "", stderr), "nqn.2014-08.org.x:s",
-                                       NvmePortalSpec("127.0.0.1", 4420, "tcp"), None)
+def _classify(arg: Tuple[Optional[int], bool]) -> Any:
+    code, authenticated = arg
+    return nvme.classify_fabrics_error(OSError(code, "x"), "nqn.2014-08.org.x:s at tcp://127.0.0.1:4420", None,
+                                       authenticated=authenticated)
 
 
 _AT = "cannot connect to nqn.2014-08.org.x:s at tcp://127.0.0.1:4420: "
-NVME_CONNECT = target("nvme connect (error text)", _classify, [
-    (("Failed to write to /dev/nvme-fabrics: Connection refused\n", 1),
-     ["ConnectionFailed", _AT + "portal unreachable (connection refused)"]),
-    (("Failed to write to /dev/nvme-fabrics: Input/output error\n", 1),  # the kernel's answer to a refused host NQN
+NVME_CONNECT = target("/dev/nvme-fabrics write (errno)", _classify, [
+    ((errno.ECONNREFUSED, False), ["ConnectionFailed", _AT + "portal unreachable (connection refused)"]),
+    ((errno.EIO, False),  # the kernel's answer to a refused host NQN
      ["AuthenticationFailed", _AT + "the target refused the connection: this host's NQN is not among the "
-                                    "subsystem's allowed hosts (or the subsystem does not exist at this portal)"]),
-    (("already connected\n", 1), None)],
+                                    "subsystem's allowed hosts (or the subsystem does not exist at this portal, or "
+                                    "it requires authentication)"]),
+    ((errno.EALREADY, True), None)],
     lambda out: check(out is None or isinstance(out, ConnectionFailed), "not a ConnectionFailed or None", out),
     lambda out: None if out is None else [type(out).__name__, str(out)])
 
 
 @FUZZ
-@given(S.output_strategy(["Failed to write to /dev/nvme-fabrics: Input/output error\n",
-                          "Failed to write to /dev/nvme-fabrics: Connection refused\n", "already connected\n",
-                          "could not add new controller: failed to write to nvme-fabrics device\n"]),
-       st.one_of(st.none(), st.integers(-1, 300)))
-def test_nvme_connect_errors(stderr: str, rc: Optional[int]) -> None:
-    NVME_CONNECT.fuzz((stderr, rc))
+@given(st.one_of(st.none(), st.integers(-1, 300)), st.booleans())
+def test_nvme_connect_errors(code: Optional[int], authenticated: bool) -> None:
+    NVME_CONNECT.fuzz((code, authenticated))
 
 
 # ================================================================== qemu-storage-daemon stderr

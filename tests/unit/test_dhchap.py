@@ -64,6 +64,10 @@ def test_connection_info_carries_masked_secrets():
             "target_nqn": "nqn.x:y", "portals": [["127.0.0.1", 4420, "tcp"]], "dhchap_secret": "hunter2"}})
 
 
+def _mode(path):
+    return os.stat(path).st_mode & 0o777
+
+
 class AuthEnv:
     def __init__(self, tmp_path, auth=True):
         self.kernel = FakeNvmeKernel(str(tmp_path / "root"), auth=auth)
@@ -91,6 +95,14 @@ def test_auth_connect_and_detach(tmp_path, bidirectional):
     assert env.kernel.controllers() == ["nvme0"] and dev.path == "/dev/nvme0n1"
     assert env.kernel.fabrics_writes[0]["dhchap_secret"] == "***"
     assert ("dhchap_ctrl_secret" in env.kernel.fabrics_writes[0]) is bidirectional
+    # the kernel's 0644 attributes holding a key are root-only: on the target before the key is written,
+    # on the host as soon as the connect returns
+    hdir = os.path.join(env.kernel.configfs.root, "hosts", env.kernel.hostnqn)
+    assert _mode(os.path.join(hdir, "dhchap_key")) == 0o600
+    assert _mode(os.path.join(hdir, "dhchap_ctrl_key")) == (0o600 if bidirectional else 0o644)  # empty: no key
+    assert _mode(os.path.join(hdir, "dhchap_hash")) == 0o644
+    assert _mode(env.kernel.ctrl_path("nvme0", "dhchap_secret")) == 0o600
+    assert _mode(env.kernel.ctrl_path("nvme0", "dhchap_ctrl_secret")) == 0o600
     env.conn.disconnect_volume(info, dev)
     assert env.kernel.controllers() == [] and env.kernel.subsystems() == []
 

@@ -1,18 +1,19 @@
 """NVMe host layer: sysfs model on fake trees, nvme-cli output parsing on outputs recorded in the guest."""
 
+import errno
 import os
 
 import pytest
 
 from blocklink.initiator.properties import read_nvme_native_multipath
 
-from blocklink.errors import AuthenticationFailed, CommandFailed, ConnectionFailed, InvalidOption
+from blocklink.errors import AuthenticationFailed, ConnectionFailed, InvalidOption
 from blocklink.hostpaths import HostPaths
-from blocklink.initiator.host.nvme import (Controller, NvmeHost, NvmePortalSpec, classify_connect_error,
+from blocklink.initiator.host.nvme import (Controller, NvmeHost, NvmePortalSpec, classify_fabrics_error,
                                            normalize_nguid, normalize_uuid, parse_address, parse_id_ns_size,
                                            parse_list_subsys)
 from blocklink.testing.fakes import FakeExecutor
-from blocklink.testing.hosttree_nvme import MSG_ALREADY, MSG_EIO, MSG_REFUSED, FakeNvmeKernel
+from blocklink.testing.hosttree_nvme import FakeNvmeKernel
 
 # recorded from nvme-cli 2.3 on Linux 6.1 in the guest (two namespaces, two paths; trimmed id-ns)
 LIST_SUBSYS_TWO_PATHS = """[
@@ -101,23 +102,25 @@ def test_identifiers_and_addresses():
         "traddr": "::1", "trsvcid": "4420", "host_traddr": "::1", "src_addr": "::1"}
 
 
-def _err(stderr, code=1):
-    return CommandFailed(("nvme", "connect"), code, "", stderr)
+def _err(code):
+    return OSError(code, os.strerror(code))
 
 
-def test_connect_errors_recorded():
-    e = classify_connect_error(_err(MSG_EIO), NQN, P1, HOSTNQN)
-    assert isinstance(e, AuthenticationFailed)
-    assert HOSTNQN in str(e) and NQN in str(e) and "allowed hosts" in str(e)
-    e = classify_connect_error(_err(MSG_REFUSED), NQN, P1, HOSTNQN)
+def test_fabrics_errors_recorded():
+    """The errnos /dev/nvme-fabrics answered in the guest (6.1 and 6.12) become typed errors."""
+    what = f"{NQN} at {P1}"
+    assert classify_fabrics_error(_err(errno.EALREADY), what, HOSTNQN) is None  # a duplicate connect
+    e = classify_fabrics_error(_err(errno.EIO), what, HOSTNQN)  # host NQN not allowed
+    assert type(e) is AuthenticationFailed and HOSTNQN in str(e) and NQN in str(e) and "allowed hosts" in str(e)
+    e = classify_fabrics_error(_err(errno.EIO), what, HOSTNQN, authenticated=True)
+    assert type(e) is AuthenticationFailed and "DH-HMAC-CHAP" in str(e)
+    assert "DH-HMAC-CHAP" in str(classify_fabrics_error(_err(errno.EKEYREJECTED), what, None))
+    e = classify_fabrics_error(_err(errno.ECONNREFUSED), what, HOSTNQN)
     assert type(e) is ConnectionFailed and "unreachable (connection refused)" in str(e)
-    assert classify_connect_error(_err(MSG_ALREADY), NQN, P1, HOSTNQN) is None
-    assert classify_connect_error(_err("", code=114), NQN, P1, HOSTNQN) is None  # nvme-cli 1.x: EALREADY
-    assert isinstance(classify_connect_error(_err("", code=5), NQN, P1, None), AuthenticationFailed)  # 1.x: EIO
-    e = classify_connect_error(_err("Failed to open /dev/nvme-fabrics: No such file or directory\n"), NQN, P1, None)
-    assert "nvme-fabrics kernel module" in str(e)
-    e = classify_connect_error(_err("something new\n", code=3), NQN, P1, None)
-    assert type(e) is ConnectionFailed and "exit 3" in str(e) and "something new" in str(e)
+    assert "nvme-fabrics kernel module" in str(classify_fabrics_error(_err(errno.ENOENT), what, None))
+    assert "EINVAL" in str(classify_fabrics_error(_err(errno.EINVAL), what, None))
+    e = classify_fabrics_error(_err(errno.ENOMEM), what, None)
+    assert type(e) is ConnectionFailed and os.strerror(errno.ENOMEM) in str(e)
 
 
 @pytest.fixture

@@ -95,6 +95,20 @@ def test_write_sysfs_writes_only_inside_sysfs(fake_roots: Tuple[str, str, str]) 
     assert open(os.path.join(outside, "victim")).read() == "untouched"
 
 
+def test_restrict_sysfs_makes_an_attribute_root_only_inside_sysfs(fake_roots: Tuple[str, str, str]) -> None:
+    sysfs, _, outside = fake_roots
+    attr = os.path.join(sysfs, "class", "x", "dhchap_secret")
+    open(attr, "w").close()
+    os.chmod(attr, 0o644)  # what the kernel gives its DH-HMAC-CHAP attributes
+    privileged.restrict_sysfs.func(attr)
+    assert os.stat(attr).st_mode & 0o777 == 0o600
+    victim = os.path.join(outside, "victim")
+    os.chmod(victim, 0o644)
+    for bad in ESCAPES + (os.path.join(sysfs, "..", "sys-evil", "victim"), victim, sysfs + "-evil/victim"):
+        _refused(privileged.restrict_sysfs.func, bad)
+    assert os.stat(victim).st_mode & 0o777 == 0o644
+
+
 def test_configfs_entry_points_stay_in_the_nvmet_tree(fake_roots: Tuple[str, str, str]) -> None:
     sysfs, nvmet, outside = fake_roots
     sub, host = os.path.join(nvmet, "subsystems", "nqn.a"), os.path.join(nvmet, "hosts", "nqn.h")
@@ -231,12 +245,13 @@ def _every_privileged_path(tmp_path: Any) -> None:
     fs.symlink("/sys/kernel/config/nvmet/hosts/h", sub + "/allowed_hosts/h")
     fs.unlink(sub + "/allowed_hosts/h")
     fs.rmdir(sub)
+    fs.restrict("/sys/kernel/config/nvmet/hosts/h/dhchap_key")
     LioTarget(portals=["127.0.0.1:3260"], lock_path=str(tmp_path / "locks")).list_exports()
     tgt_request(str(tmp_path / "tgtd.sock"), 1, 1, "")
 
 
-ROUTED = ["write_sysfs", "configfs_mkdir", "configfs_symlink", "configfs_unlink", "configfs_rmdir", "lio_list",
-          "tgt_request"]
+ROUTED = ["write_sysfs", "configfs_mkdir", "configfs_symlink", "configfs_unlink", "configfs_rmdir", "restrict_sysfs",
+          "lio_list", "tgt_request"]
 
 
 def test_force_sends_every_privileged_call_to_the_daemon(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -16,6 +16,10 @@ What the kernel shows, and what this module relies on:
   unauthenticated; :meth:`NvmeHost.supports_auth` tells them apart (6.12 loads ``nvme_auth``). Both
   answer a target refusal with EIO and a duplicate with EALREADY.
 - ``/sys/class/nvme/nvmeX/delete_controller``: writing ``1`` deletes the controller.
+- ``/sys/class/nvme/nvmeX/dhchap_secret``, ``dhchap_ctrl_secret`` (6.x with NVME_HOST_AUTH): the secrets
+  the controller authenticated with, in attributes of mode 0644 that anyone may read; :meth:`NvmeHost.connect`
+  makes them 0600 as soon as the kernel answers (nvmet's configfs ``dhchap_key``/``dhchap_ctrl_key``
+  are 0644 as well: :mod:`blocklink.target.nvmet_config` makes them 0600 before writing a key).
 
 nvme-cli is used only for ``ns-rescan`` and ``id-ns``. No protocol policy lives here: which portals to connect and when to disconnect is the connector's.
 """
@@ -32,7 +36,7 @@ import uuid as uuid_lib
 from dataclasses import dataclass
 from typing import Any, Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple
 
-from blocklink.errors import AuthenticationFailed, CommandFailed, ConnectionFailed, InvalidOption
+from blocklink.errors import AuthenticationFailed, ConnectionFailed, InvalidOption
 from blocklink.executor import Executor
 from blocklink.hostpaths import HostPaths
 from blocklink.masking import Secret, get_logger, reveal
@@ -389,7 +393,29 @@ class NvmeHost:
                 return False
             raise err from None
         LOG.info("nvme: connected %s (%s)", what, answer)
+        if dhchap_secret is not None or dhchap_ctrl_secret is not None:
+            self._restrict_secrets(answer)
         return True
+
+    def _restrict_secrets(self, answer: str) -> None:
+        """The kernel shows the secrets a controller authenticated with in its ``dhchap_secret`` and
+        ``dhchap_ctrl_secret`` attributes, mode 0644 (6.12's nvme sysfs, no capability check on read): make
+        them root-only at once. Until this runs (the connect itself, the DH-HMAC-CHAP exchange included)
+        a local user who polls /sys/class/nvme could read them; no interface sets the mode earlier."""
+        m = re.search(r"(?:^|,)instance=(\d+)(?:,|$)", answer)
+        if not m:
+            LOG.warning("nvme: no controller instance in the kernel's answer %r: its DH-HMAC-CHAP "
+                        "attributes keep the kernel's mode", answer)
+            return
+        ctrl = f"nvme{m.group(1)}"
+        for attr in ("dhchap_secret", "dhchap_ctrl_secret"):
+            path = self.paths.sys("class", "nvme", ctrl, attr)
+            if not self.paths.exists(path):
+                continue
+            try:
+                self.paths.restrict(path)
+            except OSError as e:
+                LOG.warning("nvme: could not make %s root-only: %s", path, e.strerror or e)
 
     def disconnect(self, controller: str) -> None:
         """Delete the controller through sysfs (``delete_controller``, what ``nvme disconnect -d`` does);
@@ -461,12 +487,6 @@ def parse_list_subsys(text: str) -> List[Dict[str, object]]:
     return out
 
 
-_ALREADY = ("already connected", "operation already in progress")
-_REFUSED_BY_TARGET = ("input/output error",)
-_UNREACHABLE = ("connection refused", "no route to host", "network is unreachable", "connection timed out",
-                "timed out", "host is down", "cannot assign requested address")
-
-
 _FABRICS_VALUE_RE = re.compile(r"[^,\s\x00]{1,512}")  # "=" is fine: DHHC-1 keys end in base64 padding
 _FABRICS_UNREACHABLE = {errno.ECONNREFUSED: "connection refused", errno.EHOSTUNREACH: "no route to host",
                         errno.ENETUNREACH: "network is unreachable", errno.ETIMEDOUT: "connection timed out",
@@ -500,28 +520,5 @@ def classify_fabrics_error(e: OSError, what: str, hostnqn: Optional[str], *,
     return ConnectionFailed(what, f"connect failed: {os.strerror(code or 0)}")
 
 
-def classify_connect_error(e: CommandFailed, nqn: str, portal: NvmePortalSpec,
-                           hostnqn: Optional[str]) -> Optional[Exception]:
-    """The typed error for a failed ``nvme connect``, or None when it means "already connected"."""
-    text = f"{e.stderr}\n{e.stdout}".lower()
-    what = f"{nqn} at {portal}"
-    if e.exit_code in (70, 114) or any(s in text for s in _ALREADY):
-        return None
-    if e.exit_code == 5 or any(s in text for s in _REFUSED_BY_TARGET):
-        who = f"host NQN {hostnqn}" if hostnqn else "this host's NQN"
-        return AuthenticationFailed(
-            what, f"the target refused the connection: {who} is not among the subsystem's allowed hosts "
-                  "(or the subsystem does not exist at this portal)")
-    for s in _UNREACHABLE:
-        if s in text:
-            return ConnectionFailed(what, f"portal unreachable ({s})")
-    if "/dev/nvme-fabrics" in text and "no such file" in text:
-        return ConnectionFailed(what, "the nvme-fabrics kernel module is not loaded")
-    if e.exit_code is None and "cannot run" in str(e):
-        return ConnectionFailed(what, "nvme-cli is not installed (no 'nvme' command)")
-    last = (e.stderr or e.stdout or "").strip().splitlines()
-    return ConnectionFailed(what, f"nvme connect failed (exit {e.exit_code})" + (f": {last[0]}" if last else ""))
-
-
-__all__ = ["Controller", "Namespace", "NvmeHost", "NvmePortalSpec", "classify_connect_error", "classify_fabrics_error", "normalize_nguid",
+__all__ = ["Controller", "Namespace", "NvmeHost", "NvmePortalSpec", "classify_fabrics_error", "normalize_nguid",
            "normalize_uuid", "parse_address", "parse_id_ns_size", "parse_list_subsys", "resolve_addresses"]

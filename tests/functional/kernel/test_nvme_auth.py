@@ -4,18 +4,23 @@ On 6.12 (``BLOCKLINK_GUEST_KERNEL=6.12``): nvmet requires the host's key (and fo
 the host checks the controller's), NVMeOFConnector authenticates through /dev/nvme-fabrics; wrong
 or missing keys are typed errors with nothing left on the host. On Debian's 6.1 (no NVME_AUTH on
 either side) both ends refuse with :class:`AuthenticationUnsupported` instead of connecting
-unauthenticated. Connects run no child process (strace), on both kernels.
+unauthenticated. Connects run no child process (strace), on both kernels. A bidirectional flow runs
+under the reliability suite's secret watchers (tests/reliability/secretscan.py), after the watchers
+have shown they find these very secrets when planted.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
+import stat
 import subprocess
 import sys
+import time
 import uuid
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 import pytest
 
@@ -89,7 +94,7 @@ def test_bidirectional_auth_with_dh_group(target: NvmetTarget, connector: NVMeOF
     assert info.dhchap_ctrl_secret is not None
     wire = info.to_dict()
     dev = connector.connect_volume(wire)
-    # the host kernel keeps what it authenticated with on the controller (6.x sysfs, root-only)
+    # the host kernel keeps what it authenticated with on the controller (6.x sysfs, made root-only on connect)
     assert ctrl_attr("dhchap_secret") == reveal(info.dhchap_secret)
     assert ctrl_attr("dhchap_ctrl_secret") == reveal(info.dhchap_ctrl_secret)
     connector.disconnect_volume(wire, dev)
@@ -113,6 +118,94 @@ def test_refused_auth_is_typed_and_leaves_nothing(target: NvmetTarget, connector
     assert other not in str(ei.value) and reveal(info.dhchap_secret) not in str(ei.value)
     assert_clean(export.nqn)
     attach_io_detach(connector, info.to_dict(), export.nqn)  # the right keys still work afterwards
+
+
+# a process with a secret in its argv ($1): it announces itself, then lives until its stdin closes
+# (a shell, not python: every syscall of a process under strace -f stops, and python's start makes thousands)
+ANNOUNCER = ["sh", "-c", "echo up; read -r _ || true", "announcer"]
+
+
+# the reliability suite's roots but the venv: the guest sees it read-only over 9p (and walking it there is slow)
+ROOTS = ("/tmp", "/run", "/dev/shm")
+
+
+def kernel_secret_files(hostnqn: str) -> List[str]:
+    """The kernel's own files that hold the DH-HMAC-CHAP secrets now: nvmet's host entry (configfs) and
+    the host controllers' attributes (sysfs); the watchers' file sweep leaves /sys out."""
+    found = [f"/sys/kernel/config/nvmet/hosts/{hostnqn}/{a}" for a in ("dhchap_key", "dhchap_ctrl_key")]
+    found += [f"/sys/class/nvme/{c}/{a}" for c in os.listdir("/sys/class/nvme")
+              for a in ("dhchap_secret", "dhchap_ctrl_secret")]
+    return [p for p in found if os.path.exists(p)]
+
+
+@pytest.mark.needs_kernel("6.12")
+def test_secret_watchers_never_see_the_dhchap_secrets(target: NvmetTarget, connector: NVMeOFConnector,  # noqa: F811
+                                                      host: HostConnector, workdir: str,  # noqa: F811
+                                                      capfd: Any) -> None:
+    """Bidirectional DH-HMAC-CHAP connect -> I/O -> disconnect (and the target's initialize/terminate)
+    with every watcher of the reliability suite running: no process argv or environment (/proc sampled,
+    execve traced), log record, exception text, output or file others can read shows either secret."""
+    from tests.reliability.secretscan import SecretWatch, _others_can_read
+
+    vid = str(uuid.uuid4())
+    export = target.create_export(vid, size=16 * MiB)
+    auth = HostAuth.generate(bidirectional=True, dhgroup="ffdhe2048")
+    assert auth.ctrl_key is not None
+    host_secret, ctrl_secret = reveal(auth.key), reveal(auth.ctrl_key)
+
+    # the watchers can fail: each secret planted where a leak would put it is found
+    shared = f"/run/blocklink-canary-{uuid.uuid4().hex}.txt"  # /run is o+x (workdir is 0700: nobody else gets in)
+    t0 = time.monotonic()
+    try:
+        with SecretWatch([host_secret, ctrl_secret], sweep_roots=ROOTS) as planted:
+            child = subprocess.Popen([*ANNOUNCER, host_secret], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True)
+            try:
+                assert child.stdout is not None and child.stdout.readline() == "up\n"
+                assert planted.wait_sampled(child.pid), "the /proc sampler never observed the announced process"
+            finally:
+                assert child.stdin is not None
+                child.stdin.close()
+                assert child.wait(timeout=60) == 0
+            subprocess.run(["true"], env={"PATH": os.environ["PATH"], "KEY": ctrl_secret}, check=True)
+            logging.getLogger("some.library").debug("nvme connect --dhchap-ctrl-secret=%s", ctrl_secret)
+            with open(shared, "w") as f:
+                f.write(host_secret)
+            os.chmod(shared, 0o644)  # still there for the watch's final file sweep
+    finally:
+        if os.path.exists(shared):
+            os.unlink(shared)
+    planted_secs = time.monotonic() - t0
+    where = [e.where for e in planted.exposures]
+    assert any(w.endswith("/cmdline") for w in where), where  # argv, sampled
+    assert sum(1 for w in where if w.startswith("execve")) >= 2, where  # argv and environment, traced
+    assert "log record some.library" in where and shared in where, where
+
+    t0 = time.monotonic()
+    with SecretWatch([host_secret, ctrl_secret], run_dirs=[workdir], sweep_roots=ROOTS) as watch:
+        info = target.initialize_connection(vid, host, host_auth=auth)
+        wire = info.to_dict()
+        dev = connector.connect_volume(wire)
+        assert ctrl_attr("dhchap_secret") == host_secret  # the kernel authenticated with both keys
+        assert ctrl_attr("dhchap_ctrl_secret") == ctrl_secret
+        exposed = [p for p in kernel_secret_files(host.nqn) if _others_can_read(p)]
+        modes = {p: oct(stat.S_IMODE(os.stat(p).st_mode)) for p in kernel_secret_files(host.nqn)}
+        data = os.urandom(1 * MiB)
+        assert direct_io(dev.path, data, 4 * MiB) == data
+        watch.sweep_files()  # while attached: the connector's record is there
+        for what, obj in (("info", info), ("device", dev)):
+            watch.check_text(f"repr({what})", repr(obj))
+            watch.check_text(f"str({what})", str(obj))
+        connector.disconnect_volume(wire, dev)
+        target.terminate_connection(vid, host)
+    out, err = capfd.readouterr()
+    watch.check_text("captured stdout/stderr", out + err)
+    print(f"TIMING planted watch {planted_secs:.1f}s: {planted.summary()}")
+    print(f"TIMING flow watch {time.monotonic() - t0:.1f}s: {watch.summary()} {modes}")
+    assert watch.proc_samples > 1 and watch.records > 0 and watch.files_checked > 0, watch.summary()
+    assert exposed == [], f"kernel files others can read hold a secret: {modes}"
+    watch.assert_clean()
+    assert_clean(export.nqn)
 
 
 # ---------------------------------------------------------------------------------------------- 6.1
