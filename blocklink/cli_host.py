@@ -74,10 +74,10 @@ def _usage(message: str) -> int:
 
 def _encryption(args: argparse.Namespace, info: Any) -> Any:
     """(spec, volume id) of a volume this host must decrypt, or (None, None)."""
+    if not args.encryption:
+        return None, None  # before the import: a plain attach does not pay for the encryption package
     from blocklink.encryption import spec_from_dict
 
-    if not args.encryption:
-        return None, None
     opts = {"pbkdf_force_iterations": args.pbkdf_force_iterations} \
         if getattr(args, "pbkdf_force_iterations", None) is not None else {}
     spec = spec_from_dict(load_json_arg(args.encryption), **opts)

@@ -5,7 +5,9 @@ one with the reason; afterwards a second ``audit`` is empty. Records live in a S
 
 from __future__ import annotations
 
+import contextlib
 import glob
+import io
 import json
 import os
 import shutil
@@ -32,11 +34,22 @@ TOP = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.ab
 MiB = 1 << 20
 
 
-def audit_cli(db: str, *extra: str) -> Any:
-    res = subprocess.run([sys.executable, "-m", "blocklink.cli", "audit", "--store", db, *extra], capture_output=True,
-                         text=True, timeout=300, env=dict(os.environ, PYTHONPATH=TOP))
-    assert res.returncode in (0, 1), res.stdout + res.stderr
-    return res.returncode, json.loads(res.stdout)
+def audit_cli(db: str, *extra: str, fresh_process: bool = False) -> Any:
+    """``blocklink audit --store DB ...``: (exit status, its JSON). The CLI's own ``main`` in this process,
+    or (``fresh_process``) ``python -m blocklink.cli`` — each start costs 10-20 s of TCG, so one test does it."""
+    argv = ["audit", "--store", db, *extra]
+    if fresh_process:
+        res = subprocess.run([sys.executable, "-m", "blocklink.cli", *argv], capture_output=True, text=True,
+                             timeout=300, env=dict(os.environ, PYTHONPATH=TOP))
+        assert res.returncode in (0, 1), res.stdout + res.stderr
+        return res.returncode, json.loads(res.stdout)
+    from blocklink.cli import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        rc = main(argv)
+    assert rc in (0, 1), out.getvalue()
+    return rc, json.loads(out.getvalue())
 
 
 def orphans(doc: Dict[str, Any]) -> List[Any]:
@@ -82,14 +95,14 @@ def test_a_session_logged_in_by_hand_is_orphaned_then_cleaned(lio, iscsid, store
     iqn = info.targets[0].iqn
     name = login_by_hand(iqn)
     try:
-        rc, doc = audit_cli(store)
+        rc, doc = audit_cli(store, fresh_process=True)
         assert rc == 1
         session = scsi.iscsi_sessions(HostPaths())[0]
         assert orphans(doc) == [("iscsi_node", f"{iqn} 127.0.0.1:3260"), ("iscsi_session", f"session{session.sid}"),
                                 ("scsi_disk", name)]
         disk = [o for o in doc["orphans"] if o["kind"] == "scsi_disk"][0]
         assert disk["wwn"] == device_wwid(HostPaths(), name) and disk["ids"]["iqn"] == iqn
-        rc, cleaned = audit_cli(store, "--clean")
+        rc, cleaned = audit_cli(store, "--clean", fresh_process=True)
         assert rc == 0 and cleaned["refused"] == [] and len(cleaned["removed"]) == 3, cleaned
         rc, again = audit_cli(store)
         assert rc == 0 and again["orphans"] == [] and again["ghosts"] == [] and again["mismatches"] == []

@@ -4,6 +4,8 @@ with their severity (and the CLI's exit status)."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -22,9 +24,18 @@ TOP = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.ab
 KERNEL_PROTOCOLS = ("iscsi", "nvmeof", "rbd")  # the guest has no FC HBA driver stack to speak of
 
 
-def doctor_cli(*argv: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "blocklink.cli", "doctor", *argv], capture_output=True, text=True,
-                          timeout=300, env=dict(os.environ, PYTHONPATH=TOP))
+def doctor_cli(*argv: str, fresh_process: bool = False) -> subprocess.CompletedProcess:
+    """``blocklink doctor ...``: the CLI's own ``main`` in this process, or (``fresh_process``)
+    ``python -m blocklink.cli`` — each start costs 10-20 s of TCG, so one test does it."""
+    if fresh_process:
+        return subprocess.run([sys.executable, "-m", "blocklink.cli", "doctor", *argv], capture_output=True,
+                              text=True, timeout=300, env=dict(os.environ, PYTHONPATH=TOP))
+    from blocklink.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main(["doctor", *argv])
+    return subprocess.CompletedProcess(["blocklink", "doctor", *argv], rc, out.getvalue(), err.getvalue())
 
 
 def findings(res: subprocess.CompletedProcess) -> Dict[str, List[str]]:
@@ -40,7 +51,7 @@ def protocol_args() -> List[str]:
 
 
 def test_a_healthy_guest_is_all_clear(iscsid, multipathd, tmp_path) -> None:
-    res = doctor_cli(*protocol_args(), "--store", str(tmp_path / "fleet.db"))
+    res = doctor_cli(*protocol_args(), "--store", str(tmp_path / "fleet.db"), fresh_process=True)
     print(res.stdout)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "all clear" in res.stdout

@@ -484,12 +484,20 @@ def test_detach_names_the_holder_and_force_defers(volumes, encryptor) -> None:
         vol.disconnect(dev)
 
 
-def test_secret_watchers_find_no_passphrase(volumes, encryptor, executor) -> None:
+# strace -f -p stops this process at every syscall: under TCG that made the watch cost 4 minutes, so the
+# traced variant runs on demand (-m slow); the default one has every other channel (the /proc argv and
+# environment sampler, files, log records, reprs) and the executor's own argv check
+STRACE = pytest.mark.parametrize("traced", [pytest.param(True, marks=pytest.mark.slow, id="strace"),
+                                            pytest.param(False, id="sampled")])
+
+
+@STRACE
+def test_secret_watchers_find_no_passphrase(volumes, encryptor, executor, traced: bool) -> None:
     from tests.reliability.secretscan import SecretWatch
 
     vol = volumes("nvme", 48 * MiB)
     old, new = new_key(), new_key()
-    with SecretWatch([old.reveal(), new.reveal()], run_dirs=["/run/blocklink"]) as watch:
+    with SecretWatch([old.reveal(), new.reveal()], run_dirs=["/run/blocklink"], strace=traced) as watch:
         with attached(vol, encryptor, old, new_volume=True) as (dev, crypt):
             direct_write(crypt.path or "", os.urandom(MiB))
             assert vol.grow(64 * MiB) == 64 * MiB
