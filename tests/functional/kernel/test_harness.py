@@ -181,7 +181,8 @@ def test_delegated_outcomes_tracebacks_output_and_crash(tmp_path) -> None:
     assert "kernel guest" in out                                # the session summary line
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
+# SIGINT takes SIGTERM's path (both end as KeyboardInterrupt): on demand only (-m slow), a guest boot less
+@pytest.mark.parametrize("sig", [pytest.param(signal.SIGINT, marks=pytest.mark.slow), signal.SIGTERM, signal.SIGKILL])
 def test_no_qemu_outlives_an_interrupted_session(tmp_path, sig: int) -> None:
     d = _inner_session(tmp_path, '''
         import time
