@@ -33,6 +33,9 @@ from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Sequence, Set
 
 SWEEP_ROOTS = ("/tmp", "/run", "/dev/shm", sys.prefix)
+# in the kernel test guest the venv is on the read-only 9p root (nothing can be written there, and walking
+# it over 9p under TCG costs minutes): the writable places only
+GUEST_SWEEP_ROOTS = ("/tmp", "/run", "/dev/shm")
 _MAX_FILE = 4 << 20
 ARM_TIMEOUT = 60.0  # the sampler's first sweep / strace's attach: generous for a loaded 2-core machine
 

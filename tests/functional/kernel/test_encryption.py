@@ -494,11 +494,12 @@ STRACE = pytest.mark.parametrize("traced", [pytest.param(True, marks=pytest.mark
 
 @STRACE
 def test_secret_watchers_find_no_passphrase(volumes, encryptor, executor, traced: bool) -> None:
-    from tests.reliability.secretscan import SecretWatch
+    from tests.reliability.secretscan import GUEST_SWEEP_ROOTS, SecretWatch
 
     vol = volumes("nvme", 48 * MiB)
     old, new = new_key(), new_key()
-    with SecretWatch([old.reveal(), new.reveal()], run_dirs=["/run/blocklink"], strace=traced) as watch:
+    with SecretWatch([old.reveal(), new.reveal()], run_dirs=["/run/blocklink"], strace=traced,
+                     sweep_roots=GUEST_SWEEP_ROOTS) as watch:
         with attached(vol, encryptor, old, new_volume=True) as (dev, crypt):
             direct_write(crypt.path or "", os.urandom(MiB))
             assert vol.grow(64 * MiB) == 64 * MiB

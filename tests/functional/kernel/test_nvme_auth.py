@@ -32,6 +32,7 @@ from blocklink.masking import reveal
 from blocklink.target.nvmet import NvmetTarget
 from tests.functional.kernel.test_nvme_tcp import (MiB, assert_clean, connector, direct_io, host,  # noqa: F401
                                                    make_target, nvme_modules, nvmet_objects, workdir)
+from tests.reliability.secretscan import GUEST_SWEEP_ROOTS
 
 pytestmark = pytest.mark.kernel
 
@@ -125,8 +126,7 @@ def test_refused_auth_is_typed_and_leaves_nothing(target: NvmetTarget, connector
 ANNOUNCER = ["sh", "-c", "echo up; read -r _ || true", "announcer"]
 
 
-# the reliability suite's roots but the venv: the guest sees it read-only over 9p (and walking it there is slow)
-ROOTS = ("/tmp", "/run", "/dev/shm")
+ROOTS = GUEST_SWEEP_ROOTS
 
 
 def kernel_secret_files(hostnqn: str) -> List[str]:
