@@ -20,6 +20,18 @@ class GuestTaskFailed(RuntimeError):
     pass
 
 
+def not_landed(*modules: "tuple[str, str]") -> Optional[str]:
+    """Why a benchmark of blocklink code cannot run yet: the first (module, description) not importable."""
+    for module, what in modules:
+        try:
+            if importlib.util.find_spec(module) is not None:
+                continue
+        except ModuleNotFoundError:
+            pass
+        return f"{what} has not landed yet"
+    return None
+
+
 def harness_missing() -> Optional[str]:
     """Why the guest cannot be used here, or None."""
     try:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 from benchmarks import guest
 from benchmarks.context import Context
 from benchmarks.model import BLOCKLINK, FLOOR, Outcome
@@ -11,21 +9,10 @@ from benchmarks.model import BLOCKLINK, FLOOR, Outcome
 TITLE = "NVMe/TCP connect/disconnect (guest)"
 
 
-def _landed(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:
-        return False
-
-
 def run(ctx: Context) -> Outcome:
     out = Outcome("nvme_guest", TITLE)
-    for module, what in (("blocklink.initiator.nvmeof", "the NVMe-oF connector (blocklink/initiator/nvmeof.py)"),
-                         ("blocklink.target.nvmet", "the nvmet target helper (blocklink/target/nvmet.py)")):
-        if not _landed(module):
-            out.skip(f"{what} has not landed yet")
-            return out
-    why = guest.harness_missing()
+    why = guest.not_landed(("blocklink.initiator.nvmeof", "the NVMe-oF connector (blocklink/initiator/nvmeof.py)"),
+                            ("blocklink.target.nvmet", "the nvmet target helper (blocklink/target/nvmet.py)")) or guest.harness_missing()
     if why:
         out.skip(why)
         return out
