@@ -193,16 +193,22 @@ def _osd_pid(c: CephCluster) -> int:
     return pid
 
 
+def _written_handle(c: CephCluster, vid: str) -> Any:
+    """(info, connector, device) of volume-<vid>: attached as a librbd handle (5 s op timeout), 1 MiB flushed."""
+    c.create_image(f"volume-{vid}", 32 * MiB)
+    info = c.rbd_target(include_keyring=True).initialize_connection(vid)
+    conn = RBDConnector(timeout=5)
+    dev = conn.connect_volume(info)
+    dev.handle.write(os.urandom(MiB))
+    dev.handle.flush()
+    return info, conn, dev
+
+
 @pytest.mark.ceph
 def test_osd_stopped_during_handle_io(own_ceph: CephCluster) -> None:
     c = own_ceph
-    c.create_image("volume-osd", 32 * MiB)
-    info = c.rbd_target(include_keyring=True).initialize_connection("osd")
-    conn = RBDConnector(timeout=5)
-    dev = conn.connect_volume(info)
+    info, conn, dev = _written_handle(c, "osd")
     h = dev.handle
-    h.write(os.urandom(MiB))
-    h.flush()
     assert len(c.watchers("volume-osd")) == 1
     osd = _osd_pid(c)
     os.kill(osd, signal.SIGSTOP)  # the OSD stops answering (a hung disk, a partitioned host)
@@ -244,13 +250,8 @@ def test_unflushed_write_lost_to_a_stopped_osd_is_reported_at_disconnect(own_cep
     """A write nobody flushed, to an OSD that stopped answering: the disconnect must say it failed.
     (With librbd's write-around cache this returned success when the write had already timed out.)"""
     c = own_ceph
-    c.create_image("volume-unflushed", 32 * MiB)
-    info = c.rbd_target(include_keyring=True).initialize_connection("unflushed")
-    conn = RBDConnector(timeout=5)
-    dev = conn.connect_volume(info)
+    info, conn, dev = _written_handle(c, "unflushed")
     h = dev.handle
-    h.write(os.urandom(MiB))
-    h.flush()
     osd = _osd_pid(c)
     os.kill(osd, signal.SIGSTOP)
     RESULTS.fault("ceph-osd SIGSTOP, unflushed write")
