@@ -9,15 +9,15 @@ know their PIDs and reap them.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import time
 from typing import Callable, List, Optional, Sequence
 
+from blocklink.doctor import ISCSID_SOCKET
 from blocklink.testing.procs import alive, stop_pids
 from tests.harness.guest.stage2 import INITIATOR_IQN
 
-ISCSID_NOT_CONNECTED = 20   # iscsiadm: ISCSI_ERR_ISCSID_NOTCONN
-ISCSI_NO_OBJECTS = 21       # iscsiadm: ISCSI_ERR_NO_OBJS_FOUND (no sessions: iscsid answered)
 
 MULTIPATH_CONF = """# written by blocklink's guest test fixtures
 defaults {
@@ -128,8 +128,14 @@ class Iscsid(_Daemon):
         self._spawn(["iscsid", "-f"])
 
         def ready() -> bool:
-            rc = run(["iscsiadm", "-m", "session"], check=False, timeout=10).returncode
-            return rc in (0, ISCSI_NO_OBJECTS)
+            # not "iscsiadm -m session": that answers from sysfs before iscsid listens; a login needs the socket
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(5)
+                try:
+                    sock.connect("\0" + ISCSID_SOCKET)
+                except OSError:
+                    return False
+            return True
 
         self._wait_ready(ready, timeout)
         return self
