@@ -139,7 +139,7 @@ def test_virtio_disk_on_a_guest_that_does_not_answer(libvirt_host: Any, libvirt_
         libvirt_host.detach_volume(libvirt_domain, att, timeout=2.0)
     waited = time.monotonic() - t0
     assert "did not release disk vda" in str(ei.value) and ei.value.domain == libvirt_domain.name()
-    assert 2.0 <= waited < 4.0
+    assert 2.0 <= waited < 15.0  # the deadline, plus what a loaded machine adds; not a hang
     assert _devs(libvirt_host, libvirt_domain) == ["vda"] == _devs(libvirt_host, libvirt_domain, True)
     # the disk goes with the domain (the fixture destroys it); nothing else to undo
 
