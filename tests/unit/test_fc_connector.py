@@ -262,6 +262,16 @@ def test_port_that_comes_online_while_waiting(host):
     assert dev.path == "/dev/sda" and host.scans() == [(f"host{hba}", "0 0 1")]
 
 
+class _BusyOnce(set):
+    """Map names that refuse the first flush only (a holder that lets go once asked), deterministically."""
+
+    def __contains__(self, name: object) -> bool:
+        if set.__contains__(self, name):
+            self.discard(name)
+            return True
+        return False
+
+
 def test_unmapped_lun_fails_at_once_and_leaves_nothing(host):
     two_fabrics(host)
     info = vector("NetApp ONTAP FC")
@@ -367,8 +377,7 @@ def test_map_briefly_in_use_is_retried(host):
     conn = host.connector(use_multipath=True, flush_timeout=5)
     info = vector("NetApp ONTAP FC")
     dev = conn.connect_volume(info)
-    host.kernel.open_maps.add(VOL.wwid)  # udev's probe after the last write holds the map for a moment
-    threading.Timer(0.3, host.kernel.open_maps.discard, (VOL.wwid,)).start()
+    host.kernel.open_maps = _BusyOnce({VOL.wwid})  # udev's probe after the last write holds the map for a moment
     conn.disconnect_volume(info, dev)
     assert host.maps() == [] and host.disks() == []
     assert len([a for a in host.kernel.executor.argvs(("multipath", "-f"))]) >= 2
