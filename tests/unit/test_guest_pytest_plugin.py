@@ -171,3 +171,30 @@ def test_a_guest_that_reports_nothing_is_declared_hung(pytestconfig, tmp_path) -
     assert time.monotonic() - start < 10
     assert "no test result from the guest for 0s" in run.missing_text("a")
 
+
+
+def test_host_phase_done_frees_the_runner_s_lock_once(tmp_path, monkeypatch) -> None:
+    """scripts/test holds an exclusive flock on a file whose descriptor the session inherits; the
+    session's first delegated item frees it (the runner's next parts wait for it), and only once."""
+    import fcntl
+
+    from tests.harness.guest.pytest_plugin import HOST_PHASE_FD_ENV, host_phase_done
+
+    lock = str(tmp_path / "host-phase.lock")
+    runner = os.open(lock, os.O_WRONLY | os.O_CREAT, 0o600)
+    inherited = os.dup(runner)  # the session's copy: the same open file, as after fork/exec
+    fcntl.flock(runner, fcntl.LOCK_EX)
+    waiter = os.open(lock, os.O_RDONLY)
+    try:
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(waiter, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        monkeypatch.setenv(HOST_PHASE_FD_ENV, str(inherited))
+        host_phase_done()
+        fcntl.flock(waiter, fcntl.LOCK_SH | fcntl.LOCK_NB)  # free although the runner's copy is still open
+        with pytest.raises(OSError):
+            os.fstat(inherited)  # and the session's copy is closed
+        assert HOST_PHASE_FD_ENV not in os.environ
+        host_phase_done()  # a second delegated item: nothing to do
+    finally:
+        os.close(waiter)
+        os.close(runner)

@@ -21,6 +21,7 @@ kernel log; ``BLOCKLINK_GUEST_TIMEOUT`` seconds for the whole guest run (default
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shlex
@@ -37,7 +38,8 @@ from tests.harness.guest.machine import Guest, GuestError, GuestResult, make_run
 
 REPORTS_ENV = "BLOCKLINK_GUEST_REPORTS"
 _STASH_KEY = pytest.StashKey["GuestTestRun"]()
-_FORWARD_SKIP = ("BLOCKLINK_GUEST_", "BLOCKLINK_IN_GUEST")
+HOST_PHASE_FD_ENV = "BLOCKLINK_HOST_PHASE_FD"
+_FORWARD_SKIP = ("BLOCKLINK_GUEST_", "BLOCKLINK_IN_GUEST", HOST_PHASE_FD_ENV)
 # the checkout holding this harness (tests/harness/guest/ is not installed with blocklink)
 CHECKOUT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
@@ -367,6 +369,7 @@ def run_item_in_guest(item: pytest.Item, nextitem: Optional[pytest.Item] = None)
     Collectors that host-run items set up (a kernel package, a module) are torn down as the
     normal protocol would, so the next host item does not find them still on the setup stack.
     """
+    host_phase_done()
     run = _session_run(item)
     ihook = item.ihook
     ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
@@ -387,6 +390,21 @@ def run_item_in_guest(item: pytest.Item, nextitem: Optional[pytest.Item] = None)
     item.session._setupstate.teardown_exact(nextitem)
     ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
     return True
+
+
+def host_phase_done() -> None:
+    """The host's own items are done (delegated ones run last): unlock and close the descriptor named
+    by ``BLOCKLINK_HOST_PHASE_FD``. scripts/test took an exclusive flock on it (this process shares
+    the open file, so unlocking here frees it for the runner too) and starts its next sessions when it
+    is free: they use the CPU the host's tests leave while this session's guest finishes. Once per
+    process; without the variable nothing happens."""
+    fd = os.environ.pop(HOST_PHASE_FD_ENV, "")
+    if fd.isdigit():
+        try:
+            fcntl.flock(int(fd), fcntl.LOCK_UN)
+            os.close(int(fd))
+        except OSError:
+            pass
 
 
 def finish(config: pytest.Config) -> None:
