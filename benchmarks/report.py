@@ -124,7 +124,9 @@ def not_run_lines(outcomes: Sequence[Outcome]) -> List[str]:
     return [f"- **not run**: {n.benchmark}: {n.reason}" for o in outcomes for n in o.not_run]
 
 
-def render(meta: Mapping[str, Any], outcomes: Sequence[Outcome], chart: Optional[str]) -> str:
+def render(meta: Mapping[str, Any], outcomes: Sequence[Outcome], chart: Optional[str],
+           extra: Sequence[str] = ()) -> str:
+    """The report; ``extra`` (Markdown lines, e.g. the goals section) follows the results table."""
     md = ["# blocklink vs os-brick: benchmark report", ""]
     md.append(f"Run {meta['started']} – {meta['finished']} ({meta['seconds']:.0f} s), "
               f"mode **{'quick (smoke run, few repetitions)' if meta['quick'] else 'full'}**, "
@@ -157,6 +159,8 @@ def render(meta: Mapping[str, Any], outcomes: Sequence[Outcome], chart: Optional
     for o in outcomes:
         md.append(f"| {o.title} | {o.seconds:.0f} | {_load(o.load_before)} | {_load(o.load_after)} |")
     md += ["", "## Results", "", results_table(outcomes)]
+    if extra:
+        md += [""] + list(extra)
     nr = not_run_lines(outcomes)
     if nr:
         md += ["", "## Not run", ""] + nr
@@ -176,13 +180,14 @@ def _load(v: Optional[List[float]]) -> str:
     return " / ".join(f"{x:.2f}" for x in v) if v else "–"
 
 
-def write(directory: str, meta: Mapping[str, Any], outcomes: Sequence[Outcome], chart: Optional[str]) -> str:
+def write(directory: str, meta: Mapping[str, Any], outcomes: Sequence[Outcome], chart: Optional[str],
+          extra: Sequence[str] = ()) -> str:
     os.makedirs(directory, exist_ok=True)
     with open(os.path.join(directory, "results.json"), "w") as f:
         json.dump({"meta": dict(meta), "outcomes": [o.to_json() for o in outcomes]}, f, indent=1)
     path = os.path.join(directory, "report.md")
     with open(path, "w") as f:
-        f.write(render(meta, outcomes, chart))
+        f.write(render(meta, outcomes, chart, extra))
     return path
 
 

@@ -18,7 +18,7 @@ import time
 import traceback
 from typing import List, Optional
 
-from benchmarks import machine, report, venv
+from benchmarks import goals, machine, report, venv
 from benchmarks.context import REPO, Context
 from benchmarks.model import Outcome
 
@@ -103,7 +103,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         "machine": described[0],
         "versions": described[1],
     }
-    report.write(out_dir, meta, outcomes, None)
+    targets = goals.section(outcomes)
+    report.write(out_dir, meta, outcomes, None, targets)
     chart = "ratios.png"
     p = subprocess.run([osbrick_python, "-m", "benchmarks.chart", os.path.join(out_dir, "results.json"),
                         os.path.join(out_dir, chart)], cwd=REPO, capture_output=True, text=True)
@@ -112,8 +113,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         chart_ref = None
     else:
         chart_ref = chart
-    path = report.write(out_dir, meta, outcomes, chart_ref)
+    path = report.write(out_dir, meta, outcomes, chart_ref, targets)
     print(report.results_table(outcomes))
+    print("\n".join(targets[-1:]))
     for line in report.not_run_lines(outcomes):
         print(line)
     print(f"\nreport: {path}" + (f"\nchart:  {os.path.join(out_dir, chart)}" if chart_ref else ""))

@@ -133,3 +133,34 @@ def test_report_files_round_trip(tmp_path):
     assert data["outcomes"][0].rows[0].samples[OSBRICK] == [10.0, 20.0, 15.0]
     assert data["outcomes"][0].not_run[0].reason == "guest harness has not landed"
     json.loads((tmp_path / "results.json").read_text())
+
+
+def test_goals_are_judged_on_the_same_run_s_per_round_ratios():
+    from benchmarks import goals
+
+    out = Outcome("iscsi_guest", "iSCSI attach/detach (guest)")
+    one = out.row("detach one volume", "s")
+    many = out.row("detach 16 volumes at once", "s")
+    for bl, fl in ((1.1, 1.0), (2.3, 2.0), (1.1, 1.0)):   # 1.1-1.15× slower: within 1.2×
+        one.add(BLOCKLINK, bl)
+        one.add(FLOOR, fl)
+    for bl, fl in ((4.0, 2.0), (8.0, 4.0)):                # 2× slower: misses 1.5×
+        many.add(BLOCKLINK, bl)
+        many.add(FLOOR, fl)
+    rbd = Outcome("rbd_handle", "RBD handle I/O")
+    rr = rbd.row("random read, 4 KiB", "IOPS", higher_is_better=True)
+    for bl, fl in ((96.0, 100.0), (97.0, 100.0), (80.0, 100.0), (99.0, 100.0), (98.0, 100.0)):
+        rr.add(BLOCKLINK, bl)   # median 0.97 but p10 below 0.9
+        rr.add(FLOOR, fl)
+    rows = {(r[0], r[1]): r for r in goals.goal_rows([out, rbd])}
+    assert rows[("iSCSI, detach one volume, vs floor", "detach one volume")][4] == "met"
+    assert rows[("iSCSI, detach one volume, vs floor", "detach one volume")][2].startswith("1.10× slower vs floor")
+    assert rows[("iSCSI, detach 16 volumes at once, vs floor", "detach 16 volumes at once")][4] == "**missed**"
+    assert rows[("RBD handle, 4 KiB random read, vs raw librbd", "random read, 4 KiB")][4] == "**missed**"
+    # a goal whose row did not run is not counted as met
+    unmeasured = [r for r in goals.goal_rows([out, rbd]) if r[0].startswith("LIO")]
+    assert unmeasured == [[unmeasured[0][0], "–", "not measured in this run", "≤ 1.0× (not slower)",
+                           "**not measured**"]]
+    md = report.render({"started": "s", "finished": "f", "seconds": 1.0, "quick": True, "command": "c",
+                        "machine": {}, "versions": {}}, [out, rbd], None, goals.section([out, rbd]))
+    assert "## Goals (issue 22)" in md and md.index("## Goals") > md.index("## Results")
