@@ -268,28 +268,35 @@ def measure(size: int, reps: int, log: Callable[[str], None], baseline: bool = F
     return out
 
 
+def round_ratio(res: Result, path: str, direct: str, op: str) -> float:
+    """Median over repetitions of path / direct measured in the same repetition (back to back):
+    outside load that drifts during the run cancels out, unlike a ratio of the two medians."""
+    return statistics.median(p / d for p, d in zip(res[f"{path} {op}"], res[f"{direct} {op}"]))
+
+
+def _direct_name(res: Result) -> str:
+    return next(k[:-len(" write")] for k in res if k.startswith("direct") and k.endswith(" write"))
+
+
 def default_ratios(results: Dict[str, Result]) -> Dict[str, Dict[str, float]]:
-    """{"rbd"|"iscsi": {"write"|"read": median default-path MiB/s / median direct MiB/s}}."""
-    out: Dict[str, Dict[str, float]] = {}
-    for proto, res in results.items():
-        direct = next(k[:-len(" write")] for k in res if k.startswith("direct") and k.endswith(" write"))
-        out[proto] = {op: statistics.median(res[f"{DEFAULT} {op}"]) / statistics.median(res[f"{direct} {op}"])
-                      for op in ("write", "read")}
-    return out
+    """{"rbd"|"iscsi": {"write"|"read": per-repetition ratio default path / direct, median}}."""
+    return {proto: {op: round_ratio(res, DEFAULT, _direct_name(res), op) for op in ("write", "read")}
+            for proto, res in results.items()}
 
 
 def markdown(results: Dict[str, Result], size: int, reps: int) -> str:
     lines = [f"Sequential {size // MiB} MiB, 1 MiB blocks, queue depth 1, O_DIRECT on the file; "
-             f"median of {reps} (MiB/s); ratio = path / direct.", "",
+             f"median of {reps} (MiB/s); ratio = path / direct in the same repetition, median over "
+             "repetitions.", "",
              "| volume | path | write MiB/s | read MiB/s | write ratio | read ratio |",
              "|---|---|---:|---:|---:|---:|"]
     for proto, res in results.items():
         names = [k[:-len(" write")] for k in res if k.endswith(" write")]
-        direct = next(n for n in names if n.startswith("direct"))
-        dw, dr = statistics.median(res[f"{direct} write"]), statistics.median(res[f"{direct} read"])
+        direct = _direct_name(res)
         for n in names:
             w, r = statistics.median(res[f"{n} write"]), statistics.median(res[f"{n} read"])
-            lines.append(f"| {proto} | {n} | {w:.0f} | {r:.0f} | {w / dw:.2f} | {r / dr:.2f} |")
+            lines.append(f"| {proto} | {n} | {w:.0f} | {r:.0f} | {round_ratio(res, n, direct, 'write'):.2f} | "
+                         f"{round_ratio(res, n, direct, 'read'):.2f} |")
     lines += ["", "**Default backend (nbdfuse) / direct**, " + "; ".join(
         f"{proto} write {r['write']:.2f}, read {r['read']:.2f}" for proto, r in default_ratios(results).items())
         + " (target: 0.8 each)."]
@@ -317,7 +324,7 @@ def run(ctx: Any) -> Any:
     reps = ctx.reps(3, 1)
     results = measure(size, reps, ctx.log)
     for proto, res in results.items():
-        direct = next(k[:-len(" write")] for k in res if k.startswith("direct") and k.endswith(" write"))
+        direct = _direct_name(res)
         for op in ("write", "read"):
             row = out.row(f"{proto} sequential {op}, 1 MiB O_DIRECT", "MiB/s", higher_is_better=True,
                           note=f"blocklink = userspace file via nbdfuse; floor = {direct}")
