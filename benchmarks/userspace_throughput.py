@@ -11,6 +11,11 @@ volume, sequential write then read of ``size`` bytes in 1 MiB blocks at queue de
   ``qemu-io`` over libiscsi (one synchronous 1 MiB request at a time), the same initiator code
   qemu-storage-daemon runs, without any export in between.
 
+Every path uses the same volume, prefilled once (untimed) so that no path pays for allocating
+storage, in an order rotating every repetition. ``--baseline`` adds the default path once more with
+the daemon's malloc tunables removed (:data:`blocklink.initiator.qsd.MALLOC_TUNABLES`), to show
+their effect in the same run.
+
 Run on its own (prints a Markdown table)::
 
     .venv/bin/python -m benchmarks.userspace_throughput --size-mib 256 --reps 3
@@ -71,6 +76,29 @@ def file_seq(path: str, size: int) -> Tuple[float, float]:
     return size / MiB / w, size / MiB / r
 
 
+def prefill_file(path: str, size: int) -> None:
+    """Write every block once (untimed), so that no measured path pays for allocating storage."""
+    data = os.urandom(BLOCK)
+    with open(path, "r+b") as f:
+        for off in range(0, size, BLOCK):
+            f.seek(off)
+            f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def prefill_rbd(conffile: str, pool: str, image: str, size: int) -> None:
+    import rados
+    import rbd
+
+    data = os.urandom(BLOCK)
+    with rados.Rados(conffile=conffile, rados_id="admin") as cluster:
+        with cluster.open_ioctx(pool) as ioctx, rbd.Image(ioctx, image) as img:
+            for off in range(0, size, BLOCK):
+                img.write(data, off)
+            img.flush()
+
+
 def librbd_seq(conffile: str, pool: str, image: str, size: int) -> Tuple[float, float]:
     import rados
     import rbd
@@ -112,6 +140,24 @@ def qemu_io_seq(image_opts: str, secret_file: Optional[str], size: int) -> Tuple
 Measure = Dict[str, float]  # "write"/"read" MiB/s, and for attached files "attach ms"/"detach ms"
 
 
+class _GlibcDefaults:
+    """An executor that starts qemu-storage-daemon without blocklink's malloc tunables (--baseline)."""
+
+    def __init__(self) -> None:
+        from blocklink.executor import ProcessExecutor
+
+        self.inner = ProcessExecutor()
+
+    def run(self, argv: Any, **kw: Any) -> Any:
+        env = dict(kw.pop("env", None) or {})
+        env.pop("GLIBC_TUNABLES", None)
+        return self.inner.run(argv, env=env or None, **kw)
+
+
+BASELINE = "userspace file (nbdfuse, glibc malloc defaults)"
+DEFAULT = "userspace file (nbdfuse)"
+
+
 def _attached(conn: Any, info: Any, size: int) -> Measure:
     t0 = time.perf_counter()
     dev = conn.connect_volume(info)
@@ -130,29 +176,35 @@ def _direct(fn: Callable[[], Tuple[float, float]]) -> Measure:
     return {"write": w, "read": r}
 
 
-def rbd_paths(work: str, size: int) -> Tuple[Dict[str, Callable[[], Measure]], Callable[[], None]]:
+def rbd_paths(work: str, size: int, baseline: bool = False) -> Tuple[Dict[str, Callable[[], Measure]],
+                                                                     Callable[[], None]]:
     from blocklink.initiator.userspace import UserspaceRBDConnector
     from blocklink.testing.ceph import CephCluster
 
     ceph = CephCluster.start(store_bytes=max(4 << 30, 3 * size))
     try:
         ceph.create_image("bench", size)
+        prefill_rbd(ceph.conffile, ceph.pool, "bench", size)
         info = ceph.rbd_target(include_keyring=True).initialize_connection("bench-unused").to_dict()
         info["data"]["name"] = f"{ceph.pool}/bench"
         run_dir = os.path.join(work, "rbd")
         paths = {
-            "userspace file (nbdfuse)": lambda: _attached(UserspaceRBDConnector(run_dir=run_dir), info, size),
+            DEFAULT: lambda: _attached(UserspaceRBDConnector(run_dir=run_dir), info, size),
             "userspace file (qsd FUSE)": lambda: _attached(
                 UserspaceRBDConnector(run_dir=run_dir, file_bridge="qsd"), info, size),
             "direct librbd (python rbd)": lambda: _direct(lambda: librbd_seq(ceph.conffile, ceph.pool, "bench", size)),
         }
+        if baseline:
+            paths[BASELINE] = lambda: _attached(UserspaceRBDConnector(run_dir=run_dir, executor=_GlibcDefaults()),
+                                                info, size)
     except BaseException:
         ceph.stop()
         raise
     return paths, ceph.stop
 
 
-def iscsi_paths(work: str, size: int) -> Tuple[Dict[str, Callable[[], Measure]], Callable[[], None]]:
+def iscsi_paths(work: str, size: int, baseline: bool = False) -> Tuple[Dict[str, Callable[[], Measure]],
+                                                                       Callable[[], None]]:
     from blocklink.privatefile import create_private
     from blocklink.initiator.userspace import UserspaceISCSIConnector
     from blocklink.testing.tgt import TgtDaemon
@@ -161,7 +213,8 @@ def iscsi_paths(work: str, size: int) -> Tuple[Dict[str, Callable[[], Measure]],
     try:
         os.makedirs(os.path.join(work, "tgt"))
         target = tgt.target(backing_dir=os.path.join(work, "tgt"))
-        target.create_export("bench", size=size)
+        export = target.create_export("bench", size=size)
+        prefill_file(export.device_path, size)
         info = target.initialize_connection("bench", {"host": "bench", "initiator": INITIATOR})
         t = info.targets[0]
         secret = os.path.join(work, "chap.secret")
@@ -171,12 +224,15 @@ def iscsi_paths(work: str, size: int) -> Tuple[Dict[str, Callable[[], Measure]],
                 f"initiator-name={INITIATOR},user={info.auth_username},password-secret=s0")
         run_dir = os.path.join(work, "iscsi")
         paths = {
-            "userspace file (nbdfuse)": lambda: _attached(
+            DEFAULT: lambda: _attached(
                 UserspaceISCSIConnector(run_dir=run_dir, initiator_name=INITIATOR), info, size),
             "userspace file (qsd FUSE)": lambda: _attached(
                 UserspaceISCSIConnector(run_dir=run_dir, initiator_name=INITIATOR, file_bridge="qsd"), info, size),
             "direct libiscsi (qemu-io)": lambda: _direct(lambda: qemu_io_seq(opts, secret, size)),
         }
+        if baseline:
+            paths[BASELINE] = lambda: _attached(UserspaceISCSIConnector(
+                run_dir=run_dir, initiator_name=INITIATOR, executor=_GlibcDefaults()), info, size)
     except BaseException:
         tgt.stop()
         raise
@@ -187,13 +243,13 @@ def iscsi_paths(work: str, size: int) -> Tuple[Dict[str, Callable[[], Measure]],
     return paths, stop
 
 
-def measure(size: int, reps: int, log: Callable[[str], None]) -> Dict[str, Result]:
+def measure(size: int, reps: int, log: Callable[[str], None], baseline: bool = False) -> Dict[str, Result]:
     """{"rbd"|"iscsi": {"<path> write"|"<path> read": [MiB/s, ...]}}, paths interleaved per repetition."""
     out: Dict[str, Result] = {}
     work = tempfile.mkdtemp(prefix="bl-bench.", dir="/run")
     try:
         for proto, setup in (("rbd", rbd_paths), ("iscsi", iscsi_paths)):
-            paths, stop = setup(work, size)
+            paths, stop = setup(work, size, baseline)
             res: Result = {}
             try:
                 names = list(paths)
@@ -212,18 +268,38 @@ def measure(size: int, reps: int, log: Callable[[str], None]) -> Dict[str, Resul
     return out
 
 
+def round_ratio(res: Result, path: str, direct: str, op: str) -> float:
+    """Median over repetitions of path / direct measured in the same repetition (back to back):
+    outside load that drifts during the run cancels out, unlike a ratio of the two medians."""
+    return statistics.median(p / d for p, d in zip(res[f"{path} {op}"], res[f"{direct} {op}"]))
+
+
+def _direct_name(res: Result) -> str:
+    return next(k[:-len(" write")] for k in res if k.startswith("direct") and k.endswith(" write"))
+
+
+def default_ratios(results: Dict[str, Result]) -> Dict[str, Dict[str, float]]:
+    """{"rbd"|"iscsi": {"write"|"read": per-repetition ratio default path / direct, median}}."""
+    return {proto: {op: round_ratio(res, DEFAULT, _direct_name(res), op) for op in ("write", "read")}
+            for proto, res in results.items()}
+
+
 def markdown(results: Dict[str, Result], size: int, reps: int) -> str:
     lines = [f"Sequential {size // MiB} MiB, 1 MiB blocks, queue depth 1, O_DIRECT on the file; "
-             f"median of {reps} (MiB/s); ratio = path / direct.", "",
+             f"median of {reps} (MiB/s); ratio = path / direct in the same repetition, median over "
+             "repetitions.", "",
              "| volume | path | write MiB/s | read MiB/s | write ratio | read ratio |",
              "|---|---|---:|---:|---:|---:|"]
     for proto, res in results.items():
         names = [k[:-len(" write")] for k in res if k.endswith(" write")]
-        direct = next(n for n in names if n.startswith("direct"))
-        dw, dr = statistics.median(res[f"{direct} write"]), statistics.median(res[f"{direct} read"])
+        direct = _direct_name(res)
         for n in names:
             w, r = statistics.median(res[f"{n} write"]), statistics.median(res[f"{n} read"])
-            lines.append(f"| {proto} | {n} | {w:.0f} | {r:.0f} | {w / dw:.2f} | {r / dr:.2f} |")
+            lines.append(f"| {proto} | {n} | {w:.0f} | {r:.0f} | {round_ratio(res, n, direct, 'write'):.2f} | "
+                         f"{round_ratio(res, n, direct, 'read'):.2f} |")
+    lines += ["", "**Default backend (nbdfuse) / direct**, " + "; ".join(
+        f"{proto} write {r['write']:.2f}, read {r['read']:.2f}" for proto, r in default_ratios(results).items())
+        + " (target: 0.8 each)."]
     lines += ["", "Attach / detach of the userspace file (connect_volume / disconnect_volume), median ms:", "",
               "| volume | path | attach ms | detach ms |", "|---|---|---:|---:|"]
     for proto, res in results.items():
@@ -248,11 +324,11 @@ def run(ctx: Any) -> Any:
     reps = ctx.reps(3, 1)
     results = measure(size, reps, ctx.log)
     for proto, res in results.items():
-        direct = next(k[:-len(" write")] for k in res if k.startswith("direct") and k.endswith(" write"))
+        direct = _direct_name(res)
         for op in ("write", "read"):
             row = out.row(f"{proto} sequential {op}, 1 MiB O_DIRECT", "MiB/s", higher_is_better=True,
                           note=f"blocklink = userspace file via nbdfuse; floor = {direct}")
-            for v in res[f"userspace file (nbdfuse) {op}"]:
+            for v in res[f"{DEFAULT} {op}"]:
                 row.add(BLOCKLINK, v)
             for v in res[f"{direct} {op}"]:
                 row.add(FLOOR, v)
@@ -264,13 +340,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--size-mib", type=int, default=256)
     p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--baseline", action="store_true",
+                   help="also run the default path with glibc's malloc defaults in the daemon (before/after)")
     args = p.parse_args(argv)
     why = _missing()
     if why:
         print(f"cannot run: {why}", file=sys.stderr)
         return 2
     size = args.size_mib * MiB
-    results = measure(size, args.reps, lambda m: print(f"  {m}", file=sys.stderr, flush=True))
+    results = measure(size, args.reps, lambda m: print(f"  {m}", file=sys.stderr, flush=True), args.baseline)
     print(markdown(results, size, args.reps))
     return 0
 

@@ -44,7 +44,7 @@ from blocklink.hostpaths import HostPaths
 from blocklink.initiator.base import Connector, DeviceLike, InfoLike
 from blocklink.initiator.options import choice, flag, fold_renamed, seconds
 from blocklink.initiator.qsd import (EXPORT, NODE, SECRET_ID, UNIX_PATH_MAX, DaemonDied, DaemonLayout, DaemonSpec,
-                                     DaemonStatus, daemon_message,
+                                     DaemonStatus, daemon_env, daemon_message,
                                      QmpClient, QmpError, build_argv, export_args, mount_fstype, open_by, pid_alive, pid_cmdline,
                                      stop_pid, wait_pid_exit)
 from blocklink.initiator.nbdfuse import NbdFuseBridge, nbd_uri
@@ -269,7 +269,7 @@ class UserspaceConnector(Connector):
                 create_private(layout.secret, spec.secret.reveal())
             argv = self._prefix() + build_argv(spec, layout, self.binary)
             try:
-                self.executor.run(argv, timeout=self.timeout)
+                self.executor.run(argv, timeout=self.timeout, env=daemon_env())
             except CommandTimeout:
                 raise _Attempt(ConnectionFailed(where, f"qemu-storage-daemon did not come up in {self.timeout:.0f}s"),
                                retry=True) from None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Callable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from blocklink.errors import CommandFailed
 from blocklink.executor import CommandResult, Input, _check_argv
@@ -16,6 +16,7 @@ Responder = Union[CommandResult, Tuple[int, str, str], str, Callable[[Tuple[str,
 class Call:
     argv: Tuple[str, ...]
     input: Input = None
+    env: Optional[Dict[str, str]] = None
 
 
 @dataclass
@@ -47,7 +48,7 @@ class FakeExecutor:
             ok_codes: Sequence[int] = (0,), timeout: Optional[float] = None,
             env: Optional[Mapping[str, str]] = None, root: bool = True) -> CommandResult:
         cmd = _check_argv(argv)
-        self.calls.append(Call(cmd, input))
+        self.calls.append(Call(cmd, input, dict(env) if env is not None else None))
         resp = self._match(cmd)
         res = self._resolve(cmd, input, resp)
         if check and res.exit_code not in ok_codes:

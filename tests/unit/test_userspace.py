@@ -18,8 +18,8 @@ from blocklink.connection import AttachedDevice, DeviceKind, RbdInfo
 from blocklink.errors import (AuthenticationFailed, ConnectionFailed, DeviceBusy, DeviceMismatch, InvalidConnectionInfo,
                               InvalidConnector, InvalidOption, VolumeNotFound)
 from blocklink.hostpaths import HostPaths
-from blocklink.initiator.qsd import (DaemonDied, DaemonLayout, DaemonSpec, QmpClient, QmpError, build_argv,
-                                     daemon_message, mount_fstype)
+from blocklink.initiator.qsd import (MALLOC_TUNABLES, DaemonDied, DaemonLayout, DaemonSpec, QmpClient, QmpError,
+                                     build_argv, daemon_env, daemon_message, mount_fstype)
 from blocklink.initiator.userspace import UserspaceConnector, UserspaceISCSIConnector, UserspaceRBDConnector, _probe
 from blocklink.masking import Secret
 from blocklink.testing.fakes import FakeExecutor
@@ -230,6 +230,19 @@ def test_argv_names_the_secret_file_never_the_secret(tmp_path):
     vhost = build_argv(DaemonSpec(blockdev={}, export="vhost-user-blk"), layout)
     assert "--object" not in vhost
     assert json.loads(vhost[vhost.index("--export") + 1])["addr"] == {"type": "unix", "path": layout.vhost}
+
+
+def test_daemon_env_sets_malloc_thresholds_and_keeps_the_callers_tunables(host, run_dir, portal, monkeypatch):
+    assert daemon_env({}) == {"GLIBC_TUNABLES": MALLOC_TUNABLES}
+    mine = "glibc.malloc.mmap_threshold=262144"
+    assert daemon_env({"GLIBC_TUNABLES": mine})["GLIBC_TUNABLES"] == f"{MALLOC_TUNABLES}:{mine}"  # last wins
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    conn = _conn(host, run_dir)
+    dev = conn.connect_volume(_iscsi(portal))
+    started = [c for c in host.ex.calls if c.argv[0] == "qemu-storage-daemon"]
+    assert len(started) == 1 and started[0].env == {"GLIBC_TUNABLES": MALLOC_TUNABLES}
+    assert all("GLIBC_TUNABLES" not in " ".join(c.argv) for c in host.ex.calls)  # not on any command line
+    conn.disconnect_volume(_iscsi(portal), dev)
 
 
 def test_daemon_message_drops_the_echoed_option():
