@@ -308,20 +308,22 @@ class LibvirtHost:
                 from blocklink.ceph_client import key_from_keyring
 
                 value = key_from_keyring(info.keyring.reveal(), info.auth_username)
+            fresh = info.secret_uuid is None  # a UUID made here (uuid4) names no existing secret
             uuid = info.secret_uuid or (str(uuidlib.uuid4()) if value is not None else None)
-            if uuid is None or secret_exists(self._conn, uuid):
+            if uuid is None or (not fresh and secret_exists(self._conn, uuid)):
                 return None, options  # pre-provisioned on this host (Nova's rbd_secret_uuid model)
             if value is None:
                 raise HypervisorError(dom.name(), f"libvirt has no ceph secret {uuid} and no cephx key was given")
             define_secret(self._conn, "ceph", f"blocklink client.{info.auth_username or 'admin'} {uuid}", value,
-                          uuid=uuid, ephemeral=ephemeral, description=f"cephx key for {info.name}")
+                          uuid=uuid, ephemeral=ephemeral, description=f"cephx key for {info.name}", fresh=fresh)
             options["secret_uuid"] = uuid
             return uuid, options
         if isinstance(info, IscsiInfo) and info.chap and info.auth_password is not None:
             uuid = str(uuidlib.uuid4())
             t = info.primary or info.targets[0]
             define_secret(self._conn, "iscsi", f"blocklink {t.iqn} lun {t.lun} {uuid}", info.auth_password,
-                          uuid=uuid, ephemeral=ephemeral, description=f"CHAP for {info.volume_id or t.iqn}")
+                          uuid=uuid, ephemeral=ephemeral, description=f"CHAP for {info.volume_id or t.iqn}",
+                          fresh=True)
             options["secret_uuid"] = uuid
             return uuid, options
         return None, options
