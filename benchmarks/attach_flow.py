@@ -89,6 +89,21 @@ def _floor_disk(source: str, auth: str, vid: str, dev: str, discard: bool = Fals
             f"<serial>{vid}</serial></disk>")
 
 
+def floor_rbd_xml(pool_image: str, mon: Tuple[str, str], user: str, secret_uuid: str, vid: str, dev: str) -> str:
+    """The floor's network rbd disk (discard on: Cinder's RBD info asks for it, and blocklink follows)."""
+    return _floor_disk(f"<source protocol='rbd' name='{pool_image}'><host name='{mon[0]}' port='{mon[1]}'/></source>",
+                       f"<auth username='{user}'><secret type='ceph' uuid='{secret_uuid}'/></auth>", vid, dev,
+                       discard=True)
+
+
+def floor_iscsi_xml(iqn: str, portal: Tuple[str, int], initiator: str, user: str, secret_uuid: str, vid: str,
+                    dev: str) -> str:
+    """The floor's network iscsi disk: LUN 1, QEMU logs in with the host's initiator name and CHAP."""
+    return _floor_disk(f"<source protocol='iscsi' name='{iqn}/1'><host name='{portal[0]}' port='{portal[1]}'/>"
+                       f"<initiator><iqn name='{initiator}'/></initiator></source>",
+                       f"<auth username='{user}'><secret type='iscsi' uuid='{secret_uuid}'/></auth>", vid, dev)
+
+
 class _Floor:
     """The bare sequence on one libvirt connection (flags: live + config, the domain is persistent)."""
 
@@ -118,9 +133,7 @@ class _Floor:
     # rbd ----------------------------------------------------------------------------------------
     def rbd_attach(self, pool_image: str, mon: Tuple[str, str], user: str, key: str, vid: str) -> Dict[str, Any]:
         sec, sid = self._secret("ceph", f"client.{user}", base64.b64decode(key))
-        xml = _floor_disk(f"<source protocol='rbd' name='{pool_image}'><host name='{mon[0]}' port='{mon[1]}'/>"
-                          f"</source>", f"<auth username='{user}'><secret type='ceph' uuid='{sid}'/></auth>",
-                          vid, "sda", discard=True)  # (Cinder's RBD info asks for discard)
+        xml = floor_rbd_xml(pool_image, mon, user, sid, vid, "sda")
         try:
             self.plug(xml)
         except BaseException:
@@ -146,9 +159,7 @@ class _Floor:
         _tgtadm(port, "--op", "bind", "--mode", "account", "--tid", str(tid), "--user", user)
         _tgtadm(port, "--op", "bind", "--mode", "target", "--tid", str(tid), "--initiator-name", initiator)
         sec, sid = self._secret("iscsi", f"floor {iqn}", password.encode())
-        xml = _floor_disk(f"<source protocol='iscsi' name='{iqn}/1'><host name='{portal[0]}' port='{portal[1]}'/>"
-                          f"<initiator><iqn name='{initiator}'/></initiator></source>",
-                          f"<auth username='{user}'><secret type='iscsi' uuid='{sid}'/></auth>", vid, "sda")
+        xml = floor_iscsi_xml(iqn, portal, initiator, user, sid, vid, "sda")
         try:
             self.plug(xml)
         except BaseException:
