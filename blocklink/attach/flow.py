@@ -263,6 +263,11 @@ class AttachFlow:
         if self.on_step is not None:
             self.on_step(name, run.record)
 
+    def _domain(self, instance: str) -> Any:
+        """The hypervisor's handle of ``instance`` (a libvirt domain: one lookup instead of one per call)."""
+        lookup = getattr(self.hypervisor, "lookup", None)
+        return lookup(instance) if lookup is not None else instance
+
     def _reserved_names(self, instance: str) -> List[str]:
         return [a.device_name for a in self.store.list(instance=instance, statuses=ACTIVE) if a.device_name]
 
@@ -297,9 +302,11 @@ class AttachFlow:
             # recorded the moment it is chosen, as before (other attaches to the instance exclude it).
             current = phases.begin("connector")
             run.connector = self.connector_properties()
+            domain: Any = instance
             if "device_name" in plan:
                 current = phases.begin("device_name")
-                run.device_name = self.hypervisor.next_device_name(instance, spec.bus,
+                domain = self._domain(instance)  # looked up once for the name and the hot-plug
+                run.device_name = self.hypervisor.next_device_name(domain, spec.bus,
                                                                    reserved=self._reserved_names(instance))
                 run.record = self.store.record_steps(run.record.id, ("device_name", "connector"),
                                                      device_name=run.device_name)
@@ -368,7 +375,7 @@ class AttachFlow:
                     opts.setdefault("initiator_iqn", run.connector["initiator"])
                 if es is not None and not host_encrypt:  # a network disk: QEMU opens the LUKS volume
                     opts["encryption_passphrase"] = key
-                att = self.hypervisor.attach_volume(instance, run.info, run.device, bus=spec.bus,
+                att = self.hypervisor.attach_volume(domain, run.info, run.device, bus=spec.bus,
                                                     target_dev=run.device_name, **opts)
                 run.secret_uuid = att.secret_uuid
                 run.encryption_secret_uuid = getattr(att, "encryption_secret_uuid", None)
@@ -481,8 +488,9 @@ class AttachFlow:
         steps = set(rec.steps)
         current = phases.begin("hypervisor")
         try:
-            if "hypervisor" in steps and self.hypervisor.find_disk(rec.instance, rec.device_name) is not None:
-                self.hypervisor.detach_volume(rec.instance, self._volume_attachment(run))
+            domain = self._domain(rec.instance) if "hypervisor" in steps else rec.instance
+            if "hypervisor" in steps and self.hypervisor.find_disk(domain, rec.device_name) is not None:
+                self.hypervisor.detach_volume(domain, self._volume_attachment(run))
             elif "hypervisor" in steps:
                 for uuid in (run.secret_uuid, run.encryption_secret_uuid):
                     if uuid:
