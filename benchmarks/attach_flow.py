@@ -197,7 +197,7 @@ def run(ctx: Context) -> Outcome:
     from blocklink.testing.libvirtd import LibvirtDaemon, tiny_domain_xml
     from blocklink.testing.tgt import TgtDaemon
 
-    reps = ctx.reps(15, 3)
+    reps = ctx.reps(30, 3)  # a cycle takes ~0.2 s: enough rounds for a meaningful p10-p90 cost little
     work = ctx.scratch("attach_flow")
     ctx.log(f"starting a throwaway Ceph, tgtd and libvirtd; {reps} repetitions per protocol")
     cleanups: List[Callable[[], None]] = []
