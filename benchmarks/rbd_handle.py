@@ -59,6 +59,9 @@ def run(ctx: Context) -> Outcome:
     # 4 KiB random reads are the row closest to the floor (Python's share of a ~150-300 us librbd call) and
     # the one outside load moves most: more rounds of that pattern alone, so its p10-p90 means something
     rand_read_reps = ctx.reps(40, 4)
+    # ... and each of its samples is taken in slices, the three paths taking turns every slice (~40 ms
+    # each): a burst of outside load then lands on all three, not on whichever path ran during it
+    slices = ctx.reps(25, 3)
     cycles = ctx.reps(15, 3)
     logs = ctx.scratch("rbd")
     ctx.log(f"starting a throwaway Ceph cluster; image {size // MiB} MiB, {reps} repetitions")
@@ -87,6 +90,10 @@ def run(ctx: Context) -> Outcome:
         for r in range(max(reps, rand_read_reps)):
             for label, pattern, bs in PATTERNS:
                 if r >= (rand_read_reps if (pattern, bs) == ("randread", 4096) else reps):
+                    continue
+                if pattern == "randread":
+                    for impl, (ops, seconds) in _sliced(workers, r, bs, size, count, slices).items():
+                        rows[label].add(impl, ops / seconds)
                     continue
                 for impl in _rotate(list(workers), r):
                     res = workers[impl].call(f"{OPS}:io", pattern=pattern, bs=bs, size=size, count=count,
@@ -124,13 +131,31 @@ def run(ctx: Context) -> Outcome:
         f"cancels a timer per op). A sequential sample is {passes} pass(es) over the whole image; a random sample is "
         f"{count} ops at 4 KiB-aligned offsets, from the same seed for every path. Writes end with a flush, inside the timing. "
         f"{reps} repetitions ({rand_read_reps} for the 4 KiB random read, the row nearest its floor), each "
-        f"pattern run on the three paths in rotating order. Before timing, the image "
+        f"pattern run on the three paths in rotating order; a random-read sample is taken in {slices} slices "
+        f"of {max(1, count // slices)} ops, the paths taking turns every slice (outside load then falls on "
+        f"all three within a sample). Before timing, the image "
         f"was prefilled and each path made one warm-up pass. After timing, all three paths read the whole "
         f"image and got the same sha256. connect/disconnect: {cycles} cycles each, interleaved, each a new "
         f"cluster connection. floor = raw librbd (`rbd.Image.read/write` at explicit offsets). Connection info "
         f"from blocklink's RbdTarget with the keyring included (cinderlib style), used as is by both "
         f"connectors.")
     return out
+
+
+def _sliced(workers: Dict[str, Worker], r: int, bs: int, size: int, count: int,
+            slices: int) -> Dict[str, Tuple[float, float]]:
+    """One random-read sample per path: ``count`` ops in ``slices`` slices (each slice's offsets from
+    its own seed, the same for every path), the paths taking turns every slice in rotating order;
+    returns path -> (ops, seconds) summed over its slices."""
+    per = max(1, count // slices)
+    got: Dict[str, Tuple[float, float]] = {impl: (0.0, 0.0) for impl in workers}
+    for k in range(slices):
+        for impl in _rotate(list(workers), r + k):
+            res = workers[impl].call(f"{OPS}:io", pattern="randread", bs=bs, size=size, count=per,
+                                     seed=(100 + r) * 1000 + k)
+            ops, seconds = got[impl]
+            got[impl] = (ops + res["ops"], seconds + res["seconds"])
+    return got
 
 
 def _rotate(items: List[str], k: int) -> List[str]:
