@@ -35,6 +35,7 @@ BENCHMARKS = [
     ("nova_guest", "Nova's iSCSI volume driver on the facade vs os-brick (guest)"),
     ("nvme_guest", "NVMe/TCP connect/disconnect in the real-kernel guest"),
     ("userspace", "userspace attach throughput"),
+    ("attach_flow", "attach flow end to end: AttachFlow vs the bare libvirt/tgtadm sequence"),
 ]
 
 

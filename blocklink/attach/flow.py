@@ -1,6 +1,8 @@
 """The seed's attach sequence as one library call, with rollback, records and reconcile.
 
-Attach, in order (each completed step is recorded before the next starts)::
+Attach, in order (each completed step is recorded before the next step that changes anything starts;
+steps that change nothing outside the record are recorded with the step after them, one commit; the
+connector properties are read just before the device name is chosen)::
 
     reserve        volume reservation: an ``attaching`` record, conditional (one exclusive winner)
     device_name    the guest device name (next free per bus, names held by other records excluded)
@@ -253,9 +255,18 @@ class AttachFlow:
 
     def _step(self, run: _Run, name: str, **fields: Any) -> None:
         run.record = self.store.record_step(run.record.id, name, **fields)
+        self._done(run, name)
+
+    def _done(self, run: _Run, name: str) -> None:
+        """``name`` is completed and recorded: note it, tell ``on_step``."""
         run.done.append(name)
         if self.on_step is not None:
             self.on_step(name, run.record)
+
+    def _domain(self, instance: str) -> Any:
+        """The hypervisor's handle of ``instance`` (a libvirt domain: one lookup instead of one per call)."""
+        lookup = getattr(self.hypervisor, "lookup", None)
+        return lookup(instance) if lookup is not None else instance
 
     def _reserved_names(self, instance: str) -> List[str]:
         return [a.device_name for a in self.store.list(instance=instance, statuses=ACTIVE) if a.device_name]
@@ -275,34 +286,59 @@ class AttachFlow:
         host_encrypt = es is not None and spec.host_attach
         plan = spec.plan(host_encrypt)
         phases.begin("reserve")
+        # the reservation is the reserve step: recorded by the insert itself (one commit, not two)
         record = self.store.reserve(spec.volume_id, instance, spec.attach_mode, spec.multiattach,
-                                    extra=self._plan_extra(spec, es, host_encrypt))
+                                    extra=self._plan_extra(spec, es, host_encrypt), steps=("reserve",),
+                                    protocol=spec.protocol)
         run = _Run(record=record, spec=spec, encryption=es, key=key, host_encrypt=host_encrypt)
         current = "reserve"
         try:
-            self._step(run, "reserve", protocol=spec.protocol)
-            if "device_name" in plan:
-                current = phases.begin("device_name")
-                run.device_name = self.hypervisor.next_device_name(instance, spec.bus,
-                                                                   reserved=self._reserved_names(instance))
-                self._step(run, "device_name", device_name=run.device_name)
+            self._done(run, "reserve")
+            # Steps that change nothing outside the record (device name, connector properties; and for a
+            # target that exports nothing, the export) are recorded together with the step after them,
+            # in their order: a write per step costs a commit (an fsync) and the record still says, before
+            # each step that changes something starts, everything done before it (what reconcile and
+            # rollback need). The connector properties (pure) are read first so the device name is
+            # recorded the moment it is chosen, as before (other attaches to the instance exclude it).
             current = phases.begin("connector")
             run.connector = self.connector_properties()
-            self._step(run, "connector")
+            domain: Any = instance
+            if "device_name" in plan:
+                current = phases.begin("device_name")
+                domain = self._domain(instance)  # looked up once for the name and the hot-plug
+                run.device_name = self.hypervisor.next_device_name(domain, spec.bus,
+                                                                   reserved=self._reserved_names(instance))
+                run.record = self.store.record_steps(run.record.id, ("device_name", "connector"),
+                                                     device_name=run.device_name)
+                self._done(run, "device_name")
+                current = "connector"
+                self._done(run, "connector")
+            else:
+                self._step(run, "connector")
             target = self._target(spec.protocol)
             current = phases.begin("export")
-            if isinstance(target, ExportingTargetHelper):  # iSCSI/NVMe export a device; RBD needs none
+            exporting = isinstance(target, ExportingTargetHelper)  # iSCSI/NVMe export a device; RBD needs none
+            if isinstance(target, ExportingTargetHelper):
                 if target.get_export(spec.volume_id) is None:
                     run.extra_export_absent = True
                     target.create_export(spec.volume_id, spec.device_path, size=spec.size)
                     run.export_created = True
-            self._step(run, "export", extra=dict(run.record.extra, export_created=run.export_created))
+                self._step(run, "export", extra=dict(run.record.extra, export_created=run.export_created))
             current = phases.begin("initialize")
             info = target.initialize_connection(spec.volume_id, run.connector,
                                                 **({"access_mode": spec.attach_mode}
                                                    if spec.protocol == "rbd" else {}))
             run.info = info if isinstance(info, ConnectionInfo) else parse_connection_info(info)
-            self._step(run, "initialize", connection_info=run.info.to_dict())
+            if exporting:
+                self._step(run, "initialize", connection_info=run.info.to_dict())
+            else:  # the no-op export recorded with the initialize after it
+                run.record = self.store.record_steps(
+                    run.record.id, ("export", "initialize"), connection_info=run.info.to_dict(),
+                    extra=dict(run.record.extra, export_created=False))
+                current = "export"
+                self._done(run, "export")
+                current = "initialize"
+                self._done(run, "initialize")
             if spec.host_attach:
                 current = phases.begin("connect")
                 run.device = run.lower = self._connector(spec.protocol).connect_volume(run.info)
@@ -339,7 +375,7 @@ class AttachFlow:
                     opts.setdefault("initiator_iqn", run.connector["initiator"])
                 if es is not None and not host_encrypt:  # a network disk: QEMU opens the LUKS volume
                     opts["encryption_passphrase"] = key
-                att = self.hypervisor.attach_volume(instance, run.info, run.device, bus=spec.bus,
+                att = self.hypervisor.attach_volume(domain, run.info, run.device, bus=spec.bus,
                                                     target_dev=run.device_name, **opts)
                 run.secret_uuid = att.secret_uuid
                 run.encryption_secret_uuid = getattr(att, "encryption_secret_uuid", None)
@@ -452,8 +488,9 @@ class AttachFlow:
         steps = set(rec.steps)
         current = phases.begin("hypervisor")
         try:
-            if "hypervisor" in steps and self.hypervisor.find_disk(rec.instance, rec.device_name) is not None:
-                self.hypervisor.detach_volume(rec.instance, self._volume_attachment(run))
+            domain = self._domain(rec.instance) if "hypervisor" in steps else rec.instance
+            if "hypervisor" in steps and self.hypervisor.find_disk(domain, rec.device_name) is not None:
+                self.hypervisor.detach_volume(domain, self._volume_attachment(run))
             elif "hypervisor" in steps:
                 for uuid in (run.secret_uuid, run.encryption_secret_uuid):
                     if uuid:

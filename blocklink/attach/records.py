@@ -179,15 +179,19 @@ class AttachmentStore:
 
     # ------------------------------------------------------------------ transitions
     def reserve(self, volume_id: str, instance: str, attach_mode: str = "rw", multiattach: bool = False,
-                extra: Optional[Mapping[str, Any]] = None) -> Attachment:
-        """Create an ``attaching`` record; raises VolumeBusy if an exclusive attachment is active."""
+                extra: Optional[Mapping[str, Any]] = None, *, steps: Sequence[str] = (),
+                protocol: Optional[str] = None) -> Attachment:
+        """Create an ``attaching`` record; raises VolumeBusy if an exclusive attachment is active.
+
+        ``steps``: steps the reservation itself completes (the flow's ``reserve``), recorded by the same
+        insert."""
         sa = self._sa
         now = time.time()
         new_id = str(uuid.uuid4())
         row: Dict[str, Any] = dict(id=new_id, volume_id=volume_id, instance=instance, status="attaching",
                    attach_mode=attach_mode, multiattach=multiattach, exclusive_active=None if multiattach else True,
-                   steps="[]", host=socket.gethostname(), owner_pid=os.getpid(), owner_boot=_boot_id(),
-                   created_at=now, updated_at=now, extra=json.dumps(dict(extra or {})))
+                   protocol=protocol, steps=json.dumps(list(steps)), host=socket.gethostname(), owner_pid=os.getpid(),
+                   owner_boot=_boot_id(), created_at=now, updated_at=now, extra=json.dumps(dict(extra or {})))
         t = self.table
         try:
             with self.engine.begin() as c:
@@ -200,18 +204,27 @@ class AttachmentStore:
                     shared = c.execute(t.select().where(t.c.volume_id == volume_id, t.c.status.in_(ACTIVE))).first()
                     if shared is not None:
                         raise VolumeBusy(volume_id, f"attachment {shared.id} on {shared.instance}")
-                c.execute(t.insert().values(**row))
+                inserted = c.execute(t.insert().values(**row).returning(*t.c)).first()
         except sa.exc.IntegrityError:
             holder = self.list(volume_id=volume_id, statuses=ACTIVE)
             raise VolumeBusy(volume_id, f"attachment {holder[0].id} on {holder[0].instance}" if holder
                              else "a concurrent attach") from None
-        return self.get(new_id)
+        return self._row(inserted)
 
     def record_step(self, attachment_id: str, step: str, **fields: Any) -> Attachment:
         """Append a completed step (and set fields) while the record is attaching/detaching."""
-        cur = self.get(attachment_id)
-        steps = list(cur.steps) + [step]
-        return self._update(attachment_id, ("attaching", "detaching"), steps=json.dumps(steps), **fields)
+        return self.record_steps(attachment_id, (step,), **fields)
+
+    def record_steps(self, attachment_id: str, steps: Sequence[str], **fields: Any) -> Attachment:
+        """Append completed steps, in order (and set fields), in one transaction: the steps are read
+        and the longer list written in it (one commit)."""
+        t = self.table
+        with self.engine.begin() as c:
+            r = c.execute(self._sa.select(t.c.steps).where(t.c.id == attachment_id)).first()
+            if r is None:
+                raise KeyError(attachment_id)
+            done = json.dumps(list(json.loads(r.steps)) + list(steps))
+            return self._update_in(c, attachment_id, ("attaching", "detaching"), steps=done, **fields)
 
     def transition(self, attachment_id: str, expected: Sequence[str], status: str, **fields: Any) -> Attachment:
         if status not in STATUSES:
@@ -221,18 +234,24 @@ class AttachmentStore:
         return self._update(attachment_id, expected, status=status, **fields)
 
     def _update(self, attachment_id: str, expected: Sequence[str], **fields: Any) -> Attachment:
+        with self.engine.begin() as c:
+            return self._update_in(c, attachment_id, expected, **fields)
+
+    def _update_in(self, c: Any, attachment_id: str, expected: Sequence[str], **fields: Any) -> Attachment:
+        """The conditional update on connection ``c`` (in its transaction); the row as written, read back
+        by the update itself (RETURNING: SQLite >= 3.35, PostgreSQL)."""
         t = self.table
         if "connection_info" in fields and fields["connection_info"] is not None:
             fields["connection_info"] = json.dumps(mask_connection_info(fields["connection_info"]))
         if "extra" in fields:
             fields["extra"] = json.dumps(fields["extra"])
         fields["updated_at"] = time.time()
-        with self.engine.begin() as c:
-            res = c.execute(t.update().where(t.c.id == attachment_id, t.c.status.in_(list(expected))).values(**fields))
-            if res.rowcount != 1:
-                r = c.execute(t.select().where(t.c.id == attachment_id)).first()
-                raise StaleRecord(attachment_id, expected, r.status if r is not None else "missing")
-        return self.get(attachment_id)
+        r = c.execute(t.update().where(t.c.id == attachment_id, t.c.status.in_(list(expected))).values(**fields)
+                      .returning(*t.c)).first()
+        if r is None:
+            cur = c.execute(self._sa.select(t.c.status).where(t.c.id == attachment_id)).first()
+            raise StaleRecord(attachment_id, expected, cur.status if cur is not None else "missing")
+        return self._row(r)
 
     def add_event(self, attachment_id: str, key: str, event: Mapping[str, Any], keep: int = 50) -> Attachment:
         """Append ``event`` to the list ``extra[key]`` of an active record (the newest ``keep`` stay):

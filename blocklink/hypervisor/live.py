@@ -190,8 +190,11 @@ class LibvirtHost:
     # ------------------------------------------------------------------ disks
     def attach_disk(self, domain: Any, disk: Union[DiskConfig, str]) -> DiskAttachment:
         """Hot-plug a disk (live and/or config as the domain allows)."""
-        lv = _libvirt()
         dom = self.lookup(domain)
+        return self._attach_disk(dom, disk, self._flags(dom))
+
+    def _attach_disk(self, dom: Any, disk: Union[DiskConfig, str], flags: int) -> DiskAttachment:
+        lv = _libvirt()
         xml = format_disk(disk) if isinstance(disk, DiskConfig) else disk
         el = parse_xml(xml, "disk")
         target = el.find("target")
@@ -200,7 +203,6 @@ class LibvirtHost:
         dev, bus = target.get("dev", ""), target.get("bus", "")
         if self.validate_xml:
             validate_disk_xml(xml)
-        flags = self._flags(dom)
         t0 = time.perf_counter()
         try:
             dom.attachDeviceFlags(xml, flags)
@@ -208,12 +210,15 @@ class LibvirtHost:
             raise HypervisorError(dom.name(), f"attaching disk {dev} failed: {mask_text(str(e))}") from None
         elapsed = (time.perf_counter() - t0) * 1000
         live = bool(flags & lv.VIR_DOMAIN_AFFECT_LIVE)
-        found = self.find_disk(dom, dev, inactive=not live)
-        if found is None:
-            raise HypervisorError(dom.name(), f"libvirt accepted disk {dev} but the domain does not show it")
+        given = el.find("alias")
+        alias = given.get("name") if given is not None else None
+        if not alias:  # libvirt names it: read the name back (a user alias, 'ua-...', libvirt keeps or refuses)
+            found = self.find_disk(dom, dev, inactive=not live)
+            if found is None:
+                raise HypervisorError(dom.name(), f"libvirt accepted disk {dev} but the domain does not show it")
+            alias = found.alias
         LOG.info("attached disk %s (%s) to %s in %.0f ms", dev, bus, dom.name(), elapsed)
-        return DiskAttachment(dom.name(), dev, bus, found.alias, live, bool(flags & lv.VIR_DOMAIN_AFFECT_CONFIG),
-                              elapsed)
+        return DiskAttachment(dom.name(), dev, bus, alias, live, bool(flags & lv.VIR_DOMAIN_AFFECT_CONFIG), elapsed)
 
     def detach_disk(self, domain: Any, target_dev: str, *, timeout: Optional[float] = None) -> float:
         """Unplug disk ``target_dev``; returns the milliseconds until the guest released it.
@@ -273,24 +278,27 @@ class LibvirtHost:
         ``encryption_passphrase``: the volume is LUKS-encrypted and QEMU decrypts it (a ``volume``
         secret plus ``<encryption format='luks'>``). Options are :func:`~blocklink.hypervisor.disk_xml`'s.
         """
+        lv = _libvirt()
         dom = self.lookup(domain)
         view = VolumeView(connection_info, options.get("protocol"))
         network = device is None and view.get("device_path") is None
         with self._lock(dom):
             dev = target_dev or self.next_device_name(dom, bus)
+            flags = self._flags(dom)  # asked once: the secrets' lifetime follows the domain's too
+            ephemeral = not flags & lv.VIR_DOMAIN_AFFECT_CONFIG
             created: Optional[str] = None
             luks: Optional[str] = None
             try:
                 if network and "secret_uuid" not in options and "secret_usage" not in options:
-                    created, options = self._make_secret(dom, view, secret_value, options)
+                    created, options = self._make_secret(dom, view, secret_value, options, ephemeral)
                 if encryption_passphrase is not None and options.get("encryption_secret_uuid") is None:
                     luks = define_secret(
                         self._conn, "volume", f"/blocklink/luks/{view.volume_id or uuidlib.uuid4()}/{dom.UUIDString()}",
-                        encryption_passphrase, ephemeral=not dom.isPersistent(),
+                        encryption_passphrase, ephemeral=ephemeral,
                         description=f"LUKS passphrase of volume {view.volume_id or '?'}")
                     options = {**options, "encryption_secret_uuid": luks}
                 xml = disk_xml(connection_info, device, target_dev=dev, bus=bus, **options)
-                att = self.attach_disk(dom, xml)
+                att = self._attach_disk(dom, xml, flags)
             except BaseException:
                 for uuid in (created, luks):
                     if uuid is not None:
@@ -299,29 +307,30 @@ class LibvirtHost:
         return VolumeAttachment(att, xml, created, luks)
 
     def _make_secret(self, dom: Any, view: VolumeView, value: Union[Secret, str, None],
-                     options: Dict[str, Any]) -> Any:
+                     options: Dict[str, Any], ephemeral: bool) -> Any:
         info = view.typed
-        ephemeral = not dom.isPersistent()
         options = dict(options)
         if isinstance(info, RbdInfo):
             if value is None and info.keyring is not None:
                 from blocklink.ceph_client import key_from_keyring
 
                 value = key_from_keyring(info.keyring.reveal(), info.auth_username)
+            fresh = info.secret_uuid is None  # a UUID made here (uuid4) names no existing secret
             uuid = info.secret_uuid or (str(uuidlib.uuid4()) if value is not None else None)
-            if uuid is None or secret_exists(self._conn, uuid):
+            if uuid is None or (not fresh and secret_exists(self._conn, uuid)):
                 return None, options  # pre-provisioned on this host (Nova's rbd_secret_uuid model)
             if value is None:
                 raise HypervisorError(dom.name(), f"libvirt has no ceph secret {uuid} and no cephx key was given")
             define_secret(self._conn, "ceph", f"blocklink client.{info.auth_username or 'admin'} {uuid}", value,
-                          uuid=uuid, ephemeral=ephemeral, description=f"cephx key for {info.name}")
+                          uuid=uuid, ephemeral=ephemeral, description=f"cephx key for {info.name}", fresh=fresh)
             options["secret_uuid"] = uuid
             return uuid, options
         if isinstance(info, IscsiInfo) and info.chap and info.auth_password is not None:
             uuid = str(uuidlib.uuid4())
             t = info.primary or info.targets[0]
             define_secret(self._conn, "iscsi", f"blocklink {t.iqn} lun {t.lun} {uuid}", info.auth_password,
-                          uuid=uuid, ephemeral=ephemeral, description=f"CHAP for {info.volume_id or t.iqn}")
+                          uuid=uuid, ephemeral=ephemeral, description=f"CHAP for {info.volume_id or t.iqn}",
+                          fresh=True)
             options["secret_uuid"] = uuid
             return uuid, options
         return None, options

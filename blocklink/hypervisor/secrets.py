@@ -121,15 +121,17 @@ def list_secrets(conn: Any) -> List[str]:
 
 def define_secret(conn: Any, usage_type: str, usage_id: str, value: Union[Secret, str, bytes], *,
                   uuid: Optional[str] = None, ephemeral: bool = False, private: bool = True,
-                  description: Optional[str] = None) -> str:
+                  description: Optional[str] = None, fresh: bool = False) -> str:
     """Define (or redefine, same UUID) a secret and set its value; returns its UUID.
 
     A secret of the same usage under another UUID makes libvirt refuse (one secret per usage).
+    ``fresh``: the caller generated ``uuid`` just now (uuid4), so no secret can have it yet: the
+    existence check (a libvirt round trip) is skipped. Without ``uuid`` one is generated, likewise.
     """
     lv = _libvirt()
     data = secret_value_bytes(usage_type, value)  # validate before touching libvirt
+    existed = False if (fresh or uuid is None) else secret_exists(conn, uuid)
     uuid = uuid or str(uuidlib.uuid4())
-    existed = secret_exists(conn, uuid)
     xml = secret_xml(usage_type, usage_id, uuid=uuid, ephemeral=ephemeral, private=private, description=description)
     try:
         sec = conn.secretDefineXML(xml)

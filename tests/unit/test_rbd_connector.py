@@ -102,6 +102,22 @@ def test_handle_file_semantics():
     h.close()  # twice is harmless
 
 
+def test_read_errors_are_typed_and_other_errors_pass_through():
+    h, img, *_ = _handle()
+    LibrbdError = type("IOError", (Exception,), {"__module__": "rbd", "errno": -errno.EIO})
+
+    def failing(off, n):
+        raise LibrbdError("[errno 5] error reading")
+    img.read = failing
+    with pytest.raises(RbdIOError) as ei:
+        h.read(4096)
+    assert ei.value.errno == errno.EIO and "volumes/volume-1" in str(ei.value) and h.tell() == 0
+    img.read = lambda off, n: 1 / 0
+    with pytest.raises(ZeroDivisionError):  # not librbd's: as it is
+        h.readinto(bytearray(8))
+    h.close()
+
+
 def test_handle_read_only_refuses_writes():
     h, img, *_ = _handle(ro=True)
     assert not h.writable()

@@ -128,7 +128,9 @@ def test_attach_flow_steps_are_spans_under_attach(tmp_path) -> None:
         att = flow.attach_volume(SPEC, "inst1")
     top = by_step(events)["attach"]
     kids = [e.step for e in sorted(events, key=lambda e: e.start) if e.parent == top.span_id]
-    assert kids == ["reserve", "device_name", "connector", "export", "initialize", "connect", "hypervisor", "record"]
+    # the connector properties (pure) are read before the device name is chosen: the name is recorded
+    # (with the connector step) the moment it is picked
+    assert kids == ["reserve", "connector", "device_name", "export", "initialize", "connect", "hypervisor", "record"]
     with collect() as events:
         flow.detach_volume(att.id)
     top = by_step(events)["detach"]
