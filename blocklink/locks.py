@@ -37,9 +37,12 @@ class LockFactory:
 
     @contextlib.contextmanager
     def lock(self, name: str) -> Iterator[None]:
-        os.makedirs(self.lock_path, mode=0o700, exist_ok=True)
         path = self.path_of(name)
-        fd = _acquire(path)
+        try:
+            fd = _acquire(path)
+        except FileNotFoundError:  # the directory is made on first use (not checked on every lock)
+            os.makedirs(self.lock_path, mode=0o700, exist_ok=True)
+            fd = _acquire(path)
         try:
             yield
         finally:

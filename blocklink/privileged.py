@@ -20,8 +20,10 @@ owns (fake hosts in tests). :class:`blocklink.hostpaths.HostPaths` is given one.
 from __future__ import annotations
 
 import errno
+import fcntl
 import functools
 import os
+import stat
 import threading
 from typing import Any, Callable, Optional, Protocol, TypeVar
 
@@ -33,6 +35,8 @@ MODE_ENV = "BLOCKLINK_PRIVSEP"  # auto (default) | force | off
 SYSFS_ROOT = "/sys"
 NVMET_ROOT = "/sys/kernel/config/nvmet"
 FABRICS_DEV = "/dev/nvme-fabrics"  # the NVMe-oF connect interface: the one /dev path an entry point opens
+DEV_ROOT = "/dev"  # block devices whose buffers flush_block writes out (nothing else is done to them)
+BLKFLSBUF = 0x1261  # <linux/fs.h> _IO(0x12, 97): write the device's dirty buffers, drop its clean cache
 
 _lock = threading.Lock()
 _context: Any = None
@@ -190,6 +194,25 @@ def fabrics_io(path: str, options: Any) -> str:
         return os.read(fd, 4096).decode(errors="replace").strip()
     finally:
         os.close(fd)
+
+
+def flush_buffers(path: str) -> None:
+    """What ``blockdev --flushbufs`` does, with the caller's own rights: open the block device read-only
+    (a read-only close raises no udev "change" event) and ask the kernel to write its dirty buffers;
+    returns once they are on the device. Anything but a block device is refused (ENOTBLK)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISBLK(os.fstat(fd).st_mode):
+            raise OSError(errno.ENOTBLK, os.strerror(errno.ENOTBLK), path)
+        fcntl.ioctl(fd, BLKFLSBUF)
+    finally:
+        os.close(fd)
+
+
+@entrypoint
+def flush_block(path: str) -> None:
+    """Flush a block device's buffers: only block devices under /dev."""
+    flush_buffers(confine(path, DEV_ROOT))
 
 
 @entrypoint

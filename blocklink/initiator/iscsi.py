@@ -296,9 +296,11 @@ class ISCSIConnector(ScsiConnector):
     # ------------------------------------------------------------------ finding and detaching the volume
     def _address_devices(self, vol: IscsiInfo) -> Dict[str, str]:
         out: Dict[str, str] = {}
-        sessions = scsi.iscsi_sessions(self.paths)
+        by_iqn: Dict[str, List[IscsiSession]] = {}
         for t in self._addressed(vol.targets, vol.addressing_mode):
-            for s in sessions:
+            if t.iqn not in by_iqn:
+                by_iqn[t.iqn] = scsi.sessions_of(self.paths, t.iqn)
+            for s in by_iqn[t.iqn]:
                 if s.matches(t.iqn, t.portal.host, t.portal.port):
                     d = self._lun_device(s, t.lun)
                     if d is not None and d.name:
@@ -306,26 +308,31 @@ class ISCSIConnector(ScsiConnector):
         return out
 
     def _same_lu_elsewhere(self, vol: IscsiInfo, expected: str) -> Dict[str, str]:
-        """Disks of the LU on any session: portals discovered at connect are not in the info."""
+        """Disks of the LU on any session: portals discovered at connect are not in the info. One
+        identity read per disk on the host; only a disk of the LU is then placed on its session."""
         out: Dict[str, str] = {}
-        for s in scsi.iscsi_sessions(self.paths):
-            for dev in scsi.session_devices(self.paths, s.sid):
-                if dev.name and same_wwn(expected, device_wwid(self.paths, dev.name) or ""):
-                    out.setdefault(dev.name, f"{dev.hctl} of session {s.sid}")
+        for name in self.paths.listdir(self.paths.sys("block")):
+            if same_wwn(expected, device_wwid(self.paths, name) or ""):
+                sid = scsi.device_session(self.paths, name)
+                if sid is not None:
+                    out.setdefault(name, f"{scsi.device_hctl(self.paths, name)} of session {sid}")
         return out
 
     def _on_transport(self, name: str) -> bool:
-        return self._session_of(name, scsi.iscsi_sessions(self.paths)) is not None
+        return scsi.device_session(self.paths, name) is not None
 
     def _protocol_teardown(self, vol: IscsiInfo, names: Sequence[str]) -> List[Step]:
         """Log out of the sessions the disks used and of the info's targets (which may have no disk
         left), each only if no other LUN is in use on it."""
-        all_sessions = scsi.iscsi_sessions(self.paths)
         sessions: Dict[int, IscsiSession] = {}
+        by_iqn: Dict[str, List[IscsiSession]] = {}
         for t in self._addressed(vol.targets, vol.addressing_mode):
-            sessions.update((s.sid, s) for s in all_sessions if s.matches(t.iqn, t.portal.host, t.portal.port))
+            if t.iqn not in by_iqn:
+                by_iqn[t.iqn] = scsi.sessions_of(self.paths, t.iqn)
+            sessions.update((s.sid, s) for s in by_iqn[t.iqn] if s.matches(t.iqn, t.portal.host, t.portal.port))
         for name in names:
-            owner = self._session_of(name, all_sessions)
+            sid = scsi.device_session(self.paths, name)
+            owner = scsi.read_session(self.paths, sid) if sid is not None and sid not in sessions else None
             if owner is not None:
                 sessions[owner.sid] = owner
         return [(f"log out of {s.iqn} at {s.portal}", functools.partial(self._logout_if_unused, s))
@@ -342,13 +349,6 @@ class ISCSIConnector(ScsiConnector):
                 return
             self.iscsiadm.logout(session.sid)
             self.iscsiadm.delete_node(session.iqn, portal)
-
-    def _session_of(self, name: str, all_sessions: List[IscsiSession]) -> Optional[IscsiSession]:
-        hctl = scsi.device_hctl(self.paths, name)
-        for s in all_sessions:
-            if hctl is not None and any(d.hctl == hctl for d in scsi.session_devices(self.paths, s.sid)):
-                return s
-        return None
 
     # ------------------------------------------------------------------ rollback
     def _release(self, paths: List[_Path]) -> None:

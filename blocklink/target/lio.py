@@ -219,6 +219,7 @@ class LioConfig:
         self._rtslib = rtslib
         self.save_dir = save_dir
         self._configfs_ready = False
+        self._iscsi: Any = None  # the iSCSI FabricModule object, made once (it holds no state of its own)
 
     @property
     def rts(self) -> Any:
@@ -247,11 +248,16 @@ class LioConfig:
         if not self._configfs_ready:
             self._root()
 
+    def _fabric(self) -> Any:
+        if self._iscsi is None:
+            self._iscsi = self.rts.FabricModule("iscsi")
+        return self._iscsi
+
     def _find_target(self, iqn: str) -> Any:
         """A direct configfs lookup: O(1), not a walk over every target (that made 100 volumes crawl)."""
         rts = self.rts
         try:
-            return rts.Target(rts.FabricModule("iscsi"), iqn, "lookup")
+            return rts.Target(self._fabric(), iqn, "lookup")
         except rts.RTSLibError:  # RTSLibNotInCFS
             return None
 
@@ -297,16 +303,22 @@ class LioConfig:
 
     def list(self, prefix: str) -> List[str]:
         self._ready()
-        return [t.wwn for t in self.rts.FabricModule("iscsi").targets if t.wwn.startswith(prefix)]
+        return [t.wwn for t in self._fabric().targets if t.wwn.startswith(prefix)]
 
     def create(self, spec: Dict[str, Any]) -> None:
         """Create the export described by ``spec`` (nothing is read back: every step either worked
-        or raised, and the caller knows what it asked for)."""
+        or raised, and the caller knows what it asked for). The target comes first: its creation
+        (a mkdir) is the check that the volume is not exported yet, so no lookup precedes it and
+        nothing is made when it is."""
         rts = self.rts
         self._ready()
-        if self._find_target(spec["iqn"]) is not None:
-            raise LioError("exists", "already exported (use ensure_export to re-apply)")
-        so = target = None
+        try:
+            target = rts.Target(self._fabric(), spec["iqn"], "create")
+        except rts.RTSLibError as e:
+            if self._find_target(spec["iqn"]) is not None:
+                raise LioError("exists", "already exported (use ensure_export to re-apply)") from None
+            raise LioError("refused", f"LIO refused the export: {e}") from None
+        so = None
         try:
             if spec["backstore"] == "block":
                 so = rts.BlockStorageObject(spec["so_name"], dev=spec["device_path"])
@@ -315,7 +327,6 @@ class LioConfig:
                                              write_back=False)
             if spec["discard"]:
                 so.set_attribute("emulate_tpu", "1")
-            target = rts.Target(rts.FabricModule("iscsi"), spec["iqn"], "create")
             tpg = rts.TPG(target, 1, "create")
             tpg.set_attribute("authentication", "1" if spec["chap"] else "0")
             tpg.set_attribute("generate_node_acls", "0")
@@ -331,11 +342,10 @@ class LioConfig:
                     portal.iser = True
             tpg.enable = True
         except rts.RTSLibError as e:
-            if target is not None:
-                try:
-                    target.delete()
-                except rts.RTSLibError:
-                    pass
+            try:
+                target.delete()
+            except rts.RTSLibError:
+                pass
             if so is not None:
                 try:
                     _delete_so(so)  # unmapped once the target is gone: removed without the LUN walk

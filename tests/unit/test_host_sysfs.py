@@ -53,6 +53,21 @@ def test_sessions_and_their_devices(tree: FakeHostTree) -> None:
     assert not scsi.block_exists(tree.paths, "sda") and not os.path.lexists(tree.p("dev", "sda"))
 
 
+def test_sessions_of_a_target_and_the_session_of_a_disk(tree: FakeHostTree) -> None:
+    other = "iqn.2003-01.org.example:t2"
+    tree.add_iscsi_session(1, IQN, "10.0.0.1", luns={0: FakeLun(0, naa_wwid(1))}, scan=True)
+    tree.add_iscsi_session(2, other, "10.0.0.1", luns={0: FakeLun(0, naa_wwid(2))}, scan=True)
+    tree.add_iscsi_session(3, IQN, "10.0.0.2", luns={0: FakeLun(0, naa_wwid(1))}, scan=True)
+    assert [(s.sid, s.address) for s in scsi.sessions_of(tree.paths, IQN)] == [(1, "10.0.0.1"), (3, "10.0.0.2")]
+    assert [s.sid for s in scsi.sessions_of(tree.paths, other)] == [2]
+    assert scsi.sessions_of(tree.paths, IQN + "x") == []  # a name that only starts alike is another target
+    assert scsi.find_session(tree.paths, IQN, "10.0.0.2", 3260).sid == 3  # type: ignore[union-attr]
+    assert {n: scsi.device_session(tree.paths, n) for n in ("sda", "sdb", "sdc")} == {"sda": 1, "sdb": 2, "sdc": 3}
+    assert scsi.device_session(tree.paths, "sdz") is None  # gone
+    tree.remove_iscsi_session(2)
+    assert scsi.sessions_of(tree.paths, other) == [] and scsi.device_session(tree.paths, "sdb") is None
+
+
 def test_rescan_reads_the_new_size(tree: FakeHostTree) -> None:
     lun = FakeLun(0, naa_wwid(7), size=1 << 20)
     tree.add_iscsi_session(1, IQN, "10.0.0.1", luns={0: lun}, scan=True)

@@ -75,3 +75,14 @@ def test_exclusive_between_threads_and_independent_across_names(tmp_path: Any) -
         inside.append("holder")
     w.join(30)
     assert inside == ["holder", "waiter"]
+
+
+def test_the_lock_directory_is_made_private_when_missing(tmp_path: Any) -> None:
+    """Made (0700) on first use and again if removed meanwhile; not looked for on every lock."""
+    locks = LockFactory(str(tmp_path / "run" / "locks"))
+    for _ in range(2):
+        with locks.lock("lio-config"):
+            assert os.stat(locks.lock_path).st_mode & 0o777 == 0o700
+            assert os.listdir(locks.lock_path) == [os.path.basename(locks.path_of("lio-config"))]
+        assert os.listdir(locks.lock_path) == []
+        os.rmdir(locks.lock_path)

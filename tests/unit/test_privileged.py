@@ -4,14 +4,18 @@ each entry point, the undecorated function), not only the wrappers around them."
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from typing import Any, Callable, List, Tuple
 
 import pytest
 
 from blocklink import privileged
-from blocklink.errors import InvalidOption, PathRefused
+from blocklink.errors import DeviceBusy, InvalidOption, PathRefused
 from blocklink.executor import ProcessExecutor
+from blocklink.initiator.host import scsi
+from blocklink.testing.fakes import FakeExecutor
 from blocklink.hostpaths import HostPaths
 from blocklink.privileged import DIRECT, NVMET_ROOT, PRIVILEGED, SYSFS_ROOT, confine
 from blocklink.target import lio
@@ -133,6 +137,49 @@ def test_the_real_roots() -> None:
     assert (SYSFS_ROOT, NVMET_ROOT, lio.LIO_SAVE_DIR) == ("/sys", "/sys/kernel/config/nvmet", "/etc/rtslib-fb-target")
 
 
+def _a_block_device() -> str:
+    for entry in sorted(os.scandir("/dev"), key=lambda e: e.name):
+        try:
+            if stat.S_ISBLK(entry.stat(follow_symlinks=False).st_mode):
+                os.close(os.open(entry.path, os.O_RDONLY))
+                return entry.path
+        except OSError:
+            continue
+    pytest.skip("no block device this test may open")
+
+
+def test_flush_block_flushes_only_block_devices_under_dev(monkeypatch: pytest.MonkeyPatch) -> None:
+    asked: List[Tuple[str, int]] = []
+    monkeypatch.setattr(privileged.fcntl, "ioctl", lambda fd, req: asked.append((os.readlink(f"/proc/self/fd/{fd}"),
+                                                                                 req)))
+    for bad in ("/etc/passwd", "/dev/../etc/passwd", "/dev", "/dev/", "dev/sda", "/sys/block/sda"):
+        _refused(privileged.flush_block.func, bad)
+    with pytest.raises(OSError) as ei:
+        privileged.flush_block.func("/dev/null")  # a character device: nothing to flush, nothing done
+    assert ei.value.errno == errno.ENOTBLK and asked == []
+    dev = _a_block_device()
+    privileged.flush_block.func(dev)
+    assert asked == [(os.path.realpath(dev), privileged.BLKFLSBUF)]  # what blockdev --flushbufs asks
+
+
+def test_scsi_flush_is_the_entry_point_on_the_host_and_blockdev_on_a_tree(tmp_path: Any,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    flushed: List[str] = []
+    monkeypatch.setattr(privileged, "flush_block", flushed.append)
+    ex = FakeExecutor().on(("blockdev",), "")
+    scsi.flush(ex, HostPaths(), "sdq")
+    assert flushed == ["/dev/sdq"] and ex.calls == []  # no child process on the real host
+
+    def broken(path: str) -> None:
+        raise OSError(errno.EIO, os.strerror(errno.EIO), path)
+
+    monkeypatch.setattr(privileged, "flush_block", broken)
+    with pytest.raises(DeviceBusy, match="Input/output error"):  # a failed flush stops the detach
+        scsi.flush(ex, HostPaths(), "sdq")
+    scsi.flush(ex, HostPaths.under(str(tmp_path)), "sda")  # a tree of another root: its simulated blockdev
+    assert ex.argvs() == [("blockdev", "--flushbufs", "/dev/sda")] and flushed == ["/dev/sdq"]
+
+
 # ------------------------------------------------------------------ LIO save/restore entry points
 class _NoRtslib:
     """Any use of rtslib fails the test: a refused path must be refused before LIO is touched."""
@@ -240,6 +287,7 @@ def _every_privileged_path(tmp_path: Any) -> None:
 
     sub = "/sys/kernel/config/nvmet/subsystems/nqn.2014-08.org.test:x"
     HostPaths().write("/sys/class/scsi_host/host0/scan", "- - -")
+    scsi.flush(FakeExecutor(), HostPaths(), "sdq")
     fs = ConfigFS(HostPaths())
     fs.mkdir(sub)
     fs.symlink("/sys/kernel/config/nvmet/hosts/h", sub + "/allowed_hosts/h")
@@ -250,7 +298,7 @@ def _every_privileged_path(tmp_path: Any) -> None:
     tgt_request(str(tmp_path / "tgtd.sock"), 1, 1, "")
 
 
-ROUTED = ["write_sysfs", "configfs_mkdir", "configfs_symlink", "configfs_unlink", "configfs_rmdir", "restrict_sysfs",
+ROUTED = ["write_sysfs", "flush_block", "configfs_mkdir", "configfs_symlink", "configfs_unlink", "configfs_rmdir", "restrict_sysfs",
           "lio_list", "tgt_request"]
 
 

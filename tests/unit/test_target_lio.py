@@ -378,6 +378,20 @@ def test_errors_name_what_failed(helper: LioTarget) -> None:
     assert LioTarget(portals=["10.0.0.1:3260"], save_file="/etc/rtslib-fb-target/cinder.json").save_file
 
 
+def test_creating_an_existing_export_changes_nothing(helper: LioTarget, tmp_path: Any) -> None:
+    """The target is made first: when it exists already, no storage object is made (or removed) and
+    the first export, with its credentials and ACLs, stays as it was."""
+    e = helper.create_export("v1", size=1 << 20)
+    helper.initialize_connection("v1", conn(HOST_A))
+    before = [(so.name, so.udev_path) for so in CFG.sos]
+    with pytest.raises(TargetError, match="already exported"):
+        helper.create_export("v1", str(tmp_path / "other"), size=1 << 20)
+    assert [(so.name, so.udev_path) for so in CFG.sos] == before and len(CFG.targets) == 1
+    assert not os.path.exists(tmp_path / "other")  # the backing file this call made is gone again
+    again = helper.get_export("v1")
+    assert again is not None and again.chap == e.chap and again.initiators == (HOST_A,)
+
+
 def test_missing_rtslib_is_a_typed_error(monkeypatch: pytest.MonkeyPatch) -> None:
     import builtins
 

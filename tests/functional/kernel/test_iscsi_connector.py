@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import pytest
 
+from blocklink import privileged
 from blocklink.connection import AttachedDevice, IscsiInfo, IscsiTarget, Portal
 from blocklink.errors import AuthenticationFailed, DeviceMismatch
 from blocklink.executor import CommandResult, ProcessExecutor
@@ -154,6 +155,37 @@ def test_single_path_attach_io_detach(lio, iscsid, executor, tmp_path, record_pr
     assert_host_clean(info.targets[0].iqn)
     conn.disconnect_volume(info, dev)  # twice is harmless
     executor.assert_never_on_argv(info.auth_password)
+
+
+def test_detach_flush_writes_out_what_a_holder_left_in_the_page_cache(tmp_path) -> None:
+    """The flush step of a detach (privileged.flush_block: the BLKFLSBUF ioctl ``blockdev --flushbufs``
+    makes, now without the child process) writes bytes left in a device's page cache by a holder
+    that still has it open. A loop device shows it: its backing file gets them only then."""
+    sh("modprobe", "loop")
+    img = str(tmp_path / "flush.img")
+    with open(img, "wb") as f:
+        f.truncate(4 * MiB)
+    loop = sh("losetup", "--find", "--show", img).strip()
+    data = os.urandom(64 * 1024)
+
+    def backing() -> bytes:
+        with open(img, "rb") as f:
+            f.seek(MiB)
+            return f.read(len(data))
+
+    try:
+        fd = os.open(loop, os.O_RDWR)
+        try:
+            os.pwrite(fd, data, MiB)
+            before = backing()
+            privileged.flush_block(loop)
+            after = backing()
+        finally:
+            os.close(fd)
+    finally:
+        sh("losetup", "-d", loop)
+    assert before != data  # only in the loop device's page cache so far
+    assert after == data
 
 
 def test_multipath_two_portals(lio, iscsid, multipathd, executor, tmp_path) -> None:
