@@ -96,6 +96,22 @@ def test_connect_gives_os_brick_shape_and_nova_detach_by_device_path(tree: FakeH
     assert conn.check_valid_device(info["path"]) is False and conn.get_volume_paths(data(1)) == []
 
 
+def test_connection_data_as_device_info_detaches_by_its_device_path(tree: FakeHostTree, kernel: FakeIscsiKernel,
+                                                                    tmp_path: Any) -> None:
+    """Nova's FC driver passes ``connection_info['data']`` as both arguments (no ``path`` key in it)."""
+    conn = factory(kernel, tmp_path)
+    first = conn.connect_volume(data(1))
+    props = data(1, device_path=first["path"])
+    conn.disconnect_volume(props, props)
+    assert disks(tree) == [] and kernel.session_ids() == []
+    second = conn.connect_volume(data(2))  # a stale device_path naming another volume's device now
+    assert second["path"] == first["path"]
+    conn.disconnect_volume(props, props)
+    assert disks(tree) == ["sda"] and len(kernel.session_ids()) == 1  # vol-2 untouched
+    conn.disconnect_volume(data(2, device_path="/dev/sda"), data(2, device_path="/dev/sda"))
+    assert disks(tree) == [] and kernel.session_ids() == []
+
+
 def test_nova_detach_never_touches_a_reused_device_name(tree: FakeHostTree, kernel: FakeIscsiKernel,
                                                         tmp_path: Any) -> None:
     """vol-1's path was lost and its name reused by vol-2: Nova's stale device_path must not detach vol-2."""

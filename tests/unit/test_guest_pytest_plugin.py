@@ -130,6 +130,16 @@ def test_nics_are_the_largest_request() -> None:
     assert pp.guest_nics([item({})]) == 0  # type: ignore[list-item]
 
 
+def test_nic_model_is_one_per_guest() -> None:
+    def item(*kwargs):
+        return SimpleNamespace(iter_markers=lambda name: [SimpleNamespace(kwargs=k) for k in kwargs])
+
+    assert pp.guest_nic_model([item({}), item({"nics": 2})]) == "virtio-net-pci"  # type: ignore[list-item]
+    assert pp.guest_nic_model([item({}), item({"nics": 2, "nic_model": "e1000"})]) == "e1000"  # type: ignore[list-item]
+    with pytest.raises(pytest.UsageError, match="different guest NIC models"):
+        pp.guest_nic_model([item({"nic_model": "e1000"}), item({"nic_model": "virtio-net-pci"})])  # type: ignore[list-item]
+
+
 def _finished_run(pytestconfig, tmp_path, nodeids, reported):
     path = tmp_path / "reports.jsonl"
     path.write_text("".join(f'{{"$report_type": "TestReport", "nodeid": "{n}", "when": "teardown"}}\n'

@@ -72,6 +72,8 @@ def test_nics_have_fixed_macs_on_one_hub() -> None:
     assert "virtio-net-pci,netdev=nic1,mac=02:00:00:00:0f:02" in option(argv, "-device")
     assert nic_mac(0) == "02:00:00:00:0f:01"
     assert not option(qemu_argv(spec()), "-netdev")
+    e1000 = option(qemu_argv(spec(nics=2, nic_model="e1000")), "-device")
+    assert "e1000,netdev=nic0,mac=02:00:00:00:0f:01" in e1000 and not [d for d in e1000 if d.startswith("virtio-net")]
 
 
 def test_kernel_cmdline() -> None:

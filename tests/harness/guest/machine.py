@@ -38,7 +38,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 from tests.harness.guest import agent as agent_mod
 from tests.harness.guest.initramfs import STAGE2, build_initramfs
-from tests.harness.guest.qemu import KERNEL_ENV, QemuSpec, qemu_argv, rw_tags, select_kernel
+from tests.harness.guest.qemu import DEFAULT_NIC_MODEL, KERNEL_ENV, QemuSpec, qemu_argv, rw_tags, select_kernel
 from tests.harness.guest.stage2 import STAGE2_SCRIPT, config_sh, rwdirs_file
 
 CONSOLE_TAIL_LINES = 40
@@ -99,7 +99,8 @@ class GuestConfig:
     smp: int = 2
     tb_mb: int = 128                      # TCG translation cache; 128: Ceph+krbd test 670 MiB RSS, 512: 1.1 GiB, no faster
     machine: str = "q35"                  # microvm boots ~0.5 s faster but hung ~1 boot in 20
-    nics: int = 0                         # virtio-net NICs on one qemu hub (FCoE tests), fixed MACs
+    nics: int = 0                         # NICs on one qemu hub (FCoE tests), fixed MACs
+    nic_model: str = DEFAULT_NIC_MODEL    # their qemu device (qemu.DEFAULT_NIC_MODEL)
     rw_dirs: Sequence[str] = ()           # host folders mounted read-write at the same path
     boot_timeout: float = 180.0
     debug: bool = False                   # full kernel log on the console
@@ -276,7 +277,7 @@ class Guest:
         spec = QemuSpec(kernel=kernel, initrd=initrd, console_log=self.console_log,
                         agent_socket=os.path.join(self.run_dir, "agent.sock"), xfer_dir=xfer, rw_dirs=rw_dirs,
                         mem_mb=cfg.mem_mb, smp=cfg.smp, tb_mb=cfg.tb_mb, machine=cfg.machine, nics=cfg.nics,
-                        debug=cfg.debug, qemu=cfg.qemu, extra_args=tuple(cfg.extra_args))
+                        nic_model=cfg.nic_model, debug=cfg.debug, qemu=cfg.qemu, extra_args=tuple(cfg.extra_args))
         if len(spec.agent_socket) > 100:
             raise GuestBootError(f"run dir path too long for a unix socket: {self.run_dir}")
         with open(os.path.join(xfer, os.path.basename(STAGE2)), "w") as f:

@@ -35,6 +35,7 @@ from typing import Any, Dict, List, Literal, Optional, Sequence
 import pytest
 
 from tests.harness.guest.machine import Guest, GuestError, GuestResult, make_run_dir
+from tests.harness.guest.qemu import DEFAULT_NIC_MODEL
 
 REPORTS_ENV = "BLOCKLINK_GUEST_REPORTS"
 _STASH_KEY = pytest.StashKey["GuestTestRun"]()
@@ -106,11 +107,13 @@ def guest_pythonpath(environ: Optional[Dict[str, str]] = None) -> str:
 class GuestTestRun:
     """The guest of one host session and the reports it produced."""
 
-    def __init__(self, config: pytest.Config, nodeids: Sequence[str], nics: int = 0) -> None:
+    def __init__(self, config: pytest.Config, nodeids: Sequence[str], nics: int = 0,
+                 nic_model: str = DEFAULT_NIC_MODEL) -> None:
         env = os.environ
         self.config = config
         self.nodeids = list(nodeids)
         self.nics = nics
+        self.nic_model = nic_model
         self.keep = env.get("BLOCKLINK_GUEST_KEEP") == "1"
         self.timeout = float(env.get("BLOCKLINK_GUEST_TIMEOUT", str(4 * 3600)))
         self.idle_timeout = float(env.get("BLOCKLINK_GUEST_IDLE_TIMEOUT", "900"))
@@ -140,7 +143,8 @@ class GuestTestRun:
         self.reports_path = os.path.join(self.results_dir, "reports.jsonl")
         open(self.reports_path, "w").close()
         try:
-            self.guest = Guest.boot(rw_dirs=[self.results_dir], nics=self.nics, keep=self.keep,
+            self.guest = Guest.boot(rw_dirs=[self.results_dir], nics=self.nics, nic_model=self.nic_model,
+                                    keep=self.keep,
                                     debug=env.get("BLOCKLINK_GUEST_DEBUG") == "1",
                                     mem_mb=int(env.get("BLOCKLINK_GUEST_MEM_MB", "2048")),
                                     tb_mb=int(env.get("BLOCKLINK_GUEST_TB_MB", "128")))
@@ -322,6 +326,15 @@ def guest_nics(items: Sequence[pytest.Item]) -> int:
     return n
 
 
+def guest_nic_model(items: Sequence[pytest.Item]) -> str:
+    """The qemu NIC device of the session's guest: ``@pytest.mark.kernel(nic_model=...)`` (one guest has one
+    kind; items asking for different ones are an error), else virtio-net."""
+    models = {str(m.kwargs["nic_model"]) for it in items for m in it.iter_markers("kernel") if "nic_model" in m.kwargs}
+    if len(models) > 1:
+        raise pytest.UsageError(f"kernel tests of one session ask for different guest NIC models: {sorted(models)}")
+    return models.pop() if models else DEFAULT_NIC_MODEL
+
+
 def _session_run(item: pytest.Item) -> GuestTestRun:
     run = start_early(item.session)
     assert run is not None
@@ -342,7 +355,8 @@ def start_early(session: pytest.Session) -> Optional[GuestTestRun]:
         items = [i for i in session.items if _delegated(i)]
         if not items or config.option.collectonly:
             return None
-        run = GuestTestRun(config, [i.nodeid for i in items], nics=guest_nics(items))
+        run = GuestTestRun(config, [i.nodeid for i in items], nics=guest_nics(items),
+                           nic_model=guest_nic_model(items))
         config.stash[_STASH_KEY] = run
         run.start()
     return run

@@ -16,6 +16,10 @@ KERNEL_ENV = "BLOCKLINK_GUEST_KERNEL"
 # where scripts/guest-kernels unpacks kernels the host does not boot: <dir>/<release>/{boot,lib/modules}
 KERNELS_DIR_ENV = "BLOCKLINK_GUEST_KERNELS_DIR"
 DEFAULT_KERNELS_DIR = "/var/cache/blocklink/kernels"
+# the guest NICs' qemu device. Under virtio-net a NIC's net device sits below a virtio bus device
+# (.../0000:00:04.0/virtio3/net/eth0); "e1000" makes each NIC a PCI function of its own
+# (.../0000:00:04.0/net/eth0), as a physical FCoE adapter is
+DEFAULT_NIC_MODEL = "virtio-net-pci"
 
 
 class KernelNotFound(RuntimeError):
@@ -121,6 +125,7 @@ class QemuSpec:
     tb_mb: int = 128
     machine: str = "q35"
     nics: int = 0
+    nic_model: str = DEFAULT_NIC_MODEL    # their qemu device (any Ethernet NIC carries FCoE)
     debug: bool = False
     append: str = ""
     qemu: str = "qemu-system-x86_64"
@@ -172,6 +177,6 @@ def qemu_argv(spec: QemuSpec) -> List[str]:
     ]
     for i in range(spec.nics):
         argv += ["-netdev", f"hubport,id=nic{i},hubid=0",
-                 "-device", f"virtio-net-pci,netdev=nic{i},mac={nic_mac(i)}"]
+                 "-device", f"{spec.nic_model},netdev=nic{i},mac={nic_mac(i)}"]
     argv += list(spec.extra_args)
     return argv

@@ -135,8 +135,10 @@ class BrickConnector:
 
         A ``device_path`` recorded at attach can name another volume's device by now (the kernel
         reuses sdX names after a path was lost): such a path is never handed to blocklink, whose
-        check trusts a caller's device without a WWN when nothing is left at the volume's address."""
-        if device_info:
+        check trusts a caller's device without a WWN when nothing is left at the volume's address.
+        Nova's FC driver passes the connection data itself as ``device_info`` (no ``path`` in it, its
+        ``device_path`` is the device): such a dict is read as the connection data is."""
+        if device_info and "path" in device_info:
             return blocklink.AttachedDevice.from_dict(_known(device_info), self.blocklink_protocol)
         path = props.get("device_path")
         if not isinstance(path, str) or not path.startswith("/dev/"):
