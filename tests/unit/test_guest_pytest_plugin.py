@@ -208,3 +208,32 @@ def test_host_phase_done_frees_the_runner_s_lock_once(tmp_path, monkeypatch) -> 
     finally:
         os.close(waiter)
         os.close(runner)
+
+
+@pytest.mark.parametrize("console, boots", [("[ 3.9] Oops: int3\n[ 3.9] Kernel panic - not syncing: Fatal exception", 2),
+                                            ("stage 2: cannot mount the host root", 1)])
+def test_a_boot_that_panics_early_is_retried_once_and_said(pytestconfig, tmp_path, monkeypatch, console, boots) -> None:
+    from tests.harness.guest.machine import GuestBootError
+
+    calls = []
+
+    def boot(**options):
+        calls.append(options)
+        if len(calls) == 1:
+            raise GuestBootError("waiting for the guest to boot: the guest went away", console)
+        return SimpleNamespace(kernel_release="6.12.0-test", stats={}, run_dir="")
+
+    monkeypatch.setattr(pp.Guest, "boot", staticmethod(boot))
+    run = make_run(pytestconfig, tmp_path / "reports.jsonl", done=False)
+    monkeypatch.setattr(run, "_catch_sigterm", lambda: None)
+    monkeypatch.setattr(run, "_run", lambda: run._done.set())
+    run.keep = False
+    monkeypatch.setattr(pp, "make_run_dir", lambda prefix, keep=False, **kw: str(tmp_path))
+    run.start()
+    run._done.wait(10)
+    assert len(calls) == boots and (calls[0] == calls[-1])
+    if boots == 2:  # retried, with the same options, and the summary says why
+        assert run.error is None and run.boot_retries and "Kernel panic" in run.boot_retries[0]
+        assert any("booted a second time" in ln for ln in run.summary_lines())
+    else:  # any other boot failure is the harness's or the system's: reported, never retried
+        assert run.guest is None and "did not boot" in (run.error or "") and run.boot_retries == []

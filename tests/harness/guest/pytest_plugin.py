@@ -34,7 +34,7 @@ from typing import Any, Dict, List, Literal, Optional, Sequence
 
 import pytest
 
-from tests.harness.guest.machine import Guest, GuestError, GuestResult, make_run_dir
+from tests.harness.guest.machine import Guest, GuestBootError, GuestError, GuestResult, make_run_dir
 from tests.harness.guest.qemu import DEFAULT_NIC_MODEL
 
 REPORTS_ENV = "BLOCKLINK_GUEST_REPORTS"
@@ -134,6 +134,7 @@ class GuestTestRun:
         self.t_end: Optional[float] = None
         self._last_activity = time.monotonic()
         self._sigterm_installed = False
+        self.boot_retries: List[str] = []  # what each boot that panicked early said (see start)
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -142,12 +143,21 @@ class GuestTestRun:
         self.results_dir = make_run_dir("blguest-results-", keep=self.keep)
         self.reports_path = os.path.join(self.results_dir, "reports.jsonl")
         open(self.reports_path, "w").close()
+        options = dict(rw_dirs=[self.results_dir], nics=self.nics, nic_model=self.nic_model, keep=self.keep,
+                       debug=env.get("BLOCKLINK_GUEST_DEBUG") == "1",
+                       mem_mb=int(env.get("BLOCKLINK_GUEST_MEM_MB", "2048")),
+                       tb_mb=int(env.get("BLOCKLINK_GUEST_TB_MB", "128")))
         try:
-            self.guest = Guest.boot(rw_dirs=[self.results_dir], nics=self.nics, nic_model=self.nic_model,
-                                    keep=self.keep,
-                                    debug=env.get("BLOCKLINK_GUEST_DEBUG") == "1",
-                                    mem_mb=int(env.get("BLOCKLINK_GUEST_MEM_MB", "2048")),
-                                    tb_mb=int(env.get("BLOCKLINK_GUEST_TB_MB", "128")))
+            try:
+                self.guest = Guest.boot(**options)
+            except GuestBootError as e:
+                if not early_boot_panic(e):
+                    raise
+                # Linux 6.12 under multi-threaded TCG, host loaded: an int3 Oops while the kernel patches its
+                # own text at init (seen in sched_clock_cpu, before any module or test ran): qemu's
+                # cross-vCPU code invalidation raced the patch. Such a boot is retried once, and said so.
+                self.boot_retries.append(e.reason + "\n" + "\n".join(e.console_tail.splitlines()[:12]))
+                self.guest = Guest.boot(**options)
         except Exception as e:  # reported on every kernel item
             self.error = f"the kernel test guest did not boot: {e}"
             self._done.set()
@@ -293,9 +303,16 @@ class GuestTestRun:
                  f"first result after {first:.1f}s, run {wall:.1f}s of which tests {in_tests:.1f}s, shutdown "
                  f"{st.get('shutdown_seconds', 0):.2f}s; harness overhead {overhead:.1f}s; "
                  f"qemu peak RSS {st.get('max_rss_kib', 0) / 1024:.0f} MiB"]
+        for note in self.boot_retries:
+            lines.append("kernel guest: booted a second time, the first boot panicked early:\n" + note)
         if self.keep:
             lines.append(f"kernel guest run dir kept: {g.run_dir} (results in {self.results_dir})")
         return lines
+
+
+def early_boot_panic(error: GuestError) -> bool:
+    """The guest's kernel panicked while booting (before stage 2 answered): the emulator, not a test."""
+    return isinstance(error, GuestBootError) and "Kernel panic" in error.console_tail
 
 
 def _interrupt(signum: int, frame: Any) -> None:
