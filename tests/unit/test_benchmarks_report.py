@@ -164,3 +164,16 @@ def test_goals_are_judged_on_the_same_run_s_per_round_ratios():
     md = report.render({"started": "s", "finished": "f", "seconds": 1.0, "quick": True, "command": "c",
                         "machine": {}, "versions": {}}, [out, rbd], None, goals.section([out, rbd]))
     assert "## Goals (issue 22)" in md and md.index("## Goals") > md.index("## Results")
+
+
+def test_the_nova_attach_goal_is_not_matched_by_the_detach_row():
+    from benchmarks import goals
+
+    nova = Outcome("nova_guest", "Nova iSCSI volume driver (guest)")
+    for what, bl in (("connect_volume", 1.0), ("disconnect_volume", 1.0)):
+        row = nova.row(f"Nova LibvirtISCSIVolumeDriver.{what}", "s")
+        row.add(BLOCKLINK, bl)
+        row.add(OSBRICK, 4.0)
+    rows = [(r[0], r[1]) for r in goals.goal_rows([nova]) if r[0].startswith("Nova")]
+    assert rows == [("Nova's iSCSI driver attach, facade vs os-brick", "Nova LibvirtISCSIVolumeDriver.connect_volume"),
+                    ("Nova's iSCSI driver detach, facade vs os-brick", "Nova LibvirtISCSIVolumeDriver.disconnect_volume")]
