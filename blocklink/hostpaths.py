@@ -103,7 +103,12 @@ class HostPaths:
 
     @staticmethod
     def realpath(path: str) -> str:
-        return os.path.realpath(path)
+        try:
+            return os.path.realpath(path)
+        except OSError:
+            # non-strict realpath still raises when a link vanishes between its lstat and readlink (udev
+            # removing a /dev/disk link while we list them): resolving again sees it gone (path returned as is)
+            return os.path.realpath(path)
 
     @staticmethod
     def readlink(path: str) -> Optional[str]:
