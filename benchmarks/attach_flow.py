@@ -36,20 +36,18 @@ from __future__ import annotations
 
 import base64
 import os
-import secrets
 import shutil
 import statistics
-import subprocess
 import time
 import uuid
 from typing import Any, Callable, Dict, List, Tuple
 
 from benchmarks.context import Context, interleave
 from benchmarks.model import BLOCKLINK, FLOOR, Outcome
+from benchmarks.target_exports import floor_export, floor_unexport
 
 TITLE = "attach flow end to end (libvirt + QEMU TCG)"
 MiB = 1 << 20
-IQN_PREFIX = "iqn.2010-10.org.openstack:"
 QEMU_MODULES = "/usr/lib/x86_64-linux-gnu/qemu"
 
 
@@ -74,12 +72,6 @@ def _missing() -> str:
     except ImportError as e:
         return f"blocklink's attach flow is not importable: {e}"
     return ""
-
-
-def _tgtadm(port: int, *args: str) -> None:
-    p = subprocess.run(["tgtadm", "-C", str(port), "--lld", "iscsi", *args], capture_output=True, text=True)
-    if p.returncode != 0:
-        raise RuntimeError(f"tgtadm {' '.join(args[:4])} failed: {p.stderr.strip()}")
 
 
 def _floor_disk(source: str, auth: str, vid: str, dev: str, discard: bool = False) -> str:
@@ -148,16 +140,7 @@ class _Floor:
     # iscsi --------------------------------------------------------------------------------------
     def iscsi_attach(self, port: int, portal: Tuple[str, int], tid: int, vid: str, backing: str,
                      initiator: str) -> Dict[str, Any]:
-        iqn = f"{IQN_PREFIX}volume-{vid}"
-        user = "u" + secrets.token_hex(8)
-        password = secrets.token_urlsafe(15)  # throwaway, for this throwaway tgtd only
-        _tgtadm(port, "--op", "new", "--mode", "target", "--tid", str(tid), "-T", iqn)
-        _tgtadm(port, "--op", "new", "--mode", "logicalunit", "--tid", str(tid), "--lun", "1", "-b", backing)
-        _tgtadm(port, "--op", "update", "--mode", "logicalunit", "--tid", str(tid), "--lun", "1",
-                "--params", f"scsi_id={vid},scsi_sn={vid}")
-        _tgtadm(port, "--op", "new", "--mode", "account", "--user", user, "--password", password)
-        _tgtadm(port, "--op", "bind", "--mode", "account", "--tid", str(tid), "--user", user)
-        _tgtadm(port, "--op", "bind", "--mode", "target", "--tid", str(tid), "--initiator-name", initiator)
+        iqn, user, password = floor_export(port, tid, vid, backing, initiator)
         sec, sid = self._secret("iscsi", f"floor {iqn}", password.encode())
         xml = floor_iscsi_xml(iqn, portal, initiator, user, sid, vid, "sda")
         try:
@@ -170,10 +153,7 @@ class _Floor:
     def iscsi_detach(self, st: Dict[str, Any]) -> None:
         self.unplug(st["xml"], "sda")
         st["secret"].undefine()
-        port, tid = st["port"], str(st["tid"])
-        _tgtadm(port, "--op", "unbind", "--mode", "target", "--tid", tid, "--initiator-name", st["initiator"])
-        _tgtadm(port, "--op", "delete", "--mode", "target", "--tid", tid, "--force")
-        _tgtadm(port, "--op", "delete", "--mode", "account", "--user", st["user"])
+        floor_unexport(st["port"], st["tid"], st["user"], st["initiator"])
 
 
 def _timed(fn: Callable[[], Any]) -> Tuple[float, Any]:

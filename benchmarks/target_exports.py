@@ -20,7 +20,7 @@ import subprocess
 import tempfile
 import time
 import traceback
-from typing import Any, List
+from typing import Any, List, Tuple
 
 from benchmarks.context import Context
 from benchmarks.model import BLOCKLINK, FLOOR, Outcome
@@ -38,8 +38,9 @@ def _tgtadm(port: int, *args: str) -> None:
         raise RuntimeError(f"tgtadm {' '.join(args[:4])} failed: {p.stderr.strip()}")
 
 
-def _floor_create(port: int, tid: int, vid: str, path: str) -> str:
-    """Cinder-tgtadm-equivalent export + initialize_connection with raw tgtadm calls; returns the user."""
+def floor_export(port: int, tid: int, vid: str, path: str, initiator: str = INITIATOR) -> Tuple[str, str, str]:
+    """Cinder-tgtadm-equivalent export + initialize_connection with raw tgtadm calls (the floor of this
+    row and of attach_flow's iSCSI row); returns (iqn, CHAP user, CHAP password)."""
     iqn = f"{IQN_PREFIX}volume-{vid}"
     user = "u" + secrets.token_hex(8)
     password = secrets.token_urlsafe(15)  # throwaway, for this throwaway tgtd only
@@ -49,12 +50,12 @@ def _floor_create(port: int, tid: int, vid: str, path: str) -> str:
             "--params", f"scsi_id={vid},scsi_sn={vid}")
     _tgtadm(port, "--op", "new", "--mode", "account", "--user", user, "--password", password)
     _tgtadm(port, "--op", "bind", "--mode", "account", "--tid", str(tid), "--user", user)
-    _tgtadm(port, "--op", "bind", "--mode", "target", "--tid", str(tid), "--initiator-name", INITIATOR)
-    return user
+    _tgtadm(port, "--op", "bind", "--mode", "target", "--tid", str(tid), "--initiator-name", initiator)
+    return iqn, user, password
 
 
-def _floor_remove(port: int, tid: int, user: str) -> None:
-    _tgtadm(port, "--op", "unbind", "--mode", "target", "--tid", str(tid), "--initiator-name", INITIATOR)
+def floor_unexport(port: int, tid: int, user: str, initiator: str = INITIATOR) -> None:
+    _tgtadm(port, "--op", "unbind", "--mode", "target", "--tid", str(tid), "--initiator-name", initiator)
     _tgtadm(port, "--op", "delete", "--mode", "target", "--tid", str(tid), "--force")
     _tgtadm(port, "--op", "delete", "--mode", "account", "--user", user)
 
@@ -112,11 +113,11 @@ def run_tgt(ctx: Context, out: Outcome) -> None:
                 else:
                     port = daemon.control_port
                     t0 = time.perf_counter()
-                    users: List[str] = [_floor_create(port, i + 1, vid, path)
+                    users: List[str] = [floor_export(port, i + 1, vid, path)[1]
                                         for i, (vid, path) in enumerate(zip(vids, paths))]
                     t1 = time.perf_counter()
                     for i, user in enumerate(users):
-                        _floor_remove(port, i + 1, user)
+                        floor_unexport(port, i + 1, user)
                     t2 = time.perf_counter()
                 left = daemon.admin.show_targets()
                 if left:
