@@ -239,6 +239,10 @@ class WrongVolumeGuard:
             return self._emit(w, "gone", "none", trigger, detail=f"{w.name} disappeared")
         if w.tripped:
             return None
+        # Size before identity: a rescan updates the cached VPD pages before the capacity, so a size
+        # read first can never be newer than the WWN read after it. The other order let a rescan
+        # landing between the two reads pass a remapped LU off as "resized, same WWN".
+        size = scsi.size_bytes(self.paths, w.name)
         now = device_wwid(self.paths, w.name)
         if now is None:
             return None  # no identity readable right now (a device being set up or torn down)
@@ -250,7 +254,6 @@ class WrongVolumeGuard:
             except OSError as e:
                 action, detail = "offline_failed", f"{w.name} now carries WWN {now}, not {w.wwn}; offline failed: {e}"
             return self._emit(w, "wwn_changed", action, trigger, found=now, detail=detail)
-        size = scsi.size_bytes(self.paths, w.name)
         if size is not None and w.size is not None and size != w.size:
             old, w.size = w.size, size
             return self._emit(w, "resized", "none", trigger, found=now,

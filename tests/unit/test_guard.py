@@ -110,6 +110,47 @@ def test_the_same_lu_grown_is_reported_not_offlined(tree, session) -> None:
     assert state(tree, "sda") == "running"
 
 
+class RescanAfterRead:
+    """The host's paths, except that the kernel's rescan (remap to a bigger LU) completes right
+    after the guard's ``at``-th read of sda's size or VPD page."""
+
+    def __init__(self, tree: FakeHostTree, session: str, at: int) -> None:
+        self.tree, self.session, self.at, self.reads = tree, session, at, 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.tree.paths, name)
+
+    def _seen(self, path: str) -> None:
+        if "/block/sda/" in path and path.endswith(("/size", "/vpd_pg83")):
+            self.reads += 1
+            if self.reads == self.at:
+                remap(self.tree, self.session, size=48 * MiB)
+
+    def read(self, path: str, *a: Any, **kw: Any) -> Any:
+        out = self.tree.paths.read(path, *a, **kw)
+        self._seen(path)
+        return out
+
+    def read_bytes(self, path: str, *a: Any, **kw: Any) -> Any:
+        out = self.tree.paths.read_bytes(path, *a, **kw)
+        self._seen(path)
+        return out
+
+
+@pytest.mark.parametrize("at", [1, 2])
+def test_a_rescan_landing_between_the_guard_s_reads_is_never_called_a_resize(tree, session, at) -> None:
+    """The kernel's rescan re-reads the VPD pages, then the capacity. Whenever the remap to a
+    bigger LU lands between the guard's reads, what it reports is the wrong volume (now or on the
+    next look), never "resized with the same WWN"."""
+    g = WrongVolumeGuard(paths=tree.paths, uevents=False)
+    g.watch("sda", MINE)
+    assert g.check() == []  # the size is known now
+    g.paths = RescanAfterRead(tree, session, at)  # type: ignore[assignment]
+    events = g.check() + g.check()
+    assert [(e.kind, e.action) for e in events] == [("wwn_changed", "offline")], events
+    assert state(tree, "sda") == "offline"
+
+
 def test_a_resize_uevent_makes_the_running_guard_look_at_once(tree, session, wire) -> None:
     seen = Seen()
     with WrongVolumeGuard(paths=tree.paths, callback=seen, uevents=wire[0], interval=3600) as g:
