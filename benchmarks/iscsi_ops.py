@@ -175,6 +175,10 @@ def attach_detach(infos: List[Dict[str, Any]], concurrent: bool = False) -> Dict
     bad = [p for p in paths if not _is_disk(p)]
     if bad or len(set(paths)) != len(paths):
         raise RuntimeError(f"{_st['impl']}: attached paths are not distinct block devices: {paths}")
+    # blocklink hands the disk out once it can be opened; udev may still be probing it (blkid,
+    # scsi_id, links), which the floor and os-brick wait for. Left running, that work lands in the
+    # next timing: each detach starts from an idle udev, and the wait is reported on its own.
+    t_settle = _settle()
     pairs = list(zip(infos, [d for _, d in attached]))
     if concurrent and len(infos) > 1:
         t_det, _ = _parallel(lambda pair: _detach(*pair), pairs)
@@ -183,7 +187,17 @@ def attach_detach(infos: List[Dict[str, Any]], concurrent: bool = False) -> Dict
         for info, dev in pairs:
             _detach(info, dev)
         t_det = time.perf_counter() - t0
-    return {"attach": t_att, "detach": t_det, "paths": paths}
+    _settle()  # the removals' udev work stays out of the next round as well
+    return {"attach": t_att, "settle": t_settle, "detach": t_det, "paths": paths}
+
+
+def _settle() -> float:
+    """Wait until udev's queue is empty; the seconds it took."""
+    t0 = time.perf_counter()
+    p = subprocess.run(["udevadm", "settle", "--timeout=300"], capture_output=True, text=True)
+    if p.returncode != 0:
+        raise RuntimeError(f"udevadm settle: exit {p.returncode}: {p.stderr.strip()}")
+    return time.perf_counter() - t0
 
 
 # ---------------------------------------------------------------------------------- the guest task
@@ -212,8 +226,8 @@ def task_iscsi(args: argparse.Namespace) -> Dict[str, Any]:
     workers: Dict[str, Worker] = {}
     vids = [f"bench{i:02d}" for i in range(n)]
     impls = [i for i in IMPLS if i in args.impls.split(",")]
-    result: Dict[str, Any] = {"single": {i: {"attach": [], "detach": []} for i in impls},
-                              "concurrent": {i: {"attach": [], "detach": []} for i in impls},
+    result: Dict[str, Any] = {"single": {i: {"attach": [], "settle": [], "detach": []} for i in impls},
+                              "concurrent": {i: {"attach": [], "settle": [], "detach": []} for i in impls},
                               "setup": {}, "concurrency": n}
     try:
         infos = []
@@ -238,6 +252,7 @@ def task_iscsi(args: argparse.Namespace) -> Dict[str, Any]:
                     res = workers[impl].call("benchmarks.iscsi_ops:attach_detach", infos=batch, concurrent=conc)
                     _check_clean(f"{impl} {kind} round {r}")
                     result[kind][impl]["attach"].append(res["attach"])
+                    result[kind][impl]["settle"].append(res["settle"])
                     result[kind][impl]["detach"].append(res["detach"])
                     print(f"{kind} {r} {impl}: {res['attach']:.2f} s / {res['detach']:.2f} s", file=sys.stderr,
                           flush=True)
