@@ -22,13 +22,13 @@ def run(ctx: Context) -> Outcome:
                          timeout=5400)
     impl_key = {BLOCKLINK: "blocklink", OSBRICK: "os-brick", FLOOR: "floor"}
     for kind, label in (("single", "one volume"), ("concurrent", f"{conc} volumes at once")):
-        for phase in ("attach", "attach_idle", "detach"):
-            name = f"attach {label}, until udev is idle" if phase == "attach_idle" else f"{phase} {label}"
+        for r in res[kind].values():
+            r["attach_idle"] = [a + s for a, s in zip(r["attach"], r["settle"])]
+        for phase, name in (("attach", f"attach {label}"), ("attach_idle", f"attach {label}, until udev is idle"),
+                            ("detach", f"detach {label}")):
             row = out.row(name, "s")
             for impl, key in impl_key.items():
-                r = res[kind][key]
-                row.samples[impl] = ([a + s for a, s in zip(r["attach"], r["settle"])] if phase == "attach_idle"
-                                     else list(r[phase]))
+                row.samples[impl] = list(res[kind][key][phase])
     setup = "; ".join(f"{k}: {v}" for k, v in res.get("setup", {}).items())
     out.notes.append(
         f"In the real-kernel guest (qemu TCG, 2 vCPUs: absolute times are inflated many times, compare the ratios; "
