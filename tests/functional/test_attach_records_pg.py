@@ -1,11 +1,10 @@
 """The attachment store on a real PostgreSQL server: same guarantees as SQLite for a fleet of hosts."""
 
-import multiprocessing
-
 import pytest
 
 from blocklink.attach.records import AttachmentStore, VolumeBusy
 from blocklink.testing.postgres import PostgresServer
+from tests.harness import children
 
 
 @pytest.fixture(scope="module")
@@ -15,15 +14,15 @@ def pg():
     srv.stop()
 
 
-def _race(url, instance, q):
+def _race(job):
+    url, instance, go = job
     s = AttachmentStore(url)
     try:
+        go.wait(60)  # every child connected: they reserve together
         s.reserve("vol-pg-race", instance)
-        q.put("won")
+        return "won"
     except VolumeBusy:
-        q.put("lost")
-    except Exception as e:
-        q.put(repr(e))
+        return "lost"
     finally:
         s.close()
 
@@ -37,12 +36,6 @@ def test_postgres_lifecycle_and_race(pg):
     store.transition(a.id, ["attaching"], "attached")
     assert store.get(a.id).connection_info == {"data": {"auth_password": "***"}}
     store.close()
-    ctx = multiprocessing.get_context("fork")
-    q = ctx.Queue()
-    procs = [ctx.Process(target=_race, args=(pg.url, f"i{i}", q)) for i in range(8)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(60)
-    results = sorted(q.get(timeout=5) for _ in procs)
+    go = children.CTX.Barrier(8)
+    results = sorted(children.map_processes(_race, [(pg.url, f"i{i}", go) for i in range(8)], timeout=120))
     assert results == ["lost"] * 7 + ["won"], results

@@ -1,8 +1,6 @@
 """doctor's fleet-wide identity check on a real PostgreSQL store: hosts (separate processes, each with
 its own host tree) register their initiator identities; a cloned IQN or host NQN is critical on both."""
 
-import multiprocessing
-
 import pytest
 
 from blocklink.attach.records import AttachmentStore
@@ -10,6 +8,7 @@ from blocklink.doctor import Doctor
 from blocklink.testing.fakes import FakeExecutor
 from blocklink.testing.hosttree import FakeHostTree
 from blocklink.testing.postgres import PostgresServer
+from tests.harness import children
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +18,8 @@ def pg():
     srv.stop()
 
 
-def _host_doctor(url, root, host, iqn, nqn, q):
+def _host_doctor(job):
+    url, root, host, iqn, nqn = job
     tree = FakeHostTree(root)
     tree.set_initiator_name(iqn)
     tree._write(tree.p("etc", "nvme", "hostnqn"), nqn + "\n")
@@ -27,20 +27,15 @@ def _host_doctor(url, root, host, iqn, nqn, q):
     try:
         report = Doctor(executor=FakeExecutor(), paths=tree.paths, store=store, host=host,
                         protocols=("iscsi", "nvmeof")).run()
-        q.put([(f.severity, sorted(k for k in f.detail if k != "hosts"), f.detail.get("hosts"))
-               for f in report.by_check("identity_unique")])
+        return [(f.severity, sorted(k for k in f.detail if k != "hosts"), f.detail.get("hosts"))
+                for f in report.by_check("identity_unique")]
     finally:
         store.close()
 
 
 def run_host(pg, tmp_path, host, iqn, nqn):
-    q = multiprocessing.get_context("fork").Queue()
-    p = multiprocessing.get_context("fork").Process(target=_host_doctor,
-                                                    args=(pg.url, str(tmp_path / host), host, iqn, nqn, q))
-    p.start()
-    p.join(120)
-    assert p.exitcode == 0
-    return q.get(timeout=5)
+    (findings,) = children.map_processes(_host_doctor, [(pg.url, str(tmp_path / host), host, iqn, nqn)], timeout=120)
+    return findings
 
 
 def test_a_cloned_iqn_and_hostnqn_are_critical_across_hosts(pg, tmp_path):

@@ -8,7 +8,6 @@ closing live sessions, several daemons, target-id allocation across processes, 1
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 import stat
 import subprocess
@@ -23,6 +22,7 @@ from blocklink.testing.netns import NetnsPair
 from blocklink.testing.tgt import TgtDaemon
 from tests.functional.target_suite import *  # noqa: F401,F403 - the shared suite runs here
 from tests.functional.target_suite import HOST_A, HOST_B, MiB, LibiscsiInitiator, _connector, new_volume_id
+from tests.harness import children
 
 pytestmark = pytest.mark.tgt
 
@@ -227,8 +227,7 @@ def test_target_ids_unique_across_processes(target_env: TgtEnv) -> None:
     for _ in range(4):
         vids = [new_volume_id() for _ in range(5)]
         jobs.append((kw, vids, [target_env.new_device(v, MiB) for v in vids]))
-    with multiprocessing.get_context("fork").Pool(4) as pool:
-        tids = [t for r in pool.map(_worker, jobs) for t in r]
+    tids = [t for r in children.map_processes(_worker, jobs, timeout=300) for t in r]
     assert len(tids) == 20 and len(set(tids)) == 20
     assert sorted(t.tid for t in target_env.daemon.admin.show_targets()) == sorted(tids)
 

@@ -2,7 +2,6 @@
 after a process killed between steps (a real fork + os._exit)."""
 
 import json
-import multiprocessing
 import os
 
 import pytest
@@ -10,6 +9,7 @@ import pytest
 from blocklink.attach.flow import STEPS, AttachFailed, AttachFlow, VolumeSpec
 from blocklink.attach.records import AttachmentStore
 from blocklink.connection import AttachedDevice, IscsiInfo
+from tests.harness import children
 
 
 class State:
@@ -206,11 +206,7 @@ def _killed_child(tmp_path, kill_after):
 
 @pytest.mark.parametrize("kill_after", list(STEPS))
 def test_reconcile_after_kill(tmp_path, kill_after):
-    ctx = multiprocessing.get_context("fork")
-    p = ctx.Process(target=_killed_child, args=(tmp_path, kill_after))
-    p.start()
-    p.join(30)
-    assert p.exitcode == 9
+    assert children.join([children.start(_killed_child, tmp_path, kill_after)], 60) == [9]
     flow, st, store = make_flow(tmp_path)
     (rec,) = store.list()
     assert rec.status == "attaching"

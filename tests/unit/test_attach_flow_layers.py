@@ -2,7 +2,6 @@
 staging (stage/publish, no hypervisor), QEMU-native LUKS for network disks. Ordering of attach, detach
 and rollback, what the records keep, a layer that cannot be undone, reconcile after a kill."""
 
-import multiprocessing
 import os
 
 import pytest
@@ -13,6 +12,7 @@ from blocklink.connection import AttachedDevice
 from blocklink.encryption import InvalidEncryption, KeyNotFound, StaticKeyManager
 from blocklink.errors import DetachFailed, InvalidOption
 from blocklink.masking import Secret
+from tests.harness import children
 from tests.unit.test_attach_flow import CONNECTOR, Boom, Faults, FakeHypervisor, FakeTarget, State
 
 PASSPHRASE = "luks-passphrase-0123456789abcdef"
@@ -293,11 +293,7 @@ def _killed_child(tmp_path, spec, kill_after, hypervisor):
                          ids=[f"enc-{s}" for s in ENC.plan()] + [f"staged-{s}" for s in STAGED.plan()])
 def test_reconcile_after_kill(tmp_path, spec, kill_after):
     hv = not spec.staged
-    ctx = multiprocessing.get_context("fork")
-    p = ctx.Process(target=_killed_child, args=(tmp_path, spec, kill_after, hv))
-    p.start()
-    p.join(30)
-    assert p.exitcode == 9
+    assert children.join([children.start(_killed_child, tmp_path, spec, kill_after, hv)], 60) == [9]
     flow, st, store = make(tmp_path, hypervisor=hv)
     report = flow.reconcile()
     (after,) = store.list()

@@ -1,11 +1,12 @@
 """Attachment records on SQLite: conditional transitions, the concurrent-attach race, stuck records."""
 
-import multiprocessing
 import os
+import subprocess
 
 import pytest
 
 from blocklink.attach.records import AttachmentStore, StaleRecord, VolumeBusy, mask_connection_info
+from tests.harness import children
 
 
 @pytest.fixture
@@ -52,28 +53,24 @@ def test_multiattach_volume_admits_several(store):
     assert len(store.list(volume_id="vol-3")) == 2
 
 
-def _race(path, instance, q):
+def _race(job):
+    path, instance, go = job
     s = AttachmentStore(path)
+    go.wait(60)  # every child has its store open: they reserve together
     try:
         s.reserve("vol-race", instance)
-        q.put(("won", instance))
+        return ("won", instance)
     except VolumeBusy:
-        q.put(("lost", instance))
-    except Exception as e:  # anything else is a bug
-        q.put(("error", repr(e)))
+        return ("lost", instance)
+    finally:
+        s.close()
 
 
 def test_concurrent_attach_race_has_one_winner(tmp_path):
     path = str(tmp_path / "race.db")
     AttachmentStore(path).close()
-    ctx = multiprocessing.get_context("fork")
-    q = ctx.Queue()
-    procs = [ctx.Process(target=_race, args=(path, f"inst-{i}", q)) for i in range(8)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(60)
-    results = [q.get(timeout=5) for _ in procs]
+    go = children.CTX.Barrier(8)
+    results = children.map_processes(_race, [(path, f"inst-{i}", go) for i in range(8)], timeout=120)
     assert [r[0] for r in results].count("won") == 1, results
     assert all(r[0] in ("won", "lost") for r in results), results
 
@@ -81,10 +78,8 @@ def test_concurrent_attach_race_has_one_winner(tmp_path):
 def test_stuck_records_of_dead_owner(store):
     a = store.reserve("vol-4", "inst-1")
     assert list(store.stuck()) == []
-    ctx = multiprocessing.get_context("fork")
-    p = ctx.Process(target=lambda: None)
-    p.start()
-    p.join()
+    p = subprocess.Popen(["true"])
+    p.wait()
     store._update(a.id, ["attaching"], owner_pid=p.pid)  # as if a process that died had reserved it
     assert [s.id for s in store.stuck()] == [a.id]
     claimed = store.claim(a.id, ["attaching"], "detaching")

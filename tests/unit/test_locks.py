@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import threading
 from typing import Any, List
 
 from blocklink.locks import LockFactory
+from tests.harness import children
 
 ROUNDS = 150
 
@@ -35,15 +35,10 @@ def test_released_locks_leave_no_file(tmp_path: Any) -> None:
 def test_exclusive_across_processes_while_files_come_and_go(tmp_path: Any) -> None:
     counter = tmp_path / "counter"
     counter.write_text("0")
-    ctx = multiprocessing.get_context("fork")
-    start = ctx.Event()
-    procs = [ctx.Process(target=_count, args=(str(tmp_path / "locks"), str(counter), start)) for _ in range(4)]
-    for p in procs:
-        p.start()
+    start = children.CTX.Event()
+    procs = [children.start(_count, str(tmp_path / "locks"), str(counter), start) for _ in range(4)]
     start.set()
-    for p in procs:
-        p.join(120)
-    assert [p.exitcode for p in procs] == [0, 0, 0, 0]
+    assert children.join(procs, 120) == [0, 0, 0, 0]
     assert counter.read_text() == str(4 * ROUNDS)
     assert os.listdir(tmp_path / "locks") == []
 
