@@ -32,7 +32,7 @@ from blocklink.masking import get_logger
 from blocklink.target.base import DEFAULT_IQN_PREFIX, Export, IscsiTargetHelper, check_volume_id
 from blocklink.target.chap import ChapCredentials
 from blocklink.target.persistence import RecordStore, TgtRecord
-from blocklink.target.tgtadm import (SOCKET_DIR, TgtAdmError, TgtAdmin, TgtTargetState, bound_accounts,
+from blocklink.target.tgtadm import (SOCKET_DIR, TgtAdmError, TgtAdmin, TgtTargetState, accounts_bound_elsewhere,
                                      find_target, target_ids)
 
 LOG = get_logger(__name__)
@@ -305,8 +305,7 @@ class TgtTarget(IscsiTargetHelper):
                     raise TargetError(iqn, "tgtd did not delete the target")
         if not users:
             return
-        in_use = {u for t, bound in bound_accounts(text).items() if t != iqn for u in bound}
-        for user in sorted(users - in_use):
+        for user in sorted(users - accounts_bound_elsewhere(text, iqn, users)):
             self._ignore(("NO_USER",), a.delete_account, user)  # tgtd also unbinds it everywhere
 
     def _close_sessions(self, state: TgtTargetState, initiators: Iterable[str]) -> None:

@@ -24,7 +24,7 @@ import re
 import socket
 import struct
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple, Union
 
 from blocklink.errors import PathRefused, TargetError, TgtAdmError
 from blocklink.masking import Secret, get_logger
@@ -263,12 +263,20 @@ def _blocks(text: str) -> Iterator[Tuple[int, str, str]]:
         yield int(m.group(1)), m.group(2), text[m.start():end]
 
 
+def _headers_of(text: str, iqn: str) -> Iterator["re.Match[str]"]:
+    """The ``Target <tid>: <iqn>`` header lines of ``iqn``. Unanchored, the pattern is found by a
+    literal scan (~10x faster than with ``^`` on a 100-target reply); line starts are checked here."""
+    for m in re.finditer(r"Target \d+: " + re.escape(iqn) + "$", text, re.MULTILINE):
+        if m.start() == 0 or text[m.start() - 1] == "\n":
+            yield m
+
+
 def find_target(text: str, iqn: str) -> Optional[TgtTargetState]:
     """The one target named ``iqn`` in a ``show`` reply, parsing only its own lines.
 
     With many targets a full parse per lookup made every call O(targets) in Python; locating the
     header line is a C-speed scan of the text."""
-    m = re.search(r"^Target \d+: " + re.escape(iqn) + "$", text, re.MULTILINE)
+    m = next(_headers_of(text, iqn), None)
     if m is None:
         return None
     nxt = _TARGET_LINE_RE.search(text, m.end())
@@ -297,6 +305,26 @@ def bound_accounts(text: str) -> Dict[str, Tuple[str, ...]]:
                 if line:
                     out[iqn].append(line[:-len(" (outgoing)")] if line.endswith(" (outgoing)") else line)
     return {iqn: tuple(users) for iqn, users in out.items()}
+
+
+def accounts_bound_elsewhere(text: str, iqn: str, users: Iterable[str]) -> Set[str]:
+    """Those of ``users`` that a ``show`` reply has bound to a target other than ``iqn``.
+
+    Same answer as :func:`bound_accounts` over the other targets, without walking every target's
+    lines on each remove_export (that made tearing down many exports O(targets²) in Python): a
+    user name found nowhere in the reply outside ``iqn``'s own lines (a C-speed search) is bound to
+    no other target; only names that do appear elsewhere get the section walk."""
+    rest, pos = [], 0
+    for m in _headers_of(text, iqn):
+        nxt = _TARGET_LINE_RE.search(text, m.end())
+        rest.append(text[pos:m.start()])
+        pos = nxt.start() if nxt else len(text)
+    rest.append(text[pos:])
+    others = "".join(rest)
+    suspects = {u for u in users if u in others}
+    if not suspects:
+        return set()
+    return {u for t, bound in bound_accounts(text).items() if t != iqn for u in bound} & suspects
 
 
 def parse_show_accounts(text: str) -> List[str]:

@@ -14,7 +14,7 @@ import pytest
 from blocklink.errors import TargetError
 from blocklink.masking import Secret
 from blocklink.target import tgtadm
-from blocklink.target.tgtadm import (TgtAdmError, TgtAdmin, bound_accounts, find_target, parse_show_accounts,
+from blocklink.target.tgtadm import (TgtAdmError, TgtAdmin, accounts_bound_elsewhere, bound_accounts, find_target, parse_show_accounts,
                                      parse_show_targets, target_ids)
 
 SHOW = """Target 1: iqn.2010-10.org.openstack:volume-abc
@@ -126,6 +126,16 @@ def test_target_ids_and_bound_accounts() -> None:
     # the accounts section as the last lines of the reply (no trailing newline) still counts
     tail = "Target 7: iqn.2010-10.org.x:t\n    Account information:\n        u7\n        m7 (outgoing)"
     assert bound_accounts(tail) == {"iqn.2010-10.org.x:t": ("u7", "m7")}
+
+
+def test_accounts_bound_elsewhere() -> None:
+    abc, x2 = "iqn.2010-10.org.openstack:volume-abc", "iqn.2010-10.org.openstack:volume-x2"
+    assert accounts_bound_elsewhere(SHOW, abc, ["u1", "m1"]) == set()  # bound only to abc itself
+    assert accounts_bound_elsewhere(SHOW, x2, ["u1", "m1", "zz"]) == {"u1", "m1"}
+    # a name found elsewhere, but not in an accounts section ("host1" is in abc's ACL lines): not bound
+    assert accounts_bound_elsewhere(SHOW, x2, ["host1", "volume"]) == set()
+    assert accounts_bound_elsewhere("", abc, ["u1"]) == set()
+    assert accounts_bound_elsewhere(SHOW, "iqn.2010-10.org.openstack:gone", ["u1"]) == {"u1"}
 
 
 def test_parse_show_accounts() -> None:
@@ -272,7 +282,10 @@ def test_targeted_parsers_agree_with_the_full_parse_on_mangled_replies() -> None
         ids = target_ids(text)
         assert set(ids) == set(first)
         accounts = bound_accounts(text)
+        users = ["u1", "m1", "u2", "m2", "u", "volume", "nobody"]
         for iqn, t in first.items():
             assert find_target(text, iqn) == t
+            elsewhere = {u for other, bound in accounts.items() if other != iqn for u in bound}
+            assert accounts_bound_elsewhere(text, iqn, users) == elsewhere & set(users), (iqn, text)
             if sum(other.iqn == iqn for other in full) == 1:
                 assert sorted(accounts[iqn]) == sorted(t.incoming + t.outgoing), text
