@@ -3,9 +3,10 @@
 Children are never forked from the test process. A test session always has other threads (the kernel
 guest's reader, libvirt's event loop, librados' native threads); a child forked from a threaded process
 inherits every lock some other thread held at that instant and blocks forever on the first one it takes
-(CI hung 85 minutes in a fork ``Pool.map``). They come from multiprocessing's fork server instead: a
-single-threaded interpreter that forks each child and imports what the target's module needs. Every wait here is bounded: a child still alive at the deadline is
-killed by PID and the test fails naming it. Targets must be module-level functions (picklable).
+(a CI run stalled 85 minutes at the one test that waited on a fork ``Pool.map`` with no deadline).
+They come from multiprocessing's fork server instead: a single-threaded interpreter that forks each
+child, which imports what its target's module needs. Every wait here is bounded: a child still alive
+at the deadline is killed by PID and the test fails naming it. Targets must be module-level functions.
 """
 
 from __future__ import annotations
