@@ -124,6 +124,7 @@ class FakeIscsiKernel:
         self.fail_flush: Set[str] = set()  # device names whose blockdev --flushbufs fails
         self.login_delay = 0.0
         self.db_busy = 0  # the next N iscsiadm calls fail with exit 6 (node database lock not obtained)
+        self.resize_refusals = 0  # the next N "multipathd resize map" answer "fail" (exit 1): multipathd busy
         self.busy_after_login = False  # a login sets the session up, then fails rewriting the record
         self.old_iscsiadm = False  # an iscsiadm that predates node.session.scan (drops the key)
         self.in_flight = 0
@@ -336,6 +337,9 @@ class FakeIscsiKernel:
                 return (1, "fail\n", "")
             if a[0] == "del":
                 self.tree.remove_multipath(dm)
+            elif self.resize_refusals > 0:
+                self.resize_refusals -= 1
+                return (1, "fail\n", "")
             else:
                 self.tree.resize_multipath(dm)
             return (0, "ok\n", "")

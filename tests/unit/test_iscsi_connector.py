@@ -339,6 +339,31 @@ def test_extend_returns_the_new_size(tree, kernel, tmp_path, use_multipath) -> N
     assert_clean(tree, kernel)
 
 
+def test_extend_asks_multipathd_again_while_it_refuses_the_resize(tree, kernel, tmp_path) -> None:
+    """multipathd answers "fail" to a resize while it is busy with the paths' change events (seen in
+    the guest right after the rescan): extend asks again until the map has grown; one that never
+    grows is DeviceBusy naming multipathd's answer, and the volume stays attached and usable."""
+    conn = make(kernel, tmp_path, use_multipath=True, timeout=1)
+    d = multi(2)
+    dev = conn.connect_volume(d)
+    dm = os.path.basename(dev.path or "")
+    kernel.targets[IQN].luns[2].size = 3 << 30
+    kernel.resize_refusals = 2
+    assert conn.extend_volume(d) == 3 << 30
+    assert int(open(tree.p("sys", "block", dm, "size")).read()) * 512 == 3 << 30
+    resizes = [c for c in kernel.executor.calls if c.argv[:3] == ("multipathd", "resize", "map")]
+    assert len(resizes) == 3 and kernel.resize_refusals == 0
+    kernel.targets[IQN].luns[2].size = 4 << 30
+    kernel.resize_refusals = 10 ** 6
+    with pytest.raises(DeviceBusy, match="multipathd answered 'fail'"):
+        conn.extend_volume(d)
+    assert int(open(tree.p("sys", "block", dm, "size")).read()) * 512 == 3 << 30
+    assert sorted(conn.get_volume_paths(d)) == ["/dev/sda", "/dev/sdb"] and os.path.isdir(tree.p("sys", "block", dm))
+    kernel.resize_refusals = 0
+    conn.disconnect_volume(d, dev)
+    assert_clean(tree, kernel)
+
+
 # ------------------------------------------------------------------ concurrency
 def test_attaches_to_different_targets_overlap(tree, kernel, tmp_path) -> None:
     n = 6

@@ -190,10 +190,13 @@ class Multipath:
         return self._run(["multipathd", "del", "map", name], ok=(0, 1), timeout=30).strip() == "ok"
 
     def resize(self, name: str) -> None:
-        out = self._run(["multipathd", "resize", "map", name])
-        if out.strip() != "ok":
-            raise CommandFailed(("multipathd", "resize", "map", name), 0, out, "",
-                                f"multipathd answered {out.strip()[:80]!r}")
+        """``multipathd resize map``; anything but "ok" (exit 0 or 1) raises :class:`CommandFailed`
+        carrying multipathd's answer ("fail", "timeout") in its text."""
+        res = self.executor.run(["multipathd", "resize", "map", name], ok_codes=(0, 1), timeout=self.timeout)
+        answer = res.stdout.strip()
+        if res.exit_code != 0 or answer != "ok":
+            raise CommandFailed(res.argv, res.exit_code, res.stdout, res.stderr,
+                                f"multipathd answered {answer[:80]!r}")
 
     def show(self, name: str) -> Optional[MultipathMap]:
         maps = parse_multipath(self._run(["multipath", "-ll", name], ok=(0, 1)))

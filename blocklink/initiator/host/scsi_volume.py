@@ -26,6 +26,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import os
+import time
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, TypeVar
 
 from blocklink.connection import AttachedDevice
@@ -45,6 +46,7 @@ from blocklink.trace import span
 
 LOG = get_logger(__name__)
 
+_RESIZE_RETRY = 0.25  # seconds between "multipathd resize map" attempts it refused
 ADDRESSING_MODES = ("SAM", "transparent", "SAM2", "SAM3-flat")
 
 T = TypeVar("T")
@@ -339,14 +341,38 @@ class ScsiConnector(Connector):
         m = map_holding(self.paths, names)
         if m is None:
             return size
-        self.multipath.resize(m.name)
+        refused: List[CommandFailed] = []
+        asked: List[float] = []
 
-        def check() -> Optional[int]:
+        def grown() -> Optional[int]:
+            """The map's size once it holds ``size``; until then multipathd is asked to resize it.
+            multipathd answers "fail" while the map it last created or reloaded still waits for its
+            udev event ("device not fully created, failing resize": a loaded host, seen in the guest
+            right after the rescan) and "timeout" during a reconfigure; both pass, so it is asked again."""
+            now = scsi.size_bytes(self.paths, m.dm) or 0
+            if now >= size:
+                return now
+            if refused and time.monotonic() - asked[-1] < _RESIZE_RETRY:
+                return None  # woken by a /dev event soon after a refusal: not yet asked again
+            asked.append(time.monotonic())
+            try:
+                self.multipath.resize(m.name)
+            except CommandFailed as e:
+                if e.exit_code not in (0, 1):
+                    raise
+                refused.append(e)
+                return None
             now = scsi.size_bytes(self.paths, m.dm) or 0
             return now if now >= size else None
 
-        return wait_for(check, timeout=self.timeout, watch=[self.paths.dev], uevents=self._uevents,
-                        what=f"{m.path} to grow to {size} bytes")
+        try:
+            return wait_for(grown, timeout=self.timeout, watch=[self.paths.dev], uevents=self._uevents,
+                            what=f"{m.path} to grow to {size} bytes", recheck=_RESIZE_RETRY)
+        except DeviceNotFound:
+            if refused:
+                raise DeviceBusy(m.path, f"multipathd did not resize map {m.name} to {size} bytes in "
+                                         f"{self.timeout:g}s ({len(refused)} attempts, last: {refused[-1]})") from None
+            raise
 
 
 __all__ = ["ADDRESSING_MODES", "ScsiConnector", "Step", "Steps", "lun_for_addressing"]
