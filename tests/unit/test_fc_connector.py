@@ -20,7 +20,8 @@ from blocklink.errors import (CommandFailed, ConnectionFailed, DetachIncomplete,
 from blocklink.initiator.fc import FibreChannelConnector
 from blocklink.registry import connector_for
 from blocklink.testing.fakeiscsi import FakeIscsiKernel
-from blocklink.testing.hosttree import FakeLun, naa_wwid
+from blocklink.testing.hosttree import FakeLun, naa_wwid, vpd_pg83
+from blocklink.initiator.host.wwn import same_wwn
 from blocklink.testing.hosttree_fc import FakeFcTree
 
 VECTORS = os.path.join(os.path.dirname(__file__), "..", "vectors", "connection_info.json")
@@ -395,6 +396,36 @@ def test_disconnect_finds_disks_by_path_when_the_port_left(host):
     os.unlink(host.tree.p("sys", "class", "fc_transport", f"target{hba}:0:0"))
     assert conn.get_volume_paths(info) == ["/dev/sda"]  # via /dev/disk/by-path
     conn.disconnect_volume(info, AttachedDevice("fibre_channel", path="/dev/sda", wwn=dev.wwn))
+    assert host.disks() == []
+
+
+def test_a_disk_that_appears_without_its_wwid_is_rescanned_until_it_has_one(host):
+    """The kernel reads a disk's VPD pages when it adds it; a target answering that INQUIRY late
+    leaves the disk without page 0x83 (seen on 6.12 under load, an FC re-attach). connect_volume
+    rescans it and uses the WWID the rescan brings instead of failing the attach."""
+    tree = host.tree
+
+    def lose_identity(name):  # the INQUIRY for the VPD pages timed out
+        ddir = os.path.realpath(tree.p("sys", "block", name, "device"))
+        for attr in ("vpd_pg83", "wwid"):
+            os.unlink(os.path.join(ddir, attr))
+
+    rescans = []
+
+    def read_identity_again(ddir):
+        rescans.append(ddir)
+        with open(os.path.join(ddir, "vpd_pg83"), "wb") as f:
+            f.write(vpd_pg83(open(os.path.join(ddir, "lun_wwid")).read().strip()))
+
+    lun = FakeLun(1, naa_wwid(78), size=32 << 20)
+    host.tree.add_rport(host.tree.add_hba(INI_A), TA1, luns={1: lun})
+    tree.add_hooks.insert(0, lose_identity)
+    tree.rescan_hooks.append(read_identity_again)
+    conn = host.connector()
+    info = {"target_wwn": [TA1], "target_lun": 1}
+    dev = conn.connect_volume(info)
+    assert same_wwn(lun.wwid, dev.wwn or "") and len(rescans) == 1
+    conn.disconnect_volume(info, dev)
     assert host.disks() == []
 
 

@@ -241,6 +241,8 @@ class ScsiConnector(Connector):
         """``items`` (each naming a disk) of the expected LU, or of the most common WWN when none is
         expected; the others; and the WWN. Raises :class:`DeviceNotFound` if no disk has a WWN."""
         ids = [device_wwid(self.paths, name(i)) or "" for i in items]
+        if items and not any(ids):
+            ids = self._await_wwids([name(i) for i in items])
         if expected:
             wwid = next((w for w in ids if w and same_wwn(expected, w)), expected)
             mine = [bool(w) and same_wwn(expected, w) for w in ids]
@@ -254,6 +256,35 @@ class ScsiConnector(Connector):
             wwid = max(counts, key=lambda w: (counts[w], -list(counts).index(w)))  # ties: first seen
             mine = [w == wwid for w in ids]
         return ([i for i, ok in zip(items, mine) if ok], [i for i, ok in zip(items, mine) if not ok], wwid)
+
+    def _await_wwids(self, names: Sequence[str]) -> List[str]:
+        """WWIDs of disks that appeared showing none. The kernel reads a disk's VPD pages when it adds
+        it; an INQUIRY the target answers late (6.12 guest under load, an FC re-attach) leaves the
+        disk without page 0x83 until a rescan reads the pages again. Rescanned at most every second,
+        until one has a WWID or ``timeout`` passes (then still none: the caller raises)."""
+        rescanned: List[float] = []
+
+        def check() -> Optional[List[str]]:
+            ids = [device_wwid(self.paths, n) or "" for n in names]
+            if any(ids):
+                return ids
+            if not rescanned or time.monotonic() - rescanned[-1] >= 1.0:
+                rescanned.append(time.monotonic())
+                for n in names:
+                    with contextlib.suppress(OSError, BlocklinkError):
+                        scsi.rescan(self.paths, n)
+                ids = [device_wwid(self.paths, n) or "" for n in names]
+                if any(ids):
+                    return ids
+            return None
+
+        try:
+            found = wait_for(check, timeout=self.timeout, uevents=self._uevents, recheck=0.25,
+                             what=f"a WWID for {', '.join('/dev/' + n for n in names)}")
+        except DeviceNotFound:
+            return [""] * len(names)
+        LOG.info("a rescan gave %s the WWID it lacked when it appeared", ", ".join(names))
+        return found
 
     def mismatch(self, expected: Optional[str], name: str) -> DeviceMismatch:
         return DeviceMismatch(f"/dev/{name}", expected or "", device_wwid(self.paths, name) or "")
