@@ -48,7 +48,12 @@ def test_a_child_that_dies_fails_the_call() -> None:
 def test_a_hung_child_is_killed_at_the_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
     started = []
     real_start = children.start
-    monkeypatch.setattr(children, "start", lambda *a: started.append(real_start(*a)) or started[-1])
+
+    def start(*args):  # type: ignore[no-untyped-def]
+        started.append(real_start(*args))
+        return started[-1]
+
+    monkeypatch.setattr(children, "start", start)
     with pytest.raises(AssertionError, match="1 of 2 child process.*within 1s"):
         children.map_processes(_square_or_hang, [2, -1], timeout=1)
     assert [p.is_alive() for p in started] == [False, False]

@@ -26,7 +26,6 @@ from __future__ import annotations
 import abc
 import contextlib
 import os
-import time
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, TypeVar
 
 from blocklink.connection import AttachedDevice
@@ -37,7 +36,7 @@ from blocklink.hostpaths import HostPaths
 from blocklink.initiator.base import Connector, DeviceLike, InfoLike
 from blocklink.initiator.host import scsi
 from blocklink.initiator.host.multipath import DmMap, Multipath, map_for_wwid, map_holding, read_map, wait_for_map
-from blocklink.initiator.host.wait import wait_for
+from blocklink.initiator.host.wait import Pacer, wait_for
 from blocklink.initiator.host.wwn import device_wwid, same_wwn
 from blocklink.initiator.options import count, flag, fold_renamed, seconds
 from blocklink.locks import LockFactory
@@ -262,21 +261,15 @@ class ScsiConnector(Connector):
         it; an INQUIRY the target answers late (6.12 guest under load, an FC re-attach) leaves the
         disk without page 0x83 until a rescan reads the pages again. Rescanned at most every second,
         until one has a WWID or ``timeout`` passes (then still none: the caller raises)."""
-        rescanned: List[float] = []
+        rescans = Pacer(1.0)
 
         def check() -> Optional[List[str]]:
-            ids = [device_wwid(self.paths, n) or "" for n in names]
-            if any(ids):
-                return ids
-            if not rescanned or time.monotonic() - rescanned[-1] >= 1.0:
-                rescanned.append(time.monotonic())
+            if rescans.due():  # the caller has just read none: the first check rescans at once
                 for n in names:
                     with contextlib.suppress(OSError, BlocklinkError):
                         scsi.rescan(self.paths, n)
-                ids = [device_wwid(self.paths, n) or "" for n in names]
-                if any(ids):
-                    return ids
-            return None
+            ids = [device_wwid(self.paths, n) or "" for n in names]
+            return ids if any(ids) else None
 
         try:
             found = wait_for(check, timeout=self.timeout, uevents=self._uevents, recheck=0.25,
@@ -373,19 +366,19 @@ class ScsiConnector(Connector):
         if m is None:
             return size
         refused: List[CommandFailed] = []
-        asked: List[float] = []
+        asks = Pacer(_RESIZE_RETRY)
 
         def grown() -> Optional[int]:
             """The map's size once it holds ``size``; until then multipathd is asked to resize it.
             multipathd answers "fail" while the map it last created or reloaded still waits for its
             udev event ("device not fully created, failing resize": a loaded host, seen in the guest
-            right after the rescan) and "timeout" during a reconfigure; both pass, so it is asked again."""
+            right after the rescan) and "timeout" during a reconfigure; both pass, so it is asked again
+            (at most every _RESIZE_RETRY seconds, however many /dev events wake this check)."""
             now = scsi.size_bytes(self.paths, m.dm) or 0
             if now >= size:
                 return now
-            if refused and time.monotonic() - asked[-1] < _RESIZE_RETRY:
-                return None  # woken by a /dev event soon after a refusal: not yet asked again
-            asked.append(time.monotonic())
+            if not asks.due():
+                return None  # woken by a /dev event soon after a refusal: not asked again yet
             try:
                 self.multipath.resize(m.name)
             except CommandFailed as e:

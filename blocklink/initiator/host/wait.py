@@ -122,6 +122,23 @@ def _nearest_existing(path: str) -> str:
     return p
 
 
+class Pacer:
+    """For a ``wait_for`` check that also *acts* (asks a daemon again, rescans a disk): the check runs on
+    every event, the action at most once per ``every`` seconds. ``due()`` is True the first time."""
+
+    def __init__(self, every: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.every = every
+        self._clock = clock
+        self._last: Optional[float] = None
+
+    def due(self) -> bool:
+        now = self._clock()
+        if self._last is not None and now - self._last < self.every:
+            return False
+        self._last = now
+        return True
+
+
 def wait_for(check: Callable[[], Optional[T]], *, timeout: float, watch: Sequence[str] = (),
              uevents: bool = True, what: str = "device", recheck: float = 0.5) -> T:
     """Return ``check()``'s first non-None value; re-run it on every event; raise after ``timeout``."""
@@ -137,4 +154,4 @@ def wait_for(check: Callable[[], Optional[T]], *, timeout: float, watch: Sequenc
             ev.wait(min(left, recheck))
 
 
-__all__ = ["DeviceEvents", "wait_for"]
+__all__ = ["DeviceEvents", "Pacer", "wait_for"]
